@@ -1,0 +1,23 @@
+"""Embedded demo: procedural HyperSim-format data, no download, a few minutes on CPU.
+
+The real model and pipeline of configs/base.py (EfficientNet-b4 UNet, L1 loss,
+TFDS builder, grain), on small 64x64 crops of generated scenes.
+"""
+
+from configs import base
+
+
+def get_config():
+  config = base.get_config()
+  config.data.resolution = 64
+  config.data.num_threads = 2
+  config.data.synthetic.enabled = True
+  config.data.synthetic.num_frames = dict(train=160, validation=32, test=16)
+  config.batch_size = 8
+  config.eval_batch_size = 16
+  config.num_train_steps = 300
+  config.optimizer.learning_rate = 2e-3
+  config.log_every_steps = 25
+  config.eval_every_steps = 150
+  config.checkpoint_every_steps = 100
+  return config

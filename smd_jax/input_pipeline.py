@@ -1,0 +1,169 @@
+"""Input pipeline: TFDS array_record data sources read with grain.
+
+The pipeline is variant-agnostic: it yields uint8 images, metric depth with NaN
+holes and raw semantic labels. Everything model-specific (semantic input
+transforms, depth normalisation) happens on device inside the jitted step.
+
+Each JAX process reads its own disjoint shard of a split and yields its local
+part of the global batch; `parallel.to_global` assembles the global array.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Iterator, Mapping, Sequence
+
+import grain
+import numpy as np
+from absl import logging
+
+# The features the model side consumes; text ids stay on the host.
+ARRAY_FEATURES = ("image", "depth", "semantic")
+SPLITS = ("train", "validation", "test")
+
+
+def select_arrays(example: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  return {k: np.asarray(example[k]) for k in ARRAY_FEATURES}
+
+
+def local_batch_size(global_batch_size: int, process_count: int) -> int:
+  if global_batch_size % process_count:
+    raise ValueError(
+        f"batch_size={global_batch_size} is not divisible by the number of JAX processes "
+        f"({process_count}); choose a multiple of {process_count}.")
+  return global_batch_size // process_count
+
+
+def train_dataset(source: Sequence[Mapping[str, Any]], *, global_batch_size: int, seed: int,
+                  process_index: int = 0, process_count: int = 1, num_threads: int = 4,
+                  prefetch_batches: int = 2) -> grain.IterDataset:
+  """Endless, shuffled (reshuffled every epoch), batched stream of local batches.
+
+  Args:
+    source: random-access source of examples (e.g. a `tfds.data_source` split).
+    global_batch_size: examples per step over all processes.
+    seed: shuffle seed; the same seed gives the same order on every run.
+    process_index, process_count: this process's shard of the source.
+
+  Returns:
+    An `IterDataset` whose iterator yields dicts of numpy arrays
+    `image` [b,H,W,3] uint8, `depth` [b,H,W] float32, `semantic` [b,H,W] int16,
+    with b = global_batch_size / process_count. Its iterator state is
+    checkpointable (`get_state`/`set_state`).
+  """
+  batch = local_batch_size(global_batch_size, process_count)
+  ds = grain.MapDataset.source(source)[process_index::process_count]
+  if len(ds) < batch:
+    raise ValueError(
+        f"The training split has {len(ds)} examples for this process, fewer than its batch of "
+        f"{batch}; lower batch_size or add data.")
+  ds = ds.map(select_arrays).shuffle(seed=seed).repeat()
+  ds = ds.batch(batch, drop_remainder=True)
+  return ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
+                                              prefetch_buffer_size=prefetch_batches))
+
+
+_PAD_VALUES = {"depth": np.nan, "semantic": -1}  # both mean "invalid" everywhere
+
+
+def pad_batch(examples: list[dict[str, np.ndarray]], size: int,
+              template: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Stacks `examples` and pads to `size` with examples that count for nothing.
+
+  Padding copies `template`'s shapes and dtypes with NaN depth and label -1, and
+  `mask` marks the real examples, so pixel-pooled sums are unchanged by padding.
+  """
+  out = {}
+  for k, t in template.items():
+    pad = np.full((size - len(examples),) + t.shape, _PAD_VALUES.get(k, 0), t.dtype)
+    out[k] = np.concatenate([np.stack([e[k] for e in examples]), pad]) if examples else pad
+  out["mask"] = np.arange(size) < len(examples)
+  return out
+
+
+def eval_batches(source: Sequence[Mapping[str, Any]], *, global_batch_size: int,
+                 process_index: int = 0, process_count: int = 1,
+                 max_examples: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+  """One pass over a split in order, every example exactly once.
+
+  Yields local batches of fixed size (the last ones padded, see `pad_batch`).
+  Every process yields the same number of batches, as collective evaluation
+  steps need, even where its shard runs out first.
+  """
+  batch = local_batch_size(global_batch_size, process_count)
+  n = len(source) if max_examples is None else min(len(source), max_examples)
+  indices = np.arange(n)[process_index::process_count]
+  per_process = -(-n // process_count)
+  template = select_arrays(source[0])
+  for start in range(0, per_process, batch):
+    chunk = indices[start:start + batch]
+    yield pad_batch([select_arrays(source[int(i)]) for i in chunk], batch, template)
+
+
+# --------------------------------------------------------------------------
+# Data set preparation (build from raw HyperSim or from procedural frames).
+
+
+@dataclasses.dataclass(frozen=True)
+class DataPaths:
+  data_dir: str  # TFDS data_dir (array_record shards)
+  manual_dir: str  # raw HyperSim scene folders
+
+
+def resolve_paths(data_config, workdir: str) -> DataPaths:
+  """Where the TFDS shards and the raw frames live for this config.
+
+  A synthetic data set lives in the workdir unless paths are given, so the demo
+  needs nothing outside it.
+  """
+  if data_config.synthetic.enabled:
+    base = os.path.join(workdir, "data")
+    data_dir = data_config.get("data_dir") or os.path.join(base, "tfds")
+    manual_dir = data_config.get("manual_dir") or os.path.join(base, "raw")
+  else:
+    data_dir = data_config.get("data_dir") or os.path.expanduser("~/tensorflow_datasets")
+    manual_dir = data_config.get("manual_dir") or os.path.join(data_dir, "downloads", "manual")
+  return DataPaths(os.path.abspath(os.path.expanduser(data_dir)),
+                   os.path.abspath(os.path.expanduser(manual_dir)))
+
+
+def generate_synthetic(manual_dir: str, synthetic_config) -> None:
+  """Writes the procedural raw frames once; a marker file makes it idempotent."""
+  from tfds_hypersim import synthetic  # pylint: disable=g-import-not-at-top
+
+  marker = os.path.join(manual_dir, ".synthetic_complete")
+  if os.path.exists(marker):
+    return
+  counts = {s: int(synthetic_config.num_frames[s]) for s in synthetic_config.num_frames}
+  logging.info("Generating procedural HyperSim-format frames %s in %s", counts, manual_dir)
+  synthetic.generate(manual_dir, num_frames=counts, seed=int(synthetic_config.seed))
+  with open(marker, "w") as f:
+    f.write(f"{counts}\n")
+
+
+def load_data_sources(data_config, workdir: str, *, build: bool = True) -> dict[str, Sequence]:
+  """Random-access sources for each available split of the HyperSim data set.
+
+  Builds the TFDS data set first when `build` (and it is not built yet); with a
+  `synthetic` config, generates the raw frames before that.
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  import tfds_hypersim  # pylint: disable=g-import-not-at-top
+
+  paths = resolve_paths(data_config, workdir)
+  if data_config.synthetic.enabled:
+    generate_synthetic(paths.manual_dir, data_config.synthetic)
+  builder = tfds_hypersim.Builder(config=tfds_hypersim.hypersim_config(int(data_config.resolution)),
+                                  data_dir=paths.data_dir)
+  if build:
+    if not os.path.isdir(paths.manual_dir) and not builder.is_prepared():
+      raise FileNotFoundError(
+          f"No raw HyperSim frames at {paths.manual_dir} and no built data set in "
+          f"{paths.data_dir}. Set --config.data.manual_dir to the folder holding the "
+          "ai_VVV_NNN scene folders (see README, 'Real HyperSim').")
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=paths.manual_dir))
+  elif not builder.is_prepared():
+    raise FileNotFoundError(f"The HyperSim data set is not built in {paths.data_dir}.")
+  return dict(builder.as_data_source())

@@ -1,0 +1,149 @@
+"""The train state and the jitted train / eval / predict steps.
+
+The model is split once with `nnx.split` into a graph definition and plain
+state pytrees; the steps are pure functions of those pytrees, so they compose
+with `jax.jit` and `NamedSharding`. Nothing here knows which paper row runs:
+inputs, tasks, losses and weights all come from the config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from smd_jax import losses, parallel, semantics, tasks as tasks_lib
+from smd_jax.models import registry
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any  # nnx.State of nnx.Param
+  model_state: Any  # everything else: BatchNorm statistics, RNG counters
+  opt_state: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Steps:
+  """Everything built from a config that the loop needs; graph defs are static."""
+
+  train_graph: Any
+  eval_graph: Any
+  tx: optax.GradientTransformation
+  schedule: optax.Schedule
+  tasks: dict[str, tasks_lib.Task]
+  train_step: Callable
+  eval_step: Callable
+  predict_step: Callable
+
+
+def model_config_for(config):
+  """The model config with `in_channels` derived from the semantic transform."""
+  model_config = config.model.copy_and_resolve_references()
+  with model_config.unlocked():
+    model_config.in_channels = 3 + semantics.EXTRA_CHANNELS[config.semantic_transform]
+  return model_config
+
+
+def make_schedule(config, total_steps: int) -> optax.Schedule:
+  """Cosine decay from `learning_rate` to `end_learning_rate`, after optional warm-up."""
+  opt = config.optimizer
+  decay = optax.cosine_decay_schedule(opt.learning_rate, max(total_steps - opt.warmup_steps, 1),
+                                      alpha=opt.end_learning_rate / opt.learning_rate)
+  if opt.warmup_steps <= 0:
+    return decay
+  warmup = optax.linear_schedule(0.0, opt.learning_rate, opt.warmup_steps)
+  return optax.join_schedules([warmup, decay], [opt.warmup_steps])
+
+
+def make_optimizer(config, schedule) -> optax.GradientTransformation:
+  opt = config.optimizer
+  if opt.name != "adam":
+    raise ValueError(f"Unknown optimizer {opt.name!r}; known: ['adam'].")
+  return optax.adam(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps)
+
+
+def create_model(config, seed: int):
+  semantics.get_transform(config.semantic_transform)  # fail early on a typo
+  return registry.build_model(model_config_for(config), rngs=nnx.Rngs(seed))
+
+
+def total_loss(outputs, batch, task_objs, task_configs):
+  """L = sum_t weight_t * loss_t(task t's prediction, target, valid)."""
+  parts = {}
+  total = 0.0
+  for name, task in task_objs.items():
+    cfg = task_configs[name]
+    loss = losses.get_loss(cfg.loss)(*task.loss_inputs(outputs[name], batch))
+    parts[f"loss_{name}"] = loss
+    total = total + cfg.weight * loss
+  return total, parts
+
+
+def build_steps(config, model, total_steps: int, mesh: Mesh) -> tuple[Steps, TrainState]:
+  """Splits `model` and builds the jitted steps and the initial (replicated) state."""
+  schedule = make_schedule(config, total_steps)
+  tx = make_optimizer(config, schedule)
+  task_objs = tasks_lib.build_tasks(config.tasks)
+  missing = set(task_objs) - set(config.model.heads)
+  if missing:
+    raise ValueError(f"Tasks {sorted(missing)} have no head in config.model.heads.")
+  transform = config.semantic_transform
+
+  model.eval()
+  eval_graph, _, _ = nnx.split(model, nnx.Param, ...)
+  model.train()
+  train_graph, params, model_state = nnx.split(model, nnx.Param, ...)
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
+                     opt_state=tx.init(params))
+
+  def train_step(state: TrainState, batch):
+    inputs = semantics.model_inputs(batch, transform)
+
+    def loss_fn(params):
+      net = nnx.merge(train_graph, params, state.model_state)
+      outputs = net(inputs)
+      loss, parts = total_loss(outputs, batch, task_objs, config.tasks)
+      _, _, new_model_state = nnx.split(net, nnx.Param, ...)
+      return loss, (parts, outputs, new_model_state)
+
+    (loss, (parts, outputs, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    new_state = TrainState(step=state.step + 1, params=params, model_state=model_state,
+                           opt_state=opt_state)
+    out = {"loss": loss, "grad_norm": optax.global_norm(grads),
+           "learning_rate": schedule(state.step), **parts}
+    for name, task in task_objs.items():
+      out.update({f"{name}/{k}": v for k, v in task.metric_sums(outputs, batch).items()})
+    return new_state, out
+
+  def eval_outputs(state: TrainState, batch):
+    net = nnx.merge(eval_graph, state.params, state.model_state)
+    return net(semantics.model_inputs(batch, transform))
+
+  def eval_step(state: TrainState, batch):
+    outputs = eval_outputs(state, batch)
+    return {name: task.metric_sums(outputs[name], batch) for name, task in task_objs.items()}
+
+  def predict_step(state: TrainState, batch):
+    outputs = eval_outputs(state, batch)
+    return task_objs["depth"].predict_metres(outputs["depth"])
+
+  rep, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+  steps = Steps(
+      train_graph=train_graph, eval_graph=eval_graph, tx=tx, schedule=schedule, tasks=task_objs,
+      train_step=jax.jit(train_step, in_shardings=(rep, data), out_shardings=(rep, rep),
+                         donate_argnums=0),
+      eval_step=jax.jit(eval_step, in_shardings=(rep, data), out_shardings=rep),
+      predict_step=jax.jit(predict_step, in_shardings=(rep, data), out_shardings=data),
+  )
+  return steps, parallel.replicate(state, mesh)

@@ -1,0 +1,57 @@
+"""One writer for everything a run reports: TensorBoard events, a JSONL log, absl logs.
+
+Only process 0 writes; on other processes every method is a no-op, so the
+training loop can call it unconditionally.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Mapping
+
+import jax
+import numpy as np
+from absl import logging
+
+
+class MetricWriter:
+
+  def __init__(self, workdir: str):
+    self.enabled = jax.process_index() == 0
+    self._tb = None
+    self._jsonl = None
+    if self.enabled:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+
+      os.makedirs(workdir, exist_ok=True)
+      self._tb = SummaryWriter(logdir=os.path.join(workdir, "tensorboard"))
+      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+
+  def scalars(self, step: int, values: Mapping[str, float], prefix: str = "") -> None:
+    if not self.enabled:
+      return
+    values = {f"{prefix}{k}": float(v) for k, v in values.items()}
+    for k, v in values.items():
+      self._tb.add_scalar(k, v, step)
+    # JSON has no NaN/inf: write them as strings so the file stays parseable.
+    clean = {k: v if math.isfinite(v) else str(v) for k, v in values.items()}
+    self._jsonl.write(json.dumps({"step": step, **clean}) + "\n")
+    self._jsonl.flush()
+    logging.info("step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in values.items()))
+
+  def image(self, step: int, tag: str, image: np.ndarray) -> None:
+    """image: [H,W,3] uint8."""
+    if self.enabled:
+      self._tb.add_image(tag, image, step, dataformats="HWC")
+
+  def flush(self) -> None:
+    if self.enabled:
+      self._tb.flush()
+      self._jsonl.flush()
+
+  def close(self) -> None:
+    if self.enabled:
+      self._tb.close()
+      self._jsonl.close()

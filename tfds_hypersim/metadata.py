@@ -1,0 +1,91 @@
+"""Package data: split lists, NYU40 label table, per-scene camera matrices.
+
+All files are data copied from public repositories; see PROVENANCE.txt.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+
+import importlib_resources
+import numpy as np
+
+# TFDS split name -> the paper's split list (lines "ai_001_001 cam_00 0000").
+SPLIT_FILES = {
+    "train": "semantic_md_split_train.txt",
+    "validation": "semantic_md_split_val.txt",
+    "test": "semantic_md_split_test.txt",
+}
+
+FrameId = tuple[str, str, int]  # (scene, camera, frame), e.g. ("ai_001_001", "cam_00", 0)
+
+
+def _read_text(*parts: str) -> str:
+  path = importlib_resources.files("tfds_hypersim")
+  for p in parts:
+    path = path / p
+  return path.read_text(encoding="utf-8")
+
+
+@functools.cache
+def split_frames(split: str) -> tuple[FrameId, ...]:
+  """The paper's frames of a TFDS split ('train', 'validation', 'test'), in order."""
+  if split not in SPLIT_FILES:
+    raise ValueError(f"unknown split {split!r}; expected one of {list(SPLIT_FILES)}")
+  frames = []
+  for line in _read_text("splits", SPLIT_FILES[split]).splitlines():
+    if not line.strip():
+      continue
+    scene, camera, frame = line.split()
+    frames.append((scene, camera, int(frame)))
+  return tuple(frames)
+
+
+@functools.cache
+def label_names() -> dict[int, str]:
+  """NYU40 id (1..40) -> name, from semantic_label_descs.csv."""
+  text = _read_text("semantic_label_descs.csv")
+  rows = csv.DictReader(io.StringIO(text), skipinitialspace=True)
+  out = {}
+  for row in rows:
+    row = {k.strip(): v.strip() for k, v in row.items()}
+    out[int(row["semantic_id"])] = row["semantic_name"]
+  return out
+
+
+@functools.cache
+def label_colors() -> np.ndarray:
+  """[41, 3] uint8 palette; row k is the NYU40 colour of id k, row 0 black."""
+  text = _read_text("semantic_label_descs.csv")
+  palette = np.zeros((41, 3), np.uint8)
+  for row in csv.DictReader(io.StringIO(text), skipinitialspace=True):
+    row = {k.strip(): v.strip() for k, v in row.items()}
+    palette[int(row["semantic_id"])] = [int(row[f"semantic_color_{c}"])
+                                        for c in "rgb"]
+  return palette
+
+
+@functools.cache
+def _cam_from_uv_table() -> dict[str, np.ndarray]:
+  text = _read_text("metadata_camera_parameters.csv")
+  out = {}
+  for row in csv.DictReader(io.StringIO(text)):
+    m = [float(row[f"M_cam_from_uv_{r}{c}"]) for r in range(3) for c in range(3)]
+    out[row["scene_name"]] = np.asarray(m, np.float64).reshape(3, 3)
+  return out
+
+
+def cam_from_uv(scene: str) -> np.ndarray:
+  """[3,3] HyperSim M_cam_from_uv of a scene (float64).
+
+  Maps (u, v, 1), u = (j + 0.5) / W * 2 - 1 and v = 1 - (i + 0.5) / H * 2 for
+  pixel (i, j), to a camera-space ray (x right, y up, camera looking along -z).
+  For most scenes it is diag(tan(fov/2), tan(fov/2) * H / W, -1), i.e. a
+  centred pinhole with f = 512 / tan(30 deg) = 886.81 px.
+  """
+  table = _cam_from_uv_table()
+  if scene not in table:
+    raise KeyError(f"no camera parameters for scene {scene!r}")
+  return table[scene]
