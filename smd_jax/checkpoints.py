@@ -24,8 +24,14 @@ class Checkpointer:
   def __init__(self, workdir: str, *, max_to_keep: int = 3, save_interval_steps: int = 1000,
                async_save: bool = True):
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    policies = ocp.checkpoint_managers
+    # Every K steps, and when JAX signals a preemption; no save at the first step.
+    save_policy = policies.AnySavePolicy([
+        policies.FixedIntervalPolicy(save_interval_steps),
+        policies.PreemptionCheckpointingPolicy(),
+    ])
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, save_interval_steps=save_interval_steps, create=True,
+        max_to_keep=max_to_keep, save_decision_policy=save_policy, create=True,
         enable_async_checkpointing=async_save)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 

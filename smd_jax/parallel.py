@@ -20,7 +20,10 @@ DATA_AXIS = "data"
 def make_mesh(num_devices: int | None = None) -> Mesh:
   """A mesh with one `data` axis over all (or the first `num_devices`) devices."""
   n = num_devices or jax.device_count()
-  return jax.make_mesh((n,), (DATA_AXIS,), devices=jax.devices()[:n])
+  # Auto axes: XLA propagates shardings through the model (explicit-sharding mode
+  # would make every reshape in the network declare its output sharding).
+  return jax.make_mesh((n,), (DATA_AXIS,), devices=jax.devices()[:n],
+                       axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -108,7 +108,8 @@ def build_steps(config, model, total_steps: int, mesh: Mesh) -> tuple[Steps, Tra
     inputs = semantics.model_inputs(batch, transform)
 
     def loss_fn(params):
-      net = nnx.merge(train_graph, params, state.model_state)
+      # copy=True: fresh Variables owned by this trace (BatchNorm updates them).
+      net = nnx.merge(train_graph, params, state.model_state, copy=True)
       outputs = net(inputs)
       loss, parts = total_loss(outputs, batch, task_objs, config.tasks)
       _, _, new_model_state = nnx.split(net, nnx.Param, ...)
@@ -123,11 +124,11 @@ def build_steps(config, model, total_steps: int, mesh: Mesh) -> tuple[Steps, Tra
     out = {"loss": loss, "grad_norm": optax.global_norm(grads),
            "learning_rate": schedule(state.step), **parts}
     for name, task in task_objs.items():
-      out.update({f"{name}/{k}": v for k, v in task.metric_sums(outputs, batch).items()})
+      out.update({f"{name}/{k}": v for k, v in task.metric_sums(outputs[name], batch).items()})
     return new_state, out
 
   def eval_outputs(state: TrainState, batch):
-    net = nnx.merge(eval_graph, state.params, state.model_state)
+    net = nnx.merge(eval_graph, state.params, state.model_state, copy=True)
     return net(semantics.model_inputs(batch, transform))
 
   def eval_step(state: TrainState, batch):

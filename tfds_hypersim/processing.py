@@ -28,6 +28,7 @@ Resampling conventions (both match PIL's `Image.resize` for float images):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 
 import h5py
@@ -123,31 +124,65 @@ def read_frame(root: str | os.PathLike, scene: str, camera: str, frame: int,
                   entity=arrays[ENTITY])
 
 
+@functools.cache
+def _float16_table() -> np.ndarray:
+  """float32 value of every float16 bit pattern, indexed by the uint16 bits."""
+  bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+  return bits.view(np.float16).astype(np.float32)
+
+
+@functools.cache
+def _brightness_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  table = _float16_table()
+  with np.errstate(invalid="ignore"):
+    return tuple(table * np.float32(w) for w in (0.3, 0.59, 0.11))
+
+
+def _tonemap_scale(brightness: np.ndarray) -> float:
+  b = brightness[np.isfinite(brightness)]
+  if b.size == 0:
+    return 1.0
+  p = float(np.percentile(b, _PERCENTILE))
+  return 0.0 if p < _DARK_THRESHOLD else _BRIGHTNESS_TARGET**_INV_GAMMA / p
+
+
+def _tonemap_curve(c: np.ndarray, scale: float) -> np.ndarray:
+  """clip(max(scale * c, 0) ** (1/2.2), 0, 1) in float32; NaN -> 0."""
+  with np.errstate(invalid="ignore"):
+    rgb = np.multiply(c, np.float32(scale), dtype=np.float32)
+    np.maximum(rgb, 0.0, out=rgb)
+    np.power(rgb, np.float32(_GAMMA), out=rgb)
+    np.minimum(rgb, 1.0, out=rgb)
+  return np.nan_to_num(rgb, nan=0.0, posinf=0.0, neginf=0.0)
+
+
 def tonemap(color: np.ndarray, entity: np.ndarray) -> np.ndarray:
   """HyperSim's tone map: linear HDR [H,W,3] -> display RGB float32 in [0,1].
 
   valid = entity != -1; brightness = 0.3R + 0.59G + 0.11B; p = 90th percentile
   (numpy's default linear interpolation) of brightness over valid pixels;
   scale = 1 if no valid pixel, 0 if p < 1e-4, else 0.8**2.2 / p;
-  rgb = clip(max(scale * c, 0) ** (1/2.2), 0, 1).
+  rgb = clip(max(scale * c, 0) ** (1/2.2), 0, 1). Arithmetic in float32.
 
   Non-finite colour values (not expected in HyperSim) are left out of the
-  percentile and become 0 in the output; for finite input this is exactly the
-  definition above.
+  percentile and become 0 (NaN, -inf) or 1 (+inf); for finite input this is
+  exactly the definition above. float16 input (HyperSim's) goes through
+  per-bit-pattern lookup tables, bitwise equal to the float32 arithmetic.
   """
-  c = np.asarray(color, np.float32)
+  color = np.asarray(color)
   valid = np.asarray(entity) != -1
+  if color.dtype == np.float16:
+    bits = color.view(np.uint16)
+    # Same float32 products/sums as below, looked up instead of converted.
+    r, g, b = _brightness_tables()
+    brightness = r[bits[..., 0]]
+    brightness += g[bits[..., 1]]
+    brightness += b[bits[..., 2]]
+    scale = _tonemap_scale(brightness[valid])
+    return _tonemap_curve(_float16_table(), scale)[bits]
+  c = color.astype(np.float32)
   brightness = 0.3 * c[..., 0] + 0.59 * c[..., 1] + 0.11 * c[..., 2]
-  b = brightness[valid]
-  b = b[np.isfinite(b)]
-  if b.size == 0:
-    scale = 1.0
-  else:
-    p = float(np.percentile(b, _PERCENTILE))
-    scale = 0.0 if p < _DARK_THRESHOLD else _BRIGHTNESS_TARGET**_INV_GAMMA / p
-  rgb = np.power(np.maximum(np.float32(scale) * c, 0.0), np.float32(_GAMMA))
-  rgb = np.clip(rgb, 0.0, 1.0)
-  return np.nan_to_num(rgb, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
+  return _tonemap_curve(c, _tonemap_scale(brightness[valid]))
 
 
 def to_uint8(rgb: np.ndarray) -> np.ndarray:
@@ -178,23 +213,56 @@ def _nearest_indices(in_size: int, out_size: int) -> np.ndarray:
   return np.minimum(idx.astype(np.int64), in_size - 1)
 
 
+def _banded(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Dense [out, in] filter weights -> (indices, weights), each [out, taps]."""
+  nonzero = weights > 0
+  taps = int(nonzero.sum(axis=1).max())
+  start = np.minimum(nonzero.argmax(axis=1), weights.shape[1] - taps)
+  idx = start[:, None] + np.arange(taps)[None, :]
+  return idx, np.take_along_axis(weights, idx, axis=1)
+
+
+def _filter_axis(x: np.ndarray, weights: np.ndarray, axis: int) -> np.ndarray:
+  """Applies [out, in] weights along `axis` of float32 x.
+
+  Done as a short sum of gathered slices (the filter is banded) rather than a
+  matmul: as fast single-threaded, and independent of BLAS threading, which
+  slows down badly on a busy machine.
+  """
+  idx, w = _banded(weights)
+  shape = [1] * x.ndim
+  shape[axis] = idx.shape[0]
+  out = None
+  for k in range(idx.shape[1]):
+    term = np.take(x, idx[:, k], axis=axis)
+    term *= w[:, k].reshape(shape)
+    if out is None:
+      out = term
+    else:
+      out += term
+  return out
+
+
+def _resize_axes(x: np.ndarray, out_hw: tuple[int, int], method: str,
+                 rows: slice = slice(None), cols: slice = slice(None)) -> np.ndarray:
+  """Resize of the leading two axes, computing only output `rows` x `cols`."""
+  h, w = x.shape[:2]
+  oh, ow = out_hw
+  if method == "nearest":
+    return x[_nearest_indices(h, oh)[rows]][:, _nearest_indices(w, ow)[cols]]
+  if method != "bilinear":
+    raise ValueError(f"unknown resize method {method!r}")
+  x = np.asarray(x, np.float32)
+  y = _filter_axis(x, _triangle_weights(h, oh)[rows], axis=0)
+  return _filter_axis(y, _triangle_weights(w, ow)[cols], axis=1)
+
+
 def resize(x: np.ndarray, out_hw: tuple[int, int], method: str) -> np.ndarray:
   """Resizes the two leading axes of `x` ([H,W] or [H,W,C]) to `out_hw`.
 
   method: "bilinear" (antialiased, float32 output) or "nearest" (dtype kept).
   """
-  h, w = x.shape[:2]
-  oh, ow = out_hw
-  if method == "nearest":
-    return x[_nearest_indices(h, oh)][:, _nearest_indices(w, ow)]
-  if method != "bilinear":
-    raise ValueError(f"unknown resize method {method!r}")
-  x = np.asarray(x, np.float32)
-  wh = _triangle_weights(h, oh)
-  ww = _triangle_weights(w, ow)
-  y = np.tensordot(wh, x, axes=(1, 0))             # [oh, w, ...]
-  y = np.moveaxis(np.tensordot(ww, y, axes=(1, 1)), 0, 1)  # [oh, ow, ...]
-  return np.ascontiguousarray(y, dtype=np.float32)
+  return _resize_axes(x, out_hw, method)
 
 
 def resize_short_side(x: np.ndarray, size: int, method: str) -> np.ndarray:
@@ -209,6 +277,16 @@ def center_crop(x: np.ndarray, size: int) -> np.ndarray:
     raise ValueError(f"cannot crop {size}x{size} from {h}x{w}")
   top, left = (h - size) // 2, (w - size) // 2
   return x[top:top + size, left:left + size]
+
+
+def resize_short_side_and_crop(x: np.ndarray, size: int, method: str) -> np.ndarray:
+  """center_crop(resize_short_side(x, size, method), size), computing only the
+  kept pixels (same values)."""
+  h, w = x.shape[:2]
+  oh, ow = short_side_shape(h, w, size)
+  top, left = (oh - size) // 2, (ow - size) // 2
+  return _resize_axes(x, (oh, ow), method, slice(top, top + size),
+                      slice(left, left + size))
 
 
 def clean_semantic(semantic: np.ndarray) -> np.ndarray:
@@ -226,13 +304,10 @@ def process_frame(raw: RawFrame, resolution: int) -> dict[str, np.ndarray]:
   semantic [S,S] int16 (nearest; -1 or 1..40).
   """
   rgb = tonemap(raw.color, raw.entity)
-  image = to_uint8(center_crop(resize_short_side(rgb, resolution, "bilinear"),
-                               resolution))
-  depth = center_crop(resize_short_side(raw.depth, resolution, "nearest"),
-                      resolution).astype(np.float32)
+  image = to_uint8(resize_short_side_and_crop(rgb, resolution, "bilinear"))
+  depth = resize_short_side_and_crop(raw.depth, resolution, "nearest").astype(np.float32)
   depth = np.where(np.isfinite(depth), depth, np.float32(np.nan))
-  semantic = clean_semantic(center_crop(
-      resize_short_side(raw.semantic, resolution, "nearest"), resolution))
+  semantic = clean_semantic(resize_short_side_and_crop(raw.semantic, resolution, "nearest"))
   return {"image": np.ascontiguousarray(image),
           "depth": np.ascontiguousarray(depth),
           "semantic": np.ascontiguousarray(semantic)}
