@@ -268,3 +268,13 @@ def test_metadata_tables():
   names = metadata.label_names()
   assert len(names) == 40 and names[1] == "wall" and names[22] == "ceiling"
   assert metadata.label_colors()[1].tolist() == [174, 199, 232]
+
+
+def test_bilinear_matches_jax_antialiased_linear():
+  import jax  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(5)
+  x = rng.random((96, 128, 3)).astype(np.float32)
+  for size in (24, 64):
+    out = processing.resize_short_side(x, size, "bilinear")
+    ref = np.asarray(jax.image.resize(x, out.shape, "linear", antialias=True))
+    np.testing.assert_allclose(out, ref, atol=5e-6)

@@ -167,7 +167,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     manual_dir/ai_001_001/images/scene_cam_00_geometry_hdf5/frame.0000.semantic.hdf5
     manual_dir/ai_001_001/images/scene_cam_00_geometry_hdf5/frame.0000.render_entity_id.hdf5
 
-  Only these four files per frame are read. Any subset of scenes works: each
+  `manual_dir` must be a local (or mounted) folder. Only these four files per
+  frame are read. Any subset of scenes works: each
   split keeps the frames of its list that are present, and a split with none
   is left out. Without a download, `python -m tfds_hypersim.synthetic --out DIR`
   writes procedural scenes in the same layout.
@@ -263,8 +264,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       written += 1
       scene, camera, index = result.frame
       yield f"{scene}/{camera}/{index:04d}", result.example
-    logging.info("hypersim %s: wrote %d frames, skipped %d %s", split, written,
-                 sum(skipped.values()), dict(sorted(skipped.items())))
+    log = logging.warning if skipped else logging.info
+    log("hypersim %s: wrote %d frames, skipped %d %s", split, written,
+        sum(skipped.values()), dict(sorted(skipped.items())))
 
   def _map_frames(self, root: str, frames: list[metadata.FrameId],
                   resolution: int) -> Iterator[_FrameResult]:

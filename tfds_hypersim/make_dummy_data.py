@@ -19,7 +19,7 @@ import shutil
 from tfds_hypersim import processing
 from tfds_hypersim import synthetic
 
-SEED = 0
+SEED = 1
 NUM_FRAMES = {"train": 4, "validation": 1, "test": 1}
 BROKEN = "broken_frames.json"
 

@@ -13,10 +13,11 @@ depth (metres, Euclidean distance to the camera centre, NaN kept) and
 semantic labels, resized so the short side equals the resolution and
 center-cropped to a square.
 
-Resampling conventions (both match PIL's `Image.resize` for float images):
+Resampling conventions:
   * RGB: bilinear *with antialiasing* -- a triangle filter whose support is
-    widened by the downscale factor (PIL's BILINEAR, `jax.image.resize(...,
-    "linear", antialias=True)`). HyperSim frames are downscaled 3x (256 px) to
+    widened by the downscale factor, as PIL's BILINEAR `Image.resize` on float
+    images (tested against it) and `jax.image.resize(..., "linear",
+    antialias=True)`. HyperSim frames are downscaled 3x (256 px) to
     12x (64 px); plain 2-tap bilinear would alias textures badly. It runs on the
     float tone-mapped image; quantisation to uint8 happens afterwards.
   * depth / semantic: nearest neighbour, output pixel i samples input pixel

@@ -202,8 +202,8 @@ class _Placer:
                or b1 + margin <= y0 for a0, b0, a1, b1 in self.footprints)
 
   def against_wall(self, width, depth, wall=None, tries=30):
-    """Footprint (x0,y0,x1,y1) of width along a wall and depth into the room,
-    plus the wall index and the direction into the room."""
+    """(footprint (x0, y0, x1, y1), wall index) of a `width` x `depth` object
+    against a random (or the given) wall, or (None, None) if none fits."""
     for _ in range(tries):
       f = int(self.rng.integers(4)) if wall is None else wall
       length = self.ly if f < 2 else self.lx
@@ -247,13 +247,6 @@ def _into_room(fp, wall, amount):
   x0, y0, x1, y1 = fp
   return {0: (x0, y0, x0 + amount, y1), 1: (x1 - amount, y0, x1, y1),
           2: (x0, y0, x1, y0 + amount), 3: (x0, y1 - amount, x1, y1)}[wall]
-
-
-def _away_from_wall(fp, wall, amount):
-  """Sub-footprint of thickness `amount` on the room side of fp."""
-  x0, y0, x1, y1 = fp
-  return {0: (x1 - amount, y0, x1, y1), 1: (x0, y0, x0 + amount, y1),
-          2: (x0, y1 - amount, x1, y1), 3: (x0, y0, x1, y0 + amount)}[wall]
 
 
 def make_scene(name: str, seed: int) -> Scene:
@@ -532,12 +525,14 @@ def _pixel_grid():
 _GRID = None
 
 
-def ray_directions(pose: Pose) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Unit world-space ray directions, three [H,W] float32 arrays."""
+def ray_directions(pose: Pose, rows: slice = slice(None)
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Unit world-space ray directions of image `rows`, three [h,W] float32 arrays."""
   global _GRID
   if _GRID is None:
     _GRID = _pixel_grid()
   x, y, inv_norm = _GRID
+  y, inv_norm = y[rows], inv_norm[rows]
   r = pose.world_from_cam.astype(np.float32)
   # camera-space direction (X, -Y, -f)
   out = []
@@ -637,6 +632,7 @@ def _face_coords(face, px, py, pz):
 
 
 def _hash(k, seed):
+  """Pseudo-random values in [0, 1) from k (the common fract(sin(x) * 43758.5453) hash)."""
   return np.modf(np.abs(np.sin(k * np.float32(12.9898) + np.float32(seed)))
                  * np.float32(43758.547))[0]
 
@@ -674,11 +670,48 @@ def _texture(material, a, b, c, seed):
   return np.ones_like(a)
 
 
-def render(scene: Scene, pose: Pose) -> dict[str, np.ndarray]:
+def render(scene: Scene, pose: Pose, tile_rows: int = 128) -> dict[str, np.ndarray]:
   """Ray-casts a frame. Returns color [H,W,3] float32 (linear radiance),
   depth [H,W] float32 (metres, NaN = no geometry), semantic [H,W] int16,
-  entity [H,W] int16 (-1 = no geometry)."""
-  dx, dy, dz = ray_directions(pose)
+  entity [H,W] int16 (-1 = no geometry).
+
+  Works on bands of `tile_rows` rows so that the many temporaries stay in
+  cache; the result does not depend on the band height.
+  """
+  size = scene.size
+  windows = {}
+  for i, r in enumerate(scene.rects):
+    if r.kind == "hole":
+      windows[("hole", i)] = _screen_rect(pose, *_rect_bounds(r, size))
+  for k, prim in enumerate(scene.prims):
+    windows[("prim", k)] = _screen_rect(pose, *prim.bounds())
+  out = {"color": np.empty((H, W, 3), np.float32), "depth": np.empty((H, W), np.float32),
+         "semantic": np.empty((H, W), np.int16), "entity": np.empty((H, W), np.int16)}
+  for r0 in range(0, H, tile_rows):
+    r1 = min(r0 + tile_rows, H)
+    band = _render_rows(scene, pose, r0, r1, windows)
+    for k, v in band.items():
+      out[k][r0:r1] = v
+  return out
+
+
+def _band_window(win, r0: int, r1: int):
+  """A full-image (rows, cols) window restricted to rows [r0, r1), in band
+  coordinates; None if empty."""
+  if win is None:
+    return None
+  rows, cols = win
+  a, b = max(rows.start, r0), min(rows.stop, r1)
+  if a >= b:
+    return None
+  return slice(a - r0, b - r0), cols
+
+
+def _render_rows(scene: Scene, pose: Pose, r0: int, r1: int, windows: dict
+                 ) -> dict[str, np.ndarray]:
+  """`render` for image rows [r0, r1)."""
+  dx, dy, dz = ray_directions(pose, slice(r0, r1))
+  h = r1 - r0
   o = pose.position.astype(np.float64)
   size = scene.size
   inf = np.float32(np.inf)
@@ -697,10 +730,10 @@ def render(scene: Scene, pose: Pose) -> dict[str, np.ndarray]:
                           4 + (dz > 0).view(np.int8))).astype(np.int16)
 
   # Holes (windows, open doorways): no geometry on the wall there.
-  for r in scene.rects:
+  for i, r in enumerate(scene.rects):
     if r.kind != "hole":
       continue
-    win = _screen_rect(pose, *_rect_bounds(r, size))
+    win = _band_window(windows[("hole", i)], r0, r1)
     if win is None:
       continue
     tw = t[win]
@@ -712,7 +745,7 @@ def render(scene: Scene, pose: Pose) -> dict[str, np.ndarray]:
 
   # Objects, each tested only inside its projected screen window.
   for k, prim in enumerate(scene.prims):
-    win = _screen_rect(pose, *prim.bounds())
+    win = _band_window(windows[("prim", k)], r0, r1)
     if win is None:
       continue
     tk = _HIT[prim.kind](o, (dx[win], dy[win], dz[win]),
@@ -752,7 +785,7 @@ def render(scene: Scene, pose: Pose) -> dict[str, np.ndarray]:
     if sl.start == sl.stop:
       continue
     x, y, z = ps[0][sl], ps[1][sl], ps[2][sl]
-    size = sl.stop - sl.start
+    n = sl.stop - sl.start
     if s < _NUM_FACES:
       axis = s // 2 if s < 4 else 2
       nrm[axis][sl] = 1.0 if s in (0, 2, 4) else -1.0
@@ -760,8 +793,8 @@ def render(scene: Scene, pose: Pose) -> dict[str, np.ndarray]:
       zero = np.zeros_like(a)
       col = np.asarray(scene.face_albedo[s], np.float32) * as_rgb(
           _texture(scene.face_material[s], a, b, zero, seed))
-      lab = np.full(size, _FACE_LABEL[s], np.int16)
-      ent = np.full(size, s, np.int16)
+      lab = np.full(n, _FACE_LABEL[s], np.int16)
+      ent = np.full(n, s, np.int16)
       for ri, r in enumerate(scene.rects):
         if r.face != s or r.kind != "decal":
           continue
@@ -824,10 +857,10 @@ def render(scene: Scene, pose: Pose) -> dict[str, np.ndarray]:
   ent = np.empty_like(entity)
   ent[order] = entity
   return {
-      "color": color.reshape(H, W, 3),
+      "color": color.reshape(h, W, 3),
       "depth": np.where(valid, t, np.float32(np.nan)).astype(np.float32),
-      "semantic": sem.reshape(H, W),
-      "entity": ent.reshape(H, W),
+      "semantic": sem.reshape(h, W),
+      "entity": ent.reshape(h, W),
   }
 
 
