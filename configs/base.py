@@ -38,7 +38,8 @@ def get_config() -> config_dict.ConfigDict:
 
   config.optimizer = config_dict.ConfigDict(dict(
       name="adam", learning_rate=1e-3, end_learning_rate=1e-6, warmup_steps=0,
-      b1=0.9, b2=0.999, eps=1e-8,
+      b1=0.9, b2=0.999, eps=1e-8,  # Adam
+      momentum=config_dict.placeholder(float),  # SGD
   ))
   config.batch_size = 32  # global, over all devices and hosts
   config.eval_batch_size = 32

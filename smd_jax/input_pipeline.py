@@ -54,10 +54,9 @@ def train_dataset(source: Sequence[Mapping[str, Any]], *, global_batch_size: int
   """
   batch = local_batch_size(global_batch_size, process_count)
   ds = grain.MapDataset.source(source)[process_index::process_count]
-  if len(ds) < batch:
-    raise ValueError(
-        f"The training split has {len(ds)} examples for this process, fewer than its batch of "
-        f"{batch}; lower batch_size or add data.")
+  if not len(ds):
+    raise ValueError(f"The training split has no examples for process {process_index} "
+                     f"(of {process_count}, {len(source)} examples in all).")
   ds = ds.map(select_arrays).shuffle(seed=seed).repeat()
   ds = ds.batch(batch, drop_remainder=True)
   return ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,

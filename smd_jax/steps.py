@@ -63,11 +63,17 @@ def make_schedule(config, total_steps: int) -> optax.Schedule:
   return optax.join_schedules([warmup, decay], [opt.warmup_steps])
 
 
+OPTIMIZERS = {
+    "adam": lambda opt, lr: optax.adam(lr, b1=opt.b1, b2=opt.b2, eps=opt.eps),
+    "sgd": lambda opt, lr: optax.sgd(lr, momentum=opt.get("momentum")),
+}
+
+
 def make_optimizer(config, schedule) -> optax.GradientTransformation:
   opt = config.optimizer
-  if opt.name != "adam":
-    raise ValueError(f"Unknown optimizer {opt.name!r}; known: ['adam'].")
-  return optax.adam(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps)
+  if opt.name not in OPTIMIZERS:
+    raise ValueError(f"Unknown optimizer {opt.name!r}; known: {sorted(OPTIMIZERS)}.")
+  return OPTIMIZERS[opt.name](opt, schedule)
 
 
 def create_model(config, seed: int):
@@ -121,7 +127,7 @@ def build_steps(config, model, total_steps: int, mesh: Mesh) -> tuple[Steps, Tra
     params = optax.apply_updates(state.params, updates)
     new_state = TrainState(step=state.step + 1, params=params, model_state=model_state,
                            opt_state=opt_state)
-    out = {"loss": loss, "grad_norm": optax.global_norm(grads),
+    out = {"loss": loss, "grad_norm": optax.tree.norm(grads),
            "learning_rate": schedule(state.step), **parts}
     for name, task in task_objs.items():
       out.update({f"{name}/{k}": v for k, v in task.metric_sums(outputs[name], batch).items()})

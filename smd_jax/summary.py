@@ -7,6 +7,7 @@ training loop can call it unconditionally.
 from __future__ import annotations
 
 import json
+import logging as std_logging
 import math
 import os
 from typing import Mapping
@@ -14,6 +15,18 @@ from typing import Mapping
 import jax
 import numpy as np
 from absl import logging
+
+
+# Libraries whose INFO lines (dozens per checkpoint) drown the training log.
+_CHATTY_LIBRARIES = ("/orbax/", "/grain/", "/tensorflow_datasets/core/")
+
+
+def quiet_library_logs() -> None:
+  """Keeps warnings and errors from chatty libraries, drops their INFO lines."""
+  def keep(record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.WARNING or not any(
+        lib in record.pathname for lib in _CHATTY_LIBRARIES)
+  logging.get_absl_handler().addFilter(keep)
 
 
 class MetricWriter:

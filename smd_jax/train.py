@@ -7,7 +7,7 @@ field can be overridden, e.g. --config.batch_size=16 --config.data.data_dir=/dat
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from smd_jax import trainer
+from smd_jax import summary, trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config file.",
                                           lock_config=True)
@@ -19,6 +19,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.INFO)
+  summary.quiet_library_logs()
   results = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   if "depth/rmse" in results:
     print(f"Final validation RMSE: {results['depth/rmse']:.4f} m "

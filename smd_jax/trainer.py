@@ -108,7 +108,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     base_rmse, base_depth = evaluation.constant_baseline(sources[eval_split], max_depth,
                                                          config.max_eval_examples)
     results.update({"constant_baseline/rmse": base_rmse, "constant_baseline/depth": base_depth})
-    writer.scalars(total_steps, results, prefix=f"{eval_split}/")
+    writer.scalars(total_steps, {k: v for k, v in results.items() if k != "step"},
+                   prefix=f"{eval_split}/")
     panels = evaluation.prediction_panels(
         steps, state, sources[eval_split], num_images=config.num_images,
         batch_size=config.eval_batch_size, mesh=mesh, max_depth=max_depth)

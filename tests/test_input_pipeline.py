@@ -70,8 +70,14 @@ def test_iterator_state_resumes_exactly():
 def test_batch_errors_are_clear():
   with pytest.raises(ValueError, match="not divisible"):
     input_pipeline.local_batch_size(6, 4)
-  with pytest.raises(ValueError, match="fewer than"):
-    input_pipeline.train_dataset(fake_source(3), global_batch_size=4, seed=0)
+  with pytest.raises(ValueError, match="no examples"):
+    input_pipeline.train_dataset(fake_source(1), global_batch_size=4, seed=0, process_index=1,
+                                 process_count=2)
+
+
+def test_split_smaller_than_batch_still_batches():
+  it = iter(input_pipeline.train_dataset(fake_source(3), global_batch_size=8, seed=0))
+  assert sorted(set(ids(next(it)))) == [0, 1, 2]
 
 
 @pytest.mark.parametrize("process_count", [1, 2])

@@ -61,6 +61,8 @@ def build_model(model_config: Any, *, rngs: nnx.Rngs) -> DenseModel:
   heads_config = _field(model_config, 'heads')
   if not heads_config:
     raise ValueError('model_config.heads must name at least one task')
+  for task in heads_config:  # fail before the (slow) construction
+    lookup(ACTIVATIONS, _field(heads_config[task], 'activation', 'identity'), 'activation')
 
   encoder = encoder_fn(in_channels=int(_field(model_config, 'in_channels', 3)),
                        drop_path_rate=float(_field(model_config, 'drop_path_rate', 0.0)),
