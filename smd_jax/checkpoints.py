@@ -18,12 +18,26 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 
+def _use_plain_array_saves_on_cpu() -> None:
+  """Turns off Orbax's replica-parallel saving on the CPU backend.
+
+  Replica-parallel saving slices each replicated array across its replicas with a
+  small compiled program per array shape; on CPU (e.g. 8 simulated devices) those
+  compiles made the first save of our ~430-array state take 25 s instead of 1 s.
+  Orbax already turns it off for GPU platforms.
+  """
+  if jax.default_backend() == "cpu":
+    ocp.type_handlers.register_type_handler(
+        jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+
+
 class Checkpointer:
   """Keep-last-N checkpoints in `<workdir>/checkpoints`, saved every K steps."""
 
   def __init__(self, workdir: str, *, max_to_keep: int = 3, save_interval_steps: int = 1000,
                async_save: bool = True):
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    _use_plain_array_saves_on_cpu()
     policies = ocp.checkpoint_managers
     # Every K steps, and when JAX signals a preemption; no save at the first step.
     save_policy = policies.AnySavePolicy([

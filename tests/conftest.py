@@ -5,3 +5,12 @@ import os
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import tempfile  # noqa: E402
+
+import jax  # noqa: E402
+
+# Tests that run the same program twice (e.g. train, then resume in a new loop)
+# reuse compiled executables instead of compiling again.
+jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="smd_jax_xla_cache_"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)

@@ -20,6 +20,7 @@ import pytest
 from flax import nnx
 
 from smd_jax.models import DenseModel, build_model, layers, registry
+from tests import torch_reference
 from smd_jax.models.efficientnet import InvertedResidual
 
 # name -> (encoder params, UNet + 1-output head params, feature channels, blocks/stage)
@@ -353,12 +354,7 @@ def _load_torch_unet(model, state_dict):
 
 
 def test_matches_pytorch_reference():
-  try:  # optional extra; a broken torchvision install raises more than ImportError
-    import segmentation_models_pytorch as smp
-    import timm  # noqa: F401
-    import torch
-  except Exception as e:  # pylint: disable=broad-except
-    pytest.skip(f'PyTorch reference not available: {e!r}')
+  torch, _, smp = torch_reference.import_reference()
   torch.manual_seed(0)
   reference = smp.Unet('tu-efficientnet_b2', encoder_weights=None, classes=1,
                        activation='sigmoid', in_channels=4)
@@ -409,5 +405,22 @@ def test_matches_pytorch_reference():
     for p in path:
       torch_bn, bn = (torch_bn[p] if isinstance(p, int) else getattr(torch_bn, p)), bn[p]
     np.testing.assert_allclose(bn['mean'][...], torch_bn.running_mean.numpy(), atol=1e-6)
-    # PyTorch updates running_var with the unbiased batch variance (factor n/(n-1)).
-    np.testing.assert_allclose(bn['var'][...], torch_bn.running_var.numpy(), rtol=1e-3)
+    # Like PyTorch, running_var moves towards the unbiased batch variance.
+    np.testing.assert_allclose(bn['var'][...], torch_bn.running_var.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_batchnorm_matches_numpy_pytorch_semantics():
+  from smd_jax.models import layers
+  x = np.random.default_rng(0).normal(2.0, 3.0, (2, 3, 5, 4)).astype(np.float32)
+  bn = layers.BatchNorm(4)
+  y = np.asarray(bn(jnp.asarray(x)))
+  flat = x.reshape(-1, 4).astype(np.float64)
+  mean, var = flat.mean(0), flat.var(0)  # normalise with the biased variance
+  np.testing.assert_allclose(y, (x - mean) / np.sqrt(var + 1e-5), atol=1e-5)
+  n = flat.shape[0]
+  np.testing.assert_allclose(bn.mean[...], 0.1 * mean, rtol=1e-5)
+  np.testing.assert_allclose(bn.var[...], 0.9 + 0.1 * var * n / (n - 1), rtol=1e-5)
+  bn.use_running_average = True
+  np.testing.assert_allclose(np.asarray(bn(jnp.asarray(x))),
+                             (x - 0.1 * mean) / np.sqrt(0.9 + 0.1 * var * n / (n - 1) + 1e-5),
+                             atol=1e-5)
