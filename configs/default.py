@@ -12,12 +12,12 @@ def get_config():
   config.data.resolution = 64
   config.data.num_threads = 2
   config.data.synthetic.enabled = True
-  config.data.synthetic.num_frames = dict(train=160, validation=32, test=16)
+  config.data.synthetic.num_frames = dict(train=160, validation=32, test=8)
   config.batch_size = 8
   config.eval_batch_size = 16
-  config.num_train_steps = 300
+  config.num_train_steps = 400
   config.optimizer.learning_rate = 2e-3
   config.log_every_steps = 25
-  config.eval_every_steps = 150
-  config.checkpoint_every_steps = 100
+  config.eval_every_steps = 200
+  config.checkpoint_every_steps = 200
   return config

@@ -11,6 +11,7 @@ part of the global batch; `parallel.to_global` assembles the global array.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -128,17 +129,29 @@ def resolve_paths(data_config, workdir: str) -> DataPaths:
 
 
 def generate_synthetic(manual_dir: str, synthetic_config) -> None:
-  """Writes the procedural raw frames once; a marker file makes it idempotent."""
+  """Writes the procedural raw frames once; a marker file makes it idempotent.
+
+  The marker records what was generated, so a workdir whose frames came from
+  another synthetic config is reported instead of silently reused.
+  """
   from tfds_hypersim import synthetic  # pylint: disable=g-import-not-at-top
 
+  counts = {s: int(synthetic_config.num_frames[s]) for s in sorted(synthetic_config.num_frames)}
+  wanted = json.dumps({"num_frames": counts, "seed": int(synthetic_config.seed)}, sort_keys=True)
   marker = os.path.join(manual_dir, ".synthetic_complete")
   if os.path.exists(marker):
+    with open(marker) as f:
+      found = f.read().strip()
+    if found != wanted:
+      raise ValueError(
+          f"{manual_dir} holds procedural frames generated with {found}, but the config asks "
+          f"for {wanted}. Use a new --workdir (or delete {os.path.dirname(manual_dir)}).")
     return
-  counts = {s: int(synthetic_config.num_frames[s]) for s in synthetic_config.num_frames}
   logging.info("Generating procedural HyperSim-format frames %s in %s", counts, manual_dir)
+  os.makedirs(manual_dir, exist_ok=True)
   synthetic.generate(manual_dir, num_frames=counts, seed=int(synthetic_config.seed))
   with open(marker, "w") as f:
-    f.write(f"{counts}\n")
+    f.write(wanted + "\n")
 
 
 def load_data_sources(data_config, workdir: str, *, build: bool = True) -> dict[str, Sequence]:

@@ -27,12 +27,15 @@ def depth_panel(image: np.ndarray, depth: np.ndarray, pred: np.ndarray,
                 max_depth: float) -> np.ndarray:
   """One row: RGB [H,W,3] uint8 | ground truth | prediction, depths [H,W] in metres.
 
-  Both depth maps share one scale (0..max_depth), so colours are comparable;
+  Both depth maps share one scale, 0 to the row's farthest valid ground truth
+  (at most `max_depth`), so colours compare within a row and use the whole map;
   invalid ground-truth pixels are black.
   """
+  valid = np.isfinite(depth)
+  vmax = min(float(depth[valid].max()), max_depth) if valid.any() else max_depth
+  vmax = max(vmax, 1e-3)
   gap = np.full((image.shape[0], 4, 3), 255, np.uint8)
-  return np.concatenate([image, gap, turbo(depth / max_depth), gap, turbo(pred / max_depth)],
-                        axis=1)
+  return np.concatenate([image, gap, turbo(depth / vmax), gap, turbo(pred / vmax)], axis=1)
 
 
 def depth_grid(images, depths, preds, max_depth: float) -> np.ndarray:

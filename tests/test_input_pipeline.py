@@ -100,3 +100,19 @@ def test_eval_batches_cover_every_example_once_with_padding(process_count):
 def test_max_examples_limits_eval():
   batches = list(input_pipeline.eval_batches(fake_source(9), global_batch_size=4, max_examples=5))
   assert sum(int(b["mask"].sum()) for b in batches) == 5
+
+
+def test_synthetic_generation_runs_once_and_refuses_other_config(tmp_path, monkeypatch):
+  from ml_collections import config_dict
+  from tfds_hypersim import synthetic
+
+  calls = []
+  monkeypatch.setattr(synthetic, "generate", lambda out, num_frames, seed: calls.append(num_frames))
+  cfg = config_dict.ConfigDict({"seed": 0, "num_frames": {"train": 4, "validation": 2, "test": 0}})
+  raw = str(tmp_path / "raw")
+  input_pipeline.generate_synthetic(raw, cfg)
+  input_pipeline.generate_synthetic(raw, cfg)
+  assert calls == [{"test": 0, "train": 4, "validation": 2}]  # second call reuses the frames
+  cfg.num_frames.train = 8
+  with pytest.raises(ValueError, match="new --workdir"):
+    input_pipeline.generate_synthetic(raw, cfg)
