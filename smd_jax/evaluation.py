@@ -49,8 +49,8 @@ def constant_baseline(source: Sequence, max_depth: float,
 
 
 def prediction_panels(steps, state, source: Sequence, *, num_images: int, batch_size: int,
-                      mesh, max_depth: float) -> np.ndarray:
-  """Input | ground truth | prediction for the first `num_images` examples of `source`."""
+                      mesh, max_depth: float) -> list[np.ndarray]:
+  """Input | ground truth | prediction panels for the first `num_images` examples."""
   batch = next(input_pipeline.eval_batches(
       source, global_batch_size=batch_size, process_index=jax.process_index(),
       process_count=jax.process_count(), max_examples=num_images))
@@ -60,8 +60,8 @@ def prediction_panels(steps, state, source: Sequence, *, num_images: int, batch_
   # draw this process's own examples from its local rows.
   local = pred.reshape((jax.process_count(), -1) + pred.shape[1:])[jax.process_index()]
   keep = mask.nonzero()[0]
-  return visualize.depth_grid(batch["image"][keep], np.clip(batch["depth"][keep], 0, max_depth),
-                              local[keep], max_depth)
+  return [visualize.depth_panel(batch["image"][i], np.clip(batch["depth"][i], 0, max_depth),
+                                local[i], max_depth) for i in keep]
 
 
 def save_png(path: str, image: np.ndarray) -> None:

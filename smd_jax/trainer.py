@@ -9,7 +9,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from smd_jax import checkpoints, evaluation, input_pipeline, parallel, steps as steps_lib
+from smd_jax import checkpoints, evaluation, input_pipeline, parallel, steps as steps_lib, visualize
 from smd_jax.summary import MetricWriter
 
 
@@ -113,10 +113,14 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     panels = evaluation.prediction_panels(
         steps, state, sources[eval_split], num_images=config.num_images,
         batch_size=config.eval_batch_size, mesh=mesh, max_depth=max_depth)
-    writer.image(total_steps, f"{eval_split}/input_gt_pred", panels)
+    grid = visualize.stack_rows(panels)
+    writer.image(total_steps, f"{eval_split}/input_gt_pred", grid)
     if jax.process_index() == 0:
       evaluation.write_json(os.path.join(workdir, f"eval_{eval_split}_{total_steps}.json"), results)
-      evaluation.save_png(os.path.join(workdir, "images", f"{eval_split}_{total_steps}.png"), panels)
+      images = os.path.join(workdir, "images")
+      evaluation.save_png(os.path.join(images, f"{eval_split}_{total_steps}.png"), grid)
+      for i, panel in enumerate(panels):
+        evaluation.save_png(os.path.join(images, f"{eval_split}_{total_steps}_{i}.png"), panel)
     logging.info("Final %s RMSE %.4f m; best constant depth (%.2f m) RMSE %.4f m.", eval_split,
                  results["depth/rmse"], base_depth, base_rmse)
   ckpt.close()

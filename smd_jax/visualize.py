@@ -38,9 +38,8 @@ def depth_panel(image: np.ndarray, depth: np.ndarray, pred: np.ndarray,
   return np.concatenate([image, gap, turbo(depth / vmax), gap, turbo(pred / vmax)], axis=1)
 
 
-def depth_grid(images, depths, preds, max_depth: float) -> np.ndarray:
-  """Rows of `depth_panel`, one per example, stacked vertically."""
-  rows = [depth_panel(i, d, p, max_depth) for i, d, p in zip(images, depths, preds)]
+def stack_rows(rows: list[np.ndarray]) -> np.ndarray:
+  """Panels [H,W,3] stacked vertically with white gaps."""
   gap = np.full((4, rows[0].shape[1], 3), 255, np.uint8)
   out = [rows[0]]
   for r in rows[1:]:

@@ -100,7 +100,9 @@ def test_train_and_evaluate_on_dummy_data_and_resume(tiny_config, tmp_path):
     saved = json.load(f)
   assert saved["depth/rmse"] == pytest.approx(results["depth/rmse"])
   png = np.asarray(Image.open(os.path.join(workdir, "images", "validation_4.png")))
-  assert png.shape == (32, 3 * 32 + 2 * 4, 3)  # input | gt | prediction
+  assert png.shape == (32, 3 * 32 + 2 * 4, 3)  # input | gt | prediction, one example
+  single = np.asarray(Image.open(os.path.join(workdir, "images", "validation_4_0.png")))
+  np.testing.assert_array_equal(single, png)
   events = os.listdir(os.path.join(workdir, "tensorboard"))
   assert any(e.startswith("events.out.tfevents") for e in events)
   with open(os.path.join(workdir, "metrics.jsonl")) as f:

@@ -34,6 +34,9 @@ def test_panel_layout_and_shared_scale():
 
 def test_grid_stacks_rows():
   rows = 3
-  grid = visualize.depth_grid(np.zeros((rows, 4, 5, 3), np.uint8), np.ones((rows, 4, 5)),
-                              np.ones((rows, 4, 5)), 15.0)
+  panels = [visualize.depth_panel(np.zeros((4, 5, 3), np.uint8), np.ones((4, 5)) * i,
+                                  np.ones((4, 5)), 15.0) for i in range(1, rows + 1)]
+  grid = visualize.stack_rows(panels)
   assert grid.shape == (rows * 4 + (rows - 1) * 4, 23, 3)
+  np.testing.assert_array_equal(grid[8:12], panels[1])
+  assert np.all(grid[4:8] == 255)
