@@ -116,6 +116,16 @@ def _drop_path(rate: float, rngs: nnx.Rngs) -> nnx.Dropout | None:
   return nnx.Dropout(rate, broadcast_dims=(1, 2, 3), rngs=rngs)
 
 
+def _residual(block: nnx.Module, x: jax.Array, shortcut: jax.Array) -> jax.Array:
+  """Both block types end alike: optional drop path, then the identity shortcut
+  when the block has one (``block.has_skip``)."""
+  if not block.has_skip:
+    return x
+  if block.drop_path is not None:
+    x = block.drop_path(x)
+  return x + shortcut
+
+
 class DepthwiseSeparableConv(nnx.Module):
   """timm ``DepthwiseSeparableConv``: dw kxk -> BN -> SiLU -> SE -> pw 1x1 -> BN."""
 
@@ -138,11 +148,7 @@ class DepthwiseSeparableConv(nnx.Module):
     x = jax.nn.silu(self.bn1(self.conv_dw(x)))
     x = self.se(x)
     x = self.bn2(self.conv_pw(x))
-    if self.has_skip:
-      if self.drop_path is not None:
-        x = self.drop_path(x)
-      x = x + shortcut
-    return x
+    return _residual(self, x, shortcut)
 
 
 class InvertedResidual(nnx.Module):
@@ -176,11 +182,7 @@ class InvertedResidual(nnx.Module):
     x = jax.nn.silu(self.bn2(self.conv_dw(x)))
     x = self.se(x)
     x = self.bn3(self.conv_pwl(x))
-    if self.has_skip:
-      if self.drop_path is not None:
-        x = self.drop_path(x)
-      x = x + shortcut
-    return x
+    return _residual(self, x, shortcut)
 
 
 class EfficientNet(nnx.Module):
