@@ -5,6 +5,8 @@ EfficientNet-b4 UNet, L1 depth loss, Adam at 1e-3 with cosine decay to 1e-6 over
 Other configs import this one and change a few fields.
 """
 
+from __future__ import annotations
+
 from ml_collections import config_dict
 
 
@@ -28,13 +30,19 @@ def get_config() -> config_dict.ConfigDict:
       decoder="unet",
       dtype="float32",  # compute dtype; "bfloat16" for mixed precision (params stay f32)
       heads=dict(depth=dict(num_outputs=1, activation="sigmoid")),
+      # A learned block between the semantic channels and the encoder
+      # (smd_jax/models/registry.py INPUT_BLOCKS, e.g. "semantic_conv"); None = none.
+      input_block=config_dict.placeholder(str),
   ))
   # Name of the semantic input transform (smd_jax/semantics.py); "none" = RGB only.
   config.semantic_transform = "none"
-  # Per task: loss name (smd_jax/losses.py), weight in L = sum_t w_t L_t, task params.
+  # Per task: kind (smd_jax/tasks.py TASKS; default: the task's name), loss name and
+  # optional loss_params (smd_jax/losses.py), weight in L = sum_t w_t L_t, task params.
   config.tasks = config_dict.ConfigDict(dict(
       depth=dict(loss="l1", weight=1.0, params=dict(max_depth=15.0)),
   ))
+  # Key of the paper's published row to compare with (smd_jax/paper.py), if any.
+  config.paper_row = config_dict.placeholder(str)
 
   config.optimizer = config_dict.ConfigDict(dict(
       name="adam", learning_rate=1e-3, end_learning_rate=1e-6, warmup_steps=0,
@@ -53,3 +61,34 @@ def get_config() -> config_dict.ConfigDict:
   config.max_eval_examples = config_dict.placeholder(int)  # None: the whole split
   config.num_images = 4  # validation examples drawn as PNG panels
   return config
+
+
+# The paper's auxiliary-loss weight: lambda_sem = 0.07 for every auxiliary task (Sec. 4.1);
+# DESIGN.md gives contours 0.1.
+SEMANTIC_WEIGHT = 0.07
+CONTOUR_WEIGHT = 0.1
+
+
+def add_task(config, name: str, *, num_outputs: int, loss: str, weight: float,
+             kind: str | None = None, **params) -> None:
+  """Adds a head (decoder + per-pixel logits) and its loss to a multi-task config."""
+  config.model.heads[name] = dict(num_outputs=num_outputs, activation="identity")
+  task = dict(kind=kind or name, loss=loss, weight=weight)
+  if params:
+    task["params"] = params
+  config.tasks[name] = task
+
+
+def add_semantic_head(config, loss: str = "ce") -> None:
+  """The 2-head model: + NYU40 semantic segmentation."""
+  add_task(config, "semantic", num_outputs=40, loss=loss, weight=SEMANTIC_WEIGHT)
+
+
+def add_contour_head(config) -> None:
+  """The 3-head model's third task: 2-class semantic contours."""
+  add_task(config, "contours", num_outputs=2, loss="ce", weight=CONTOUR_WEIGHT)
+
+
+def use_deeplab(config) -> None:
+  """DeepLabV3 (ASPP, encoder output stride 8) in place of the UNet decoder."""
+  config.model.decoder = "deeplabv3"

@@ -2,13 +2,15 @@
 
 The real model and pipeline of configs/base.py (EfficientNet-b4 UNet, L1 loss,
 TFDS builder, grain), on small 64x64 crops of generated scenes.
+`demo_settings` applies the same small-scale setup to any paper config (used by
+`python -m smd_jax.experiments --preset demo`).
 """
 
 from configs import base
 
 
-def get_config():
-  config = base.get_config()
+def demo_settings(config):
+  """Shrinks a paper config to the demo's data and schedule (same model and losses)."""
   config.data.resolution = 64
   config.data.num_threads = 2
   config.data.synthetic.enabled = True
@@ -21,3 +23,7 @@ def get_config():
   config.eval_every_steps = 200
   config.checkpoint_every_steps = 200
   return config
+
+
+def get_config():
+  return demo_settings(base.get_config())

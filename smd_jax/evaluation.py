@@ -26,7 +26,7 @@ def evaluate(steps, state, source: Sequence, *, global_batch_size: int, mesh,
   for batch in input_pipeline.eval_batches(
       source, global_batch_size=global_batch_size, process_index=jax.process_index(),
       process_count=jax.process_count(), max_examples=max_examples):
-    batch.pop("mask")  # padding already has invalid targets
+    # `mask` stays in: tasks with targets everywhere (contours) need it to skip padding.
     sums = steps.eval_step(state, parallel.to_global(batch, mesh))
     for name in totals:
       totals[name] = metrics.accumulate(totals[name], sums[name])
@@ -54,7 +54,7 @@ def prediction_panels(steps, state, source: Sequence, *, num_images: int, batch_
   batch = next(input_pipeline.eval_batches(
       source, global_batch_size=batch_size, process_index=jax.process_index(),
       process_count=jax.process_count(), max_examples=num_images))
-  mask = batch.pop("mask")
+  mask = batch["mask"]
   pred = parallel.fetch(steps.predict_step(state, parallel.to_global(batch, mesh)))
   # With several processes the gathered prediction holds every process's slice;
   # draw this process's own examples from its local rows.

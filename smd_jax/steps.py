@@ -87,7 +87,8 @@ def total_loss(outputs, batch, task_objs, task_configs):
   total = 0.0
   for name, task in task_objs.items():
     cfg = task_configs[name]
-    loss = losses.get_loss(cfg.loss)(*task.loss_inputs(outputs[name], batch))
+    loss_fn = losses.get_loss(cfg.loss)
+    loss = loss_fn(*task.loss_inputs(outputs[name], batch), **dict(cfg.get("loss_params", {})))
     parts[f"loss_{name}"] = loss
     total = total + cfg.weight * loss
   return total, parts

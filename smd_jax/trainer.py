@@ -9,7 +9,8 @@ import jax
 import numpy as np
 from absl import logging
 
-from smd_jax import checkpoints, evaluation, input_pipeline, parallel, steps as steps_lib, visualize
+from smd_jax import (checkpoints, evaluation, input_pipeline, metrics, parallel, steps as steps_lib,
+                     visualize)
 from smd_jax.summary import MetricWriter
 
 
@@ -26,8 +27,10 @@ def _finalize_train_metrics(history: list[dict], tasks) -> dict[str, float]:
          for k in fetched[0] if k == "loss" or k.startswith("loss_") or k == "grad_norm"}
   out["learning_rate"] = float(fetched[-1]["learning_rate"])
   for name, task in tasks.items():
-    sums = {k.split("/", 1)[1]: sum(float(h[k]) for h in fetched)
-            for k in fetched[0] if k.startswith(f"{name}/")}
+    sums = None  # float64 host sums; some are arrays (confusion matrices)
+    for h in fetched:
+      sums = metrics.accumulate(sums, {k.split("/", 1)[1]: v for k, v in h.items()
+                                       if k.startswith(f"{name}/")})
     out.update({f"{name}/{k}": v for k, v in task.finalize(sums).items()})
   return out
 

@@ -1,0 +1,1 @@
+"""One config per row of the paper's Tables 1 and 2."""

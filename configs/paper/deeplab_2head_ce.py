@@ -1,0 +1,14 @@
+"""Table 2, DeepLab, 2-head with CE: DeepLabV3, depth + semantics (CE).
+
+Paper setup from configs/base.py; published numbers in smd_jax/paper.py.
+"""
+
+from configs import base
+
+
+def get_config():
+  config = base.get_config()
+  base.use_deeplab(config)
+  base.add_semantic_head(config, loss="ce")
+  config.paper_row = "deeplab_2head_ce"
+  return config

@@ -1,0 +1,13 @@
+"""Table 1, Multi-Input, 1hot-3: RGB + one-hot over the 3 most frequent classes + other.
+
+Paper setup from configs/base.py; published numbers in smd_jax/paper.py.
+"""
+
+from configs import base
+
+
+def get_config():
+  config = base.get_config()
+  config.semantic_transform = "onehot3"
+  config.paper_row = "unet_1hot3"
+  return config

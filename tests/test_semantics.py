@@ -1,0 +1,138 @@
+"""Semantic input transforms and task targets against plain NumPy loops."""
+
+import numpy as np
+import pytest
+
+from smd_jax import semantics, tasks
+
+PREVALENCE = [1, 2, 22, 9, 38, 5, 3, 40, 7, 6, 13, 8, 35, 20, 4, 14, 39, 18, 11, 12, 10, 23,
+              19, 36, 15, 25, 34, 17, 24, 21, 32, 16, 27, 29, 26, 33, 30, 31, 37, 28]
+
+
+def labels(shape=(2, 5, 7), seed=0):
+  return np.random.default_rng(seed).integers(-1, 41, shape).astype(np.int16)
+
+
+def test_prevalence_order_is_a_permutation_of_nyu40():
+  assert list(semantics.PREVALENCE_ORDER) == PREVALENCE
+  assert sorted(PREVALENCE) == list(range(1, 41))
+
+
+@pytest.mark.parametrize("k", [40, 20, 3])
+@pytest.mark.parametrize("other", [True, False])
+def test_one_hot_by_prevalence(k, other):
+  sem = labels()
+  out = np.asarray(semantics.one_hot_by_prevalence(sem, k, other_channel=other))
+  has_other = other and k < 40
+  assert out.shape == sem.shape + (k + has_other,)
+  for idx in np.ndindex(sem.shape):
+    expected = np.zeros(k + has_other)
+    label = sem[idx]
+    if label in PREVALENCE[:k]:
+      expected[PREVALENCE.index(label)] = 1
+    elif label > 0 and has_other:
+      expected[k] = 1
+    np.testing.assert_array_equal(out[idx], expected, err_msg=f"label {label}")
+
+
+def test_one_hot_top3_hand_case():
+  sem = np.array([[[1, 2, 22, 9, -1]]], np.int16)  # wall, floor, ceiling, window, none
+  out = np.asarray(semantics.SEMANTIC_TRANSFORMS["onehot3"](sem))[0, 0]
+  np.testing.assert_array_equal(out, [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1],
+                                      [0, 0, 0, 0]])
+
+
+def test_concat_scales_labels_and_zeroes_unlabelled():
+  sem = np.array([[[-1, 0, 1, 40]]], np.int16)
+  np.testing.assert_allclose(np.asarray(semantics.concat_labels(sem))[0, 0, :, 0],
+                             [0, 0, 1 / 40, 1])
+
+
+def numpy_contours(sem):
+  """3x3 max != min over the in-image neighbourhood (OpenCV's default border)."""
+  out = np.zeros(sem.shape, np.int32)
+  b, h, w = sem.shape
+  for n in range(b):
+    for i in range(h):
+      for j in range(w):
+        window = sem[n, max(i - 1, 0):i + 2, max(j - 1, 0):j + 2]
+        out[n, i, j] = window.max() != window.min()
+  return out
+
+
+def test_label_contours_match_loop_on_non_square_maps():
+  sem = np.random.default_rng(1).integers(-1, 3, (2, 6, 9)).astype(np.int16)
+  np.testing.assert_array_equal(np.asarray(semantics.label_contours(sem)), numpy_contours(sem))
+
+
+def test_label_contours_of_two_halves_is_a_two_pixel_band():
+  sem = np.ones((1, 4, 6), np.int16)
+  sem[:, :, 3:] = 5
+  expected = np.zeros((1, 4, 6), np.int32)
+  expected[:, :, 2:4] = 1  # both sides of the boundary; image borders add nothing
+  np.testing.assert_array_equal(np.asarray(semantics.label_contours(sem)), expected)
+
+
+@pytest.mark.parametrize("name", sorted(semantics.SEMANTIC_TRANSFORMS))
+def test_extra_channels_match_transform_output(name):
+  batch = {"image": np.zeros((2, 8, 12, 3), np.uint8), "semantic": labels((2, 8, 12))}
+  x = semantics.model_inputs(batch, name)
+  assert x.shape == (2, 8, 12, 3 + semantics.EXTRA_CHANNELS[name])
+  assert np.isfinite(np.asarray(x)).all()
+
+
+def test_unknown_transform_names_the_known_ones():
+  with pytest.raises(ValueError, match="onehot40"):
+    semantics.get_transform("onehot41")
+
+
+def numpy_sobel5(image):
+  """OpenCV ksize=5 Sobel magnitude (BORDER_REFLECT_101), by explicit correlation."""
+  smooth, deriv = np.array([1, 4, 6, 4, 1.]), np.array([-1, -2, 0, 2, 1.])
+  kx = np.outer(smooth, deriv)
+  padded = np.pad(image, 2, mode="reflect")  # numpy's reflect = OpenCV's REFLECT_101
+  gx = np.zeros_like(image)
+  gy = np.zeros_like(image)
+  for i in range(image.shape[0]):
+    for j in range(image.shape[1]):
+      patch = padded[i:i + 5, j:j + 5]
+      gx[i, j] = (patch * kx).sum()
+      gy[i, j] = (patch * kx.T).sum()
+  return np.sqrt(gx**2 + gy**2)
+
+
+def test_sobel_magnitude_matches_explicit_correlation():
+  image = np.random.default_rng(2).random((6, 9)).astype(np.float32)
+  np.testing.assert_allclose(np.asarray(tasks.sobel_magnitude(image[None]))[0],
+                             numpy_sobel5(image), rtol=1e-5, atol=1e-5)
+
+
+def test_depth_edges_of_a_step():
+  # A 1 m step between columns 3 and 4: the kernel's one-sided weight is 48, so the
+  # response next to the step is 48 > 20 and a 0.3 m step (14.4) is no edge.
+  for step, is_edge in ((1.0, True), (0.3, False)):
+    depth = np.full((1, 9, 8), 2.0, np.float32)
+    depth[:, :, 4:] += step
+    depth[0, 0, 0] = np.nan
+    target, valid = tasks.DepthEdgeTask(threshold=20.0).targets({"depth": depth})
+    target, valid = np.asarray(target), np.asarray(valid)
+    assert bool(target[0, 4, 3]) is is_edge and bool(target[0, 4, 4]) is is_edge
+    assert not target[0, 4, 0] and not target[0, 4, 7]
+    # Every pixel whose 5x5 window holds the NaN is ignored, and only those.
+    expected_valid = np.ones((1, 9, 8), bool)
+    expected_valid[0, :3, :3] = False
+    np.testing.assert_array_equal(valid, expected_valid)
+
+
+def test_semantic_targets_ignore_unlabelled_and_padding():
+  sem = np.array([[[-1, 1, 40]], [[-1, -1, -1]]], np.int16)
+  target, valid = tasks.SemanticTask().targets({"semantic": sem})
+  np.testing.assert_array_equal(np.asarray(valid), [[[False, True, True]], [[False] * 3]])
+  np.testing.assert_array_equal(np.asarray(target)[0, 0, 1:], [0, 39])
+
+
+def test_contour_targets_skip_padding_examples():
+  sem = labels((2, 4, 5))
+  target, valid = tasks.ContourTask().targets({"semantic": sem, "mask": np.array([True, False])})
+  np.testing.assert_array_equal(np.asarray(target), numpy_contours(sem))
+  assert np.asarray(valid)[0].all() and not np.asarray(valid)[1].any()
