@@ -20,7 +20,7 @@ import pytest
 from flax import nnx
 
 from smd_jax.models import DenseModel, build_model, layers, registry
-from tests import torch_reference
+from tests import torch_copy, torch_reference
 from smd_jax.models.efficientnet import InvertedResidual
 
 # name -> (encoder params, UNet + 1-output head params, feature channels, blocks/stage)
@@ -326,47 +326,15 @@ def test_drop_path_is_stochastic_in_train_and_off_in_eval():
 # ------------------------------------------------- numerics vs PyTorch (optional extra)
 
 
-def _load_torch_unet(model, state_dict):
-  """Copy an smp ``Unet('tu-efficientnet_*')`` state dict into a 1-task DenseModel."""
-  (task,) = model.tasks
-  flat = dict(nnx.to_flat_state(nnx.state(model)))
-  leaf_names = {'running_mean': 'mean', 'running_var': 'var', 'bias': 'bias'}
-  for name, tensor in state_dict.items():
-    if name.endswith('num_batches_tracked'):
-      continue
-    value = tensor.detach().cpu().numpy()
-    *path, leaf = name.split('.')
-    if path[0] == 'encoder':  # smp wraps the timm model as encoder.model
-      path = ['encoder'] + path[2:]
-    elif path[0] == 'decoder':  # Conv2dReLU is Sequential(conv, bn, relu)
-      path = ['decoders', task] + path[1:]
-      path[-1] = {'0': 'conv', '1': 'bn'}[path[-1]]
-    elif path[0] == 'segmentation_head':
-      path = ['heads', task, 'conv']
-    if leaf == 'weight':
-      leaf = 'kernel' if value.ndim == 4 else 'scale'
-      value = value.transpose(2, 3, 1, 0) if value.ndim == 4 else value  # OIHW->HWIO
-    else:
-      leaf = leaf_names[leaf]
-    key = tuple(int(p) if p.isdigit() else p for p in path) + (leaf,)
-    assert flat[key][...].shape == value.shape, name
-    flat[key].set_value(jnp.asarray(value))
-
-
 def test_matches_pytorch_reference():
   torch, _, smp = torch_reference.import_reference()
   torch.manual_seed(0)
   reference = smp.Unet('tu-efficientnet_b2', encoder_weights=None, classes=1,
                        activation='sigmoid', in_channels=4)
-  with torch.no_grad():  # non-trivial BN statistics so eval mode is tested too
-    for module in reference.modules():
-      if isinstance(module, torch.nn.BatchNorm2d):
-        module.weight.uniform_(0.5, 1.5)
-        module.bias.uniform_(-0.2, 0.2)
-        module.running_mean.uniform_(-0.2, 0.2)
-        module.running_var.uniform_(0.5, 2.0)
+  # non-trivial BN statistics so eval mode is tested too
+  torch_copy.randomize_batch_norm(torch, reference)
   model = build_model(_config('efficientnet_b2', in_channels=4), rngs=nnx.Rngs(0))
-  _load_torch_unet(model, reference.state_dict())
+  torch_copy.load_state_dict(model, reference.state_dict(), torch_copy.smp_rename('depth'))
 
   x = np.random.default_rng(0).normal(size=(2, 64, 96, 4)).astype(np.float32)
   x_torch = torch.from_numpy(x.transpose(0, 3, 1, 2))

@@ -7,6 +7,8 @@ segmentation-models-pytorch uses for ``tu-efficientnet_b4``:
 * symmetric PyTorch padding (k//2 each side, also for stride 2), not TF 'SAME';
 * BatchNorm eps 1e-5 / PyTorch momentum 0.1; SiLU everywhere; SE gate sigmoid;
 * no ``conv_head`` / ``bn2`` / classifier (features_only drops them);
+* ``output_stride`` 8 or 16 (timm ``output_stride``, what smp's ``tu-`` encoders get
+  from DeepLabV3): see `EfficientNet`;
 * attribute names equal timm's state-dict names (``conv_stem``, ``bn1``,
   ``blocks[i][j].conv_dw`` ...), so a timm checkpoint maps over by renaming
   ``weight -> kernel`` / ``scale`` (BN), ``running_mean/var -> mean/var`` and
@@ -25,7 +27,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from smd_jax.models.layers import Dtype, batch_norm, conv2d, variance_scaling
+from smd_jax.models.layers import (Dtype, batch_norm, conv2d, drop_path, uniform_init,
+                                   variance_scaling)
 
 
 class StageDef(NamedTuple):
@@ -91,29 +94,44 @@ def _conv_init(groups: int = 1) -> nnx.Initializer:
   return variance_scaling(2.0 * groups, 'fan_out', 'normal')
 
 
-class SqueezeExcite(nnx.Module):
-  """SE: global mean over H, W -> 1x1 reduce -> SiLU -> 1x1 expand -> sigmoid gate."""
+# PyTorch's default Conv2d init (kaiming_uniform_(a=sqrt(5)): U(+-sqrt(1 / fan_in)),
+# fan_in = k*k*in/groups); what a torchvision MBConv built outside a model gets.
+_torch_default_init = variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
 
-  def __init__(self, channels: int, reduced_channels: int, *, dtype: Dtype | None = None,
-               rngs: nnx.Rngs):
+
+def _inits(init: str, groups: int = 1) -> nnx.Initializer:
+  if init == 'timm':
+    return _conv_init(groups)
+  if init == 'torch':
+    return _torch_default_init
+  raise ValueError(f"init must be 'timm' or 'torch', got {init!r}")
+
+
+class SqueezeExcite(nnx.Module):
+  """SE: global mean over H, W -> 1x1 reduce -> SiLU -> 1x1 expand -> sigmoid gate.
+
+  timm ``SqueezeExcite`` and torchvision ``SqueezeExcitation(activation=SiLU)``
+  compute the same; ``init`` 'timm' (goog init, zero biases) or 'torch' (PyTorch
+  defaults: biases U(+-1/sqrt(fan_in))).
+  """
+
+  def __init__(self, channels: int, reduced_channels: int, *, init: str = 'timm',
+               dtype: Dtype | None = None, rngs: nnx.Rngs):
+    reduce_bias = expand_bias = None
+    if init == 'torch':
+      reduce_bias = uniform_init(1.0 / math.sqrt(channels))
+      expand_bias = uniform_init(1.0 / math.sqrt(reduced_channels))
     self.conv_reduce = conv2d(channels, reduced_channels, 1, use_bias=True,
-                              kernel_init=_conv_init(), dtype=dtype, rngs=rngs)
+                              kernel_init=_inits(init), bias_init=reduce_bias,
+                              dtype=dtype, rngs=rngs)
     self.conv_expand = conv2d(reduced_channels, channels, 1, use_bias=True,
-                              kernel_init=_conv_init(), dtype=dtype, rngs=rngs)
+                              kernel_init=_inits(init), bias_init=expand_bias,
+                              dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     s = jnp.mean(x, axis=(1, 2), keepdims=True)  # [B, 1, 1, C]; f32 accumulation
     s = self.conv_expand(jax.nn.silu(self.conv_reduce(s)))
     return x * jax.nn.sigmoid(s)
-
-
-def _drop_path(rate: float, rngs: nnx.Rngs) -> nnx.Dropout | None:
-  # Stochastic depth = dropout of the whole residual branch per sample, rescaled by
-  # 1/(1-rate) (timm ``drop_path`` with scale_by_keep). None when off, so the default
-  # model has no RNG state at all.
-  if rate <= 0.0:
-    return None
-  return nnx.Dropout(rate, broadcast_dims=(1, 2, 3), rngs=rngs)
 
 
 def _residual(block: nnx.Module, x: jax.Array, shortcut: jax.Array) -> jax.Array:
@@ -130,18 +148,19 @@ class DepthwiseSeparableConv(nnx.Module):
   """timm ``DepthwiseSeparableConv``: dw kxk -> BN -> SiLU -> SE -> pw 1x1 -> BN."""
 
   def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int, *,
-               se_ratio: float = SE_RATIO, drop_path_rate: float = 0.0,
+               dilation: int = 1, se_ratio: float = SE_RATIO, drop_path_rate: float = 0.0,
                dtype: Dtype | None = None, rngs: nnx.Rngs):
     self.has_skip = stride == 1 and in_channels == out_channels
     self.conv_dw = conv2d(in_channels, in_channels, kernel, stride, groups=in_channels,
-                          kernel_init=_conv_init(in_channels), dtype=dtype, rngs=rngs)
+                          dilation=dilation, kernel_init=_conv_init(in_channels),
+                          dtype=dtype, rngs=rngs)
     self.bn1 = batch_norm(in_channels, dtype=dtype, rngs=rngs)
     self.se = SqueezeExcite(in_channels, round(in_channels * se_ratio), dtype=dtype,
                             rngs=rngs)
     self.conv_pw = conv2d(in_channels, out_channels, 1, kernel_init=_conv_init(),
                           dtype=dtype, rngs=rngs)
     self.bn2 = batch_norm(out_channels, dtype=dtype, rngs=rngs)
-    self.drop_path = _drop_path(drop_path_rate, rngs) if self.has_skip else None
+    self.drop_path = drop_path(drop_path_rate, rngs) if self.has_skip else None
 
   def __call__(self, x: jax.Array) -> jax.Array:
     shortcut = x
@@ -153,28 +172,33 @@ class DepthwiseSeparableConv(nnx.Module):
 
 class InvertedResidual(nnx.Module):
   """timm ``InvertedResidual`` (MBConv): pw expand -> BN-SiLU -> dw kxk -> BN-SiLU
-  -> SE -> pw project -> BN, plus identity shortcut when stride 1 and in == out."""
+  -> SE -> pw project -> BN, plus identity shortcut when stride 1 and in == out.
+
+  Also torchvision's ``MBConv`` (same computation; SE reduced to in_channels // 4,
+  stochastic depth 'row' = drop path); ``init='torch'`` gives PyTorch's default init
+  that such a standalone torchvision block has, 'timm' (default) timm's goog init.
+  """
 
   def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int,
-               expansion: float, *, se_ratio: float = SE_RATIO,
-               drop_path_rate: float = 0.0, dtype: Dtype | None = None,
-               rngs: nnx.Rngs):
+               expansion: float, *, dilation: int = 1, se_ratio: float = SE_RATIO,
+               drop_path_rate: float = 0.0, init: str = 'timm',
+               dtype: Dtype | None = None, rngs: nnx.Rngs):
     mid = make_divisible(in_channels * expansion)
     self.has_skip = stride == 1 and in_channels == out_channels
-    self.conv_pw = conv2d(in_channels, mid, 1, kernel_init=_conv_init(), dtype=dtype,
+    self.conv_pw = conv2d(in_channels, mid, 1, kernel_init=_inits(init), dtype=dtype,
                           rngs=rngs)
     self.bn1 = batch_norm(mid, dtype=dtype, rngs=rngs)
-    self.conv_dw = conv2d(mid, mid, kernel, stride, groups=mid,
-                          kernel_init=_conv_init(mid), dtype=dtype, rngs=rngs)
+    self.conv_dw = conv2d(mid, mid, kernel, stride, groups=mid, dilation=dilation,
+                          kernel_init=_inits(init, mid), dtype=dtype, rngs=rngs)
     self.bn2 = batch_norm(mid, dtype=dtype, rngs=rngs)
     # timm builds SE on the expanded width with ratio se_ratio / expansion
     # (``se_from_exp=False``), i.e. 0.25 of the *block input* channels.
-    self.se = SqueezeExcite(mid, round(mid * se_ratio / expansion), dtype=dtype,
-                            rngs=rngs)
-    self.conv_pwl = conv2d(mid, out_channels, 1, kernel_init=_conv_init(), dtype=dtype,
+    self.se = SqueezeExcite(mid, round(mid * se_ratio / expansion), init=init,
+                            dtype=dtype, rngs=rngs)
+    self.conv_pwl = conv2d(mid, out_channels, 1, kernel_init=_inits(init), dtype=dtype,
                            rngs=rngs)
     self.bn3 = batch_norm(out_channels, dtype=dtype, rngs=rngs)
-    self.drop_path = _drop_path(drop_path_rate, rngs) if self.has_skip else None
+    self.drop_path = drop_path(drop_path_rate, rngs) if self.has_skip else None
 
   def __call__(self, x: jax.Array) -> jax.Array:
     shortcut = x
@@ -186,7 +210,8 @@ class InvertedResidual(nnx.Module):
 
 
 class EfficientNet(nnx.Module):
-  """EfficientNet feature extractor: ``x [B, H, W, C_in] -> 5 maps at strides 2..32``.
+  """EfficientNet feature extractor: ``x [B, H, W, C_in] -> 5 maps at strides 2..32``
+  (2, 4, 8, 8, 8 with ``output_stride=8``).
 
   Args:
     width_multiplier, depth_multiplier: compound-scaling coefficients (see
@@ -196,19 +221,27 @@ class EfficientNet(nnx.Module):
     drop_path_rate: stochastic-depth rate of the last block, linearly increasing
       from 0 over blocks as in timm. 0 (timm/smp default) adds no RNG state; > 0 draws
       from the 'dropout' stream of ``rngs`` in train mode.
+    output_stride: 32 (default), 16 or 8. As timm 0.9.2's ``EfficientNetBuilder``
+      with ``output_stride``: a block whose stride would take the running stride past
+      it gets stride 1 instead, keeps the current dilation itself, and multiplies
+      the dilation of all later blocks by its stride (only depthwise convs are
+      dilated; padding ``dilation * (k - 1) // 2``). Same parameters, features at
+      strides (2, 4, 8, 8, 8) for 8.
     dtype: compute dtype (None/float32, or bfloat16 for mixed precision); params f32.
 
   Attributes:
     out_channels: channels of the 5 returned feature maps, e.g. (24, 32, 56, 160, 448)
       for B4.
-    reductions: their strides w.r.t. the input, (2, 4, 8, 16, 32).
+    reductions: their strides w.r.t. the input, (2, 4, 8, 16, 32) by default.
   """
 
   def __init__(self, width_multiplier: float, depth_multiplier: float, *,
                in_channels: int = 3, stages: Sequence[StageDef] = EFFICIENTNET_STAGES,
                stem_channels: int = STEM_CHANNELS, se_ratio: float = SE_RATIO,
-               drop_path_rate: float = 0.0, dtype: Dtype | None = None,
-               rngs: nnx.Rngs):
+               drop_path_rate: float = 0.0, output_stride: int = 32,
+               dtype: Dtype | None = None, rngs: nnx.Rngs):
+    if output_stride not in (8, 16, 32):
+      raise ValueError(f'output_stride must be 8, 16 or 32, got {output_stride}')
     stem = round_channels(stem_channels, width_multiplier)
     self.conv_stem = conv2d(in_channels, stem, 3, 2, kernel_init=_conv_init(),
                             dtype=dtype, rngs=rngs)
@@ -218,15 +251,22 @@ class EfficientNet(nnx.Module):
     total_blocks = sum(repeats)
     block_idx = 0
     chs = stem
-    reduction = 2
+    reduction, dilation = 2, 1  # after the stem
     blocks, out_channels, reductions, feature_stages = [], [], [], []
     for i, (stage, n) in enumerate(zip(stages, repeats)):
       out = round_channels(stage.channels, width_multiplier)
       stage_blocks = []
       for j in range(n):
-        kw = dict(se_ratio=se_ratio, dtype=dtype, rngs=rngs,
-                  drop_path_rate=drop_path_rate * block_idx / total_blocks)
         stride = stage.stride if j == 0 else 1
+        block_dilation = dilation
+        if stride > 1:
+          if reduction * stride > output_stride:  # timm: stride -> dilation
+            dilation *= stride
+            stride = 1
+          else:
+            reduction *= stride
+        kw = dict(se_ratio=se_ratio, dilation=block_dilation, dtype=dtype, rngs=rngs,
+                  drop_path_rate=drop_path_rate * block_idx / total_blocks)
         if stage.block == 'ds':
           block = DepthwiseSeparableConv(chs, out, stage.kernel, stride, **kw)
         elif stage.block == 'ir':
@@ -237,7 +277,6 @@ class EfficientNet(nnx.Module):
         chs = out
         block_idx += 1
       blocks.append(nnx.List(stage_blocks))
-      reduction *= stage.stride
       # timm feature_info ('bottleneck' location): a stage's output is a feature when
       # the next stage downsamples, and the last stage's output always is.
       if i == len(stages) - 1 or stages[i + 1].stride > 1:
@@ -248,10 +287,12 @@ class EfficientNet(nnx.Module):
     self.feature_stages: tuple[int, ...] = tuple(feature_stages)
     self.out_channels: tuple[int, ...] = tuple(out_channels)
     self.reductions: tuple[int, ...] = tuple(reductions)
+    self.output_stride = output_stride
 
   def __call__(self, x: jax.Array) -> list[jax.Array]:
     """x: [B, H, W, in_channels] -> [B, H/r, W/r, c] for (r, c) in
-    zip(reductions, out_channels) (H, W divisible by 32 for exact sizes)."""
+    zip(reductions, out_channels) (H, W divisible by max(reductions) for exact
+    sizes)."""
     x = jax.nn.silu(self.bn1(self.conv_stem(x)))
     features = []
     for i, stage in enumerate(self.blocks):

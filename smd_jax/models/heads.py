@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from smd_jax.models.layers import Dtype, conv2d, variance_scaling
+from smd_jax.models.layers import (Dtype, conv2d, upsample_bilinear_align_corners,
+                                   variance_scaling)
 
 # Output activations by config name. 'sigmoid' maps depth into [0, 1] (the paper's
 # normalised depth); 'identity' leaves logits for semantic / contour heads.
@@ -34,19 +35,30 @@ _xavier_uniform = variance_scaling(1.0, 'fan_avg', 'uniform')
 
 
 class SegmentationHead(nnx.Module):
-  """smp ``SegmentationHead``: conv kxk (with bias) -> activation.
+  """smp ``SegmentationHead``: conv kxk (with bias) -> [bilinear upsampling] ->
+  activation.
 
-  ``[B, H, W, in_channels] -> [B, H, W, num_outputs]`` float32: the conv runs in the
-  compute dtype, the activation (e.g. sigmoid) in float32 so losses see f32 values.
+  ``[B, H, W, in_channels] -> [B, s*H, s*W, num_outputs]`` float32 with s =
+  ``upsampling``: the conv runs in the compute dtype, the upsampling and the activation
+  (e.g. sigmoid) in float32 so losses see f32 values. ``upsampling > 1`` is smp's
+  ``nn.UpsamplingBilinear2d(scale_factor=upsampling)``, i.e. bilinear with
+  align_corners=True (DeepLabV3: kernel 1, upsampling 8; UNet: kernel 3, none).
   smp's ``segmentation_head.0`` is our ``segmentation_head.conv``.
   """
 
   def __init__(self, in_channels: int, num_outputs: int, activation: str = 'identity',
-               kernel_size: int = 3, *, dtype: Dtype | None = None, rngs: nnx.Rngs):
+               kernel_size: int = 3, upsampling: int = 1, *, dtype: Dtype | None = None,
+               rngs: nnx.Rngs):
     get_activation(activation)  # fail at construction on an unknown name
+    if upsampling < 1:
+      raise ValueError(f'upsampling must be >= 1, got {upsampling}')
     self.activation = activation
+    self.upsampling = int(upsampling)
     self.conv = conv2d(in_channels, num_outputs, kernel_size, use_bias=True,
                        kernel_init=_xavier_uniform, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    return get_activation(self.activation)(self.conv(x).astype(jnp.float32))
+    x = self.conv(x).astype(jnp.float32)
+    if self.upsampling > 1:
+      x = upsample_bilinear_align_corners(x, self.upsampling)
+    return get_activation(self.activation)(x)

@@ -64,21 +64,26 @@ def variance_scaling(scale: float, mode: str, distribution: str) -> nnx.Initiali
     fan = {'fan_in': fan_in, 'fan_out': fan_out, 'fan_avg': (fan_in + fan_out) / 2}[mode]
     # Multiplier of a standard draw: N(0, 1) -> std; U(-1, 1) (variance 1/3) -> bound.
     multiplier = math.sqrt(scale / fan) * (math.sqrt(3.0) if distribution == 'uniform' else 1.0)
-    size = math.prod(shape)
-    num_chunks = -(-size // _CHUNK)
-    if isinstance(key, jax.core.Tracer):
-      # One batched op in the traced program (vmap over fold_in indices gives the
-      # same numbers as the eager loop below).
-      chunks = jax.vmap(_standard_chunk, in_axes=(None, 0, None))(
-          key, jnp.arange(num_chunks), distribution)
-      return (chunks.reshape(-1)[:size].reshape(shape) * multiplier).astype(dtype)
-    # Eagerly, a Python loop reuses the single compiled chunk program.
-    draws = np.concatenate(
-        [np.asarray(_standard_chunk(key, i, distribution)) for i in range(num_chunks)])
-    draws = draws[:size]
-    return jnp.asarray(draws.reshape(shape) * multiplier, dtype=dtype)
+    return _scaled_draws(key, shape, distribution, multiplier, dtype)
 
   return init
+
+
+def _scaled_draws(key: jax.Array, shape: tuple[int, ...], distribution: str,
+                  multiplier: float, dtype: Any) -> jax.Array:
+  """``multiplier`` times standard normal / U(-1, 1) draws of ``shape``."""
+  size = math.prod(shape)
+  num_chunks = -(-size // _CHUNK)
+  if isinstance(key, jax.core.Tracer):
+    # One batched op in the traced program (vmap over fold_in indices gives the
+    # same numbers as the eager loop below).
+    chunks = jax.vmap(_standard_chunk, in_axes=(None, 0, None))(
+        key, jnp.arange(num_chunks), distribution)
+    return (chunks.reshape(-1)[:size].reshape(shape) * multiplier).astype(dtype)
+  # Eagerly, a Python loop reuses the single compiled chunk program.
+  draws = np.concatenate(
+      [np.asarray(_standard_chunk(key, i, distribution)) for i in range(num_chunks)])
+  return jnp.asarray(draws[:size].reshape(shape) * multiplier, dtype=dtype)
 
 
 def constant_init(value: float) -> nnx.Initializer:
@@ -87,6 +92,17 @@ def constant_init(value: float) -> nnx.Initializer:
   def init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
     del key
     return jnp.asarray(np.full(shape, value, dtype=np.float32), dtype=dtype)
+
+  return init
+
+
+def uniform_init(bound: float) -> nnx.Initializer:
+  """U(-bound, bound) of any shape (e.g. torch's default conv bias init, bound
+  1/sqrt(fan_in)), drawn from the same single compiled chunk program as
+  `variance_scaling`."""
+
+  def init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
+    return _scaled_draws(key, shape, 'uniform', bound, dtype)
 
   return init
 
@@ -159,13 +175,17 @@ def conv2d(
     dilation: int = 1,
     use_bias: bool = False,
     kernel_init: nnx.Initializer | None = None,
+    bias_init: nnx.Initializer | None = None,
     dtype: Dtype | None = None,
     rngs: nnx.Rngs,
 ) -> nnx.Conv:
   """NHWC conv with PyTorch-style symmetric padding; kernel [k, k, in/groups, out].
 
-  ``groups == in_channels == out_channels`` gives a depthwise conv: XLA's grouped
-  convolution (``feature_group_count``) on GPU/TPU, `depthwise_conv_taps` on CPU.
+  Padding is `torch_padding(kernel_size, stride, dilation)` per side: for stride 1 this
+  is ``dilation * (k - 1) // 2``, what torchvision / smp (``replace_strides_with_
+  dilation``) and timm give dilated convs. ``groups == in_channels == out_channels``
+  gives a depthwise conv: XLA's grouped convolution (``feature_group_count``) on
+  GPU/TPU, `depthwise_conv_taps` on CPU. ``bias_init`` defaults to zeros.
   """
   pad = torch_padding(kernel_size, stride, dilation)
   if kernel_init is None:  # torch's default conv init: kaiming_uniform_(a=sqrt(5))
@@ -182,7 +202,7 @@ def conv2d(
       dtype=dtype,
       param_dtype=jnp.float32,
       kernel_init=kernel_init,
-      bias_init=constant_init(0.0),
+      bias_init=bias_init or constant_init(0.0),
       conv_general_dilated=_conv_general_dilated,
       rngs=rngs,
   )
@@ -259,6 +279,59 @@ def batch_norm(num_features: int, *, dtype: Dtype | None = None,
   """BatchNorm with PyTorch's eps (1e-5) and momentum (0.1, i.e. 0.9 here), starting in
   train mode like a fresh PyTorch module."""
   return BatchNorm(num_features, dtype=dtype, rngs=rngs)
+
+
+def drop_path(rate: float, rngs: nnx.Rngs) -> nnx.Dropout | None:
+  """Stochastic depth: drops a whole residual branch per sample in train mode and
+  rescales the kept ones by 1/(1 - rate) (timm ``drop_path`` with scale_by_keep,
+  torchvision ``StochasticDepth(mode='row')``). None when rate <= 0, so a model
+  without it has no RNG state; otherwise draws from the 'dropout' stream of rngs."""
+  if rate <= 0.0:
+    return None
+  return nnx.Dropout(rate, broadcast_dims=(1, 2, 3), rngs=rngs)
+
+
+def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
+  """torch ``MaxPool2d(kernel_size=3, stride=2, padding=1)`` on NHWC (padding never
+  wins: it is -inf, as in PyTorch). [B, H, W, C] -> [B, ceil(H/2), ceil(W/2), C]."""
+  return jax.lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), jax.lax.max,
+                               (1, 3, 3, 1), (1, 2, 2, 1),
+                               ((0, 0), (1, 1), (1, 1), (0, 0)))
+
+
+def _align_corners_taps(in_size: int, out_size: int):
+  # PyTorch upsample_bilinear2d, align_corners=True (aten UpSample.h
+  # area_pixel_compute_scale / compute_indices_weights_linear): source position
+  # dst * (in - 1) / (out - 1); taps floor(src) and floor(src) + 1 clamped to the
+  # last row; weight of the second tap src - floor(src). Host numpy, float32 like
+  # torch's float opmath.
+  scale = np.float32((in_size - 1) / (out_size - 1)) if out_size > 1 else np.float32(0)
+  src = np.arange(out_size, dtype=np.float32) * scale
+  lo = np.minimum(src.astype(np.int64), in_size - 1)
+  hi = np.minimum(lo + 1, in_size - 1)
+  frac = (src - lo.astype(np.float32)).astype(np.float32)
+  return lo, hi, frac
+
+
+def upsample_bilinear_align_corners(x: jax.Array, scale: int) -> jax.Array:
+  """[B, H, W, C] -> [B, scale*H, scale*W, C], bilinear with align_corners=True:
+  torch ``nn.UpsamplingBilinear2d(scale_factor=scale)`` (what smp's
+  ``SegmentationHead(upsampling=8)`` of DeepLabV3 uses).
+
+  Two static gathers + lerps per axis (weights computed on the host), so no matmul:
+  exact in float32 on every backend (a TF32 matmul on GPU would not be).
+  """
+  _, h, w, _ = x.shape
+  # Width first, then height: torch's w0 * x00 + w1 * x01 inside the row lerp.
+  for axis, size in ((2, w), (1, h)):
+    lo, hi, frac = _align_corners_taps(size, size * scale)
+    shape = [1, 1, 1, 1]
+    shape[axis] = -1
+    weight_dtype = jnp.promote_types(x.dtype, jnp.float32)
+    w1 = jnp.asarray(frac.reshape(shape), weight_dtype)
+    w0 = jnp.asarray((np.float32(1) - frac).reshape(shape), weight_dtype)
+    x = (jnp.take(x, lo, axis=axis) * w0 + jnp.take(x, hi, axis=axis) * w1).astype(x.dtype)
+  return x
 
 
 def upsample_nearest_2x(x: jax.Array) -> jax.Array:

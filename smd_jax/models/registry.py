@@ -1,11 +1,22 @@
 """Name -> constructor registries and ``build_model`` from an ml_collections config.
 
-Adding an encoder is one constructor function (keyword args ``in_channels``,
-``drop_path_rate``, ``dtype``, ``rngs``; returns a module with ``out_channels`` and
-``reductions`` whose ``__call__`` returns features shallow -> deep) plus one line in
-``ENCODERS``. A decoder constructor takes ``(encoder_channels, *, dtype, rngs)`` and
-returns a module with ``out_channels`` mapping the feature list to one map at input
-resolution.
+Encoders (``ENCODERS``): a constructor taking keyword args ``in_channels``,
+``drop_path_rate``, ``output_stride`` (32, 16 or 8; smaller strides dilate the deep
+stages), ``dtype`` and ``rngs``, returning a module with ``out_channels`` and
+``reductions`` (one entry per feature) whose ``__call__`` returns the features shallow
+-> deep, the first at stride 2 (smp's stride-1 identity entry is left out, as smp's
+decoders drop it). Adding one is a function plus one line here.
+
+Decoders (``DECODERS``): ``(encoder_channels, *, dtype, rngs, [decoder_channels])`` ->
+module with ``out_channels``, mapping the feature list to one map. Class attributes
+tell ``build_model`` how to build around it: ``output_stride`` (the encoder's stride:
+UNet 32, DeepLabV3 8), ``head_kernel_size`` (UNet 3, DeepLabV3 1) and
+``head_upsampling`` (bilinear factor from the decoder output to the input resolution:
+UNet 1, DeepLabV3 8).
+
+Input blocks (``INPUT_BLOCKS``): ``(in_channels, *, dtype, rngs)`` -> module with
+``out_channels``, applied to the k non-RGB input channels before the encoder (the
+paper's 'semantic convolution': k -> 3).
 """
 
 from __future__ import annotations
@@ -14,22 +25,28 @@ from typing import Any, Callable, Mapping
 
 from flax import nnx
 
-from smd_jax.models import efficientnet, unet
+from smd_jax.models import deeplab, efficientnet, resnet, semantic_conv, unet
 from smd_jax.models.heads import ACTIVATIONS, SegmentationHead
 from smd_jax.models.layers import canonical_dtype
-from smd_jax.models.model import DenseModel
+from smd_jax.models.model import RGB_CHANNELS, DenseModel
 
 ENCODERS: dict[str, Callable[..., nnx.Module]] = {
     'efficientnet_b2': efficientnet.efficientnet_b2,
     'efficientnet_b3': efficientnet.efficientnet_b3,
     'efficientnet_b4': efficientnet.efficientnet_b4,
+    'resnet50': resnet.resnet50,
 }
 
 DECODERS: dict[str, Callable[..., nnx.Module]] = {
     'unet': unet.UnetDecoder,
+    'deeplabv3': deeplab.DeepLabV3Decoder,
 }
 
-__all__ = ['ACTIVATIONS', 'DECODERS', 'ENCODERS', 'build_model', 'lookup']
+INPUT_BLOCKS: dict[str, Callable[..., nnx.Module]] = {
+    'semantic_conv': semantic_conv.semantic_conv,
+}
+
+__all__ = ['ACTIVATIONS', 'DECODERS', 'ENCODERS', 'INPUT_BLOCKS', 'build_model', 'lookup']
 
 
 def lookup(registry: Mapping[str, Callable[..., Any]], name: str, kind: str):
@@ -47,29 +64,56 @@ def _field(obj: Any, name: str, default: Any = None) -> Any:
 
 
 def build_model(model_config: Any, *, rngs: nnx.Rngs) -> DenseModel:
-  """Build the encoder/decoder/head model described by ``model_config``.
+  """Build the [input block]/encoder/decoder/head model described by ``model_config``.
 
-  Fields: ``encoder`` (name in ENCODERS), ``decoder`` (name in DECODERS),
-  ``in_channels`` (default 3), ``dtype`` ('float32' default | 'bfloat16'; parameters are
-  always float32), ``heads``: mapping task -> {'num_outputs': int, 'activation': str
-  (default 'identity')}; optional ``drop_path_rate`` (default 0) and
-  ``decoder_channels`` (decoder default). One decoder and head is built per task.
+  Fields:
+    encoder: name in ENCODERS; decoder: name in DECODERS (its ``output_stride`` sets
+      the encoder's, its ``head_kernel_size`` / ``head_upsampling`` the heads').
+    in_channels: raw input channels (default 3): 3 RGB + k semantic channels.
+    input_block: optional name in INPUT_BLOCKS (None / missing: none). With one, the
+      block maps the k = in_channels - 3 semantic channels to ``out_channels`` and the
+      encoder gets 3 + that many input channels.
+    dtype: 'float32' (default) | 'bfloat16' compute dtype; parameters are always f32.
+    heads: mapping task -> {'num_outputs': int, 'activation': str (default
+      'identity')}; one decoder and one head per task, for any decoder.
+    drop_path_rate: encoder stochastic depth (default 0).
+    decoder_channels: optional decoder widths (UNet: a sequence; DeepLabV3: an int
+      or a 1-sequence).
   """
   encoder_fn = lookup(ENCODERS, _field(model_config, 'encoder'), 'encoder')
   decoder_fn = lookup(DECODERS, _field(model_config, 'decoder'), 'decoder')
+  block_name = _field(model_config, 'input_block')
+  block_fn = lookup(INPUT_BLOCKS, block_name, 'input block') if block_name else None
   dtype = canonical_dtype(_field(model_config, 'dtype', 'float32'))
   heads_config = _field(model_config, 'heads')
   if not heads_config:
     raise ValueError('model_config.heads must name at least one task')
   for task in heads_config:  # fail before the (slow) construction
     lookup(ACTIVATIONS, _field(heads_config[task], 'activation', 'identity'), 'activation')
+  in_channels = int(_field(model_config, 'in_channels', RGB_CHANNELS))
 
-  encoder = encoder_fn(in_channels=int(_field(model_config, 'in_channels', 3)),
+  input_block = None
+  encoder_in_channels = in_channels
+  if block_fn is not None:
+    extra = in_channels - RGB_CHANNELS
+    if extra < 1:
+      raise ValueError(f'input_block {block_name!r} needs semantic channels after RGB: '
+                       f'in_channels must be > {RGB_CHANNELS}, got {in_channels}')
+    input_block = block_fn(extra, dtype=dtype, rngs=rngs)
+    encoder_in_channels = RGB_CHANNELS + input_block.out_channels
+
+  output_stride = getattr(decoder_fn, 'output_stride', 32)
+  encoder = encoder_fn(in_channels=encoder_in_channels,
                        drop_path_rate=float(_field(model_config, 'drop_path_rate', 0.0)),
-                       dtype=dtype, rngs=rngs)
+                       output_stride=output_stride, dtype=dtype, rngs=rngs)
+  if max(encoder.reductions) != output_stride:
+    raise ValueError(f'{_field(model_config, "decoder")} needs encoder output stride '
+                     f'{output_stride}, got reductions {encoder.reductions}')
   decoder_kwargs = {}
-  if _field(model_config, 'decoder_channels') is not None:
-    decoder_kwargs['decoder_channels'] = tuple(_field(model_config, 'decoder_channels'))
+  decoder_channels = _field(model_config, 'decoder_channels')
+  if decoder_channels is not None:
+    decoder_kwargs['decoder_channels'] = (
+        decoder_channels if isinstance(decoder_channels, int) else tuple(decoder_channels))
   decoders, heads = {}, {}
   for task in sorted(heads_config):
     head_config = heads_config[task]
@@ -77,5 +121,7 @@ def build_model(model_config: Any, *, rngs: nnx.Rngs) -> DenseModel:
                                 **decoder_kwargs)
     heads[task] = SegmentationHead(
         decoders[task].out_channels, int(_field(head_config, 'num_outputs')),
-        _field(head_config, 'activation', 'identity'), dtype=dtype, rngs=rngs)
-  return DenseModel(encoder, decoders, heads)
+        _field(head_config, 'activation', 'identity'),
+        kernel_size=getattr(decoder_fn, 'head_kernel_size', 3),
+        upsampling=getattr(decoder_fn, 'head_upsampling', 1), dtype=dtype, rngs=rngs)
+  return DenseModel(encoder, decoders, heads, input_block=input_block)

@@ -67,9 +67,17 @@ class UnetDecoder(nnx.Module):
     decoder_channels: output channels of the blocks (smp default 256..16).
     dtype: compute dtype; params are float32.
 
+  Class attributes read by ``build_model``: ``output_stride`` (32: the encoder is
+  not dilated), ``head_kernel_size`` (3) and ``head_upsampling`` (1: none), as smp's
+  ``Unet`` builds its ``SegmentationHead``.
+
   Attributes:
     out_channels: channels of the output map (``decoder_channels[-1]``).
   """
+
+  output_stride = 32
+  head_kernel_size = 3
+  head_upsampling = 1
 
   def __init__(self, encoder_channels: Sequence[int],
                decoder_channels: Sequence[int] = UNET_DECODER_CHANNELS, *,
