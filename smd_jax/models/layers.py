@@ -294,7 +294,8 @@ def drop_path(rate: float, rngs: nnx.Rngs) -> nnx.Dropout | None:
 def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
   """torch ``MaxPool2d(kernel_size=3, stride=2, padding=1)`` on NHWC (padding never
   wins: it is -inf, as in PyTorch). [B, H, W, C] -> [B, ceil(H/2), ceil(W/2), C]."""
-  return jax.lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), jax.lax.max,
+  # A Python-scalar init lets lax pick reduce_window_max, which has a gradient.
+  return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max,
                                (1, 3, 3, 1), (1, 2, 2, 1),
                                ((0, 0), (1, 1), (1, 1), (0, 0)))
 
