@@ -34,6 +34,11 @@ def get_config() -> config_dict.ConfigDict:
       # (smd_jax/models/registry.py INPUT_BLOCKS, e.g. "semantic_conv"); None = none.
       input_block=config_dict.placeholder(str),
   ))
+  # Converted PyTorch weights to start from (a directory written by
+  # `python -m smd_jax.convert`, e.g. timm's ImageNet efficientnet_b4 encoder: the
+  # paper's setting). Loaded only when the workdir has no checkpoint yet; None: the
+  # models' own random init.
+  config.init_from = config_dict.placeholder(str)
   # Name of the semantic input transform (smd_jax/semantics.py); "none" = RGB only.
   config.semantic_transform = "none"
   # Per task: kind (smd_jax/tasks.py TASKS; default: the task's name), loss name and

@@ -5,12 +5,19 @@ state and step (`state`) and the grain iterator position (`data`), so a run that
 restarts in the same workdir resumes exactly where it stopped. Saves are
 asynchronous; Orbax writes each step to a temporary folder and renames it when
 complete, so a crash never leaves a half-written checkpoint that looks valid.
+
+Keep-best: with `best_metric` (e.g. "depth/rmse"), a save may carry the
+evaluation metrics of its step; they are stored with the checkpoint, and the
+best checkpoint by that metric is kept besides the last N (Orbax preservation
+policies LatestN + BestN). Saves without an evaluation store no value of the
+metric and are kept only while among the last N.
 """
 
 from __future__ import annotations
 
+import math
 import os
-from typing import Any
+from typing import Any, Mapping
 
 import grain
 import jax
@@ -36,22 +43,77 @@ def _use_plain_array_saves_on_cpu() -> None:
     _PLAIN_ARRAY_SAVES = True
 
 
+# Metrics where a larger value is better; every other metric: smaller is better.
+HIGHER_IS_BETTER = ("delta1", "delta2", "delta3", "miou", "pixel_accuracy", "f1", "precision",
+                    "recall")
+
+
+def best_mode(metric: str) -> str:
+  """'max' for metrics where larger is better (by their last name part), else 'min'."""
+  return "max" if metric.rsplit("/", 1)[-1] in HIGHER_IS_BETTER else "min"
+
+
+def _finite_floats(values: Mapping[str, Any]) -> dict[str, float]:
+  out = {}
+  for k, v in values.items():
+    try:
+      v = float(v)
+    except (TypeError, ValueError):
+      continue
+    if math.isfinite(v):
+      out[k] = v
+  return out
+
+
 class Checkpointer:
-  """Keep-last-N checkpoints in `<workdir>/checkpoints`, saved every K steps."""
+  """Keep-last-N (and optionally keep-best) checkpoints in `<workdir>/checkpoints`.
+
+  Saved every K steps. With `best_metric`, the best checkpoint by that metric
+  (lower is better unless `best_mode(best_metric)` says otherwise) is kept too.
+  `read_only` opens existing checkpoints for restoring only: nothing is created,
+  saved or deleted.
+  """
 
   def __init__(self, workdir: str, *, max_to_keep: int = 3, save_interval_steps: int = 1000,
-               async_save: bool = True):
+               async_save: bool = True, best_metric: str | None = None,
+               read_only: bool = False):
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    self.best_metric = best_metric
     _use_plain_array_saves_on_cpu()
     policies = ocp.checkpoint_managers
+    if read_only:
+      options = ocp.CheckpointManagerOptions(read_only=True, create=False,
+                                             enable_async_checkpointing=False)
+      # The state's handler is named so that its metadata can be read before a restore.
+      self._manager = ocp.CheckpointManager(
+          self.directory, options=options, item_handlers={"state": ocp.StandardCheckpointHandler()})
+      return
     # Every K steps, and when JAX signals a preemption; no save at the first step.
     save_policy = policies.AnySavePolicy([
         policies.FixedIntervalPolicy(save_interval_steps),
         policies.PreemptionCheckpointingPolicy(),
     ])
+    keep = dict(max_to_keep=max_to_keep)
+    if best_metric is not None:
+      mode = best_mode(best_metric)
+      worst = -math.inf if mode == "max" else math.inf
+
+      def score(stored):  # saves without an evaluation hold no value: they rank last
+        value = (stored or {}).get(best_metric)
+        return worst if value is None or not math.isfinite(value) else float(value)
+
+      # best_fn makes Orbax store the metrics with each save; the preservation
+      # policy keeps the last N plus the single best.
+      keep = dict(
+          best_fn=score, best_mode=mode,
+          preservation_policy=policies.AnyPreservationPolicy([
+              policies.LatestN(n=max_to_keep),
+              policies.BestN(get_metric_fn=score, reverse=mode == "min", n=1,
+                             keep_checkpoints_without_metrics=False),
+          ]))
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, save_decision_policy=save_policy, create=True,
-        enable_async_checkpointing=async_save)
+        save_decision_policy=save_policy, create=True, enable_async_checkpointing=async_save,
+        **keep)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 
   def latest_step(self) -> int | None:
@@ -61,15 +123,50 @@ class Checkpointer:
     return list(self._manager.all_steps())
 
   def save(self, step: int, state: Any, data_iterator: Any | None = None, *,
-           force: bool = False) -> bool:
-    """Saves when `step` is on the save interval (or `force`); returns whether it did."""
+           force: bool = False, metrics: Mapping[str, Any] | None = None) -> bool:
+    """Saves when `step` is on the save interval (or `force`); returns whether it did.
+
+    `metrics`: this step's evaluation results; stored with the checkpoint when
+    keep-best is on (a save with metrics is always made, so every evaluated step
+    can be the best one).
+    """
     items = {"state": ocp.args.StandardSave(state)}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-    saved = self._manager.save(step, args=ocp.args.Composite(**items), force=force)
+    kwargs = {}
+    if self.best_metric is not None:
+      # An empty dict, not None, for saves without an evaluation (None makes
+      # Orbax warn on every save); it ranks last for keep-best.
+      kwargs["metrics"] = _finite_floats(metrics or {})
+      force = force or bool(metrics)
+    saved = self._manager.save(step, args=ocp.args.Composite(**items), force=force, **kwargs)
     if saved:
       logging.info("Saving checkpoint for step %d to %s", step, self.directory)
     return saved
+
+  def metrics(self, step: int) -> dict[str, float] | None:
+    """The evaluation metrics stored with checkpoint `step` (None: none stored)."""
+    stored = self._manager.metrics(step)
+    return None if stored is None else dict(stored)
+
+  def state_metadata(self, step: int) -> Any:
+    """The saved train state's tree with array metadata (shapes, dtypes), nothing loaded."""
+    return self._manager.item_metadata(step)["state"].tree
+
+  def best_step(self, metric: str | None = None) -> int | None:
+    """The kept checkpoint with the best stored value of `metric` (default: `best_metric`).
+
+    None when no kept checkpoint has a value of it (e.g. no evaluation during
+    training, or checkpoints written before keep-best).
+    """
+    metric = metric or self.best_metric or "depth/rmse"
+    sign = -1.0 if best_mode(metric) == "max" else 1.0
+    scored = []
+    for step in self.all_steps():
+      value = (self.metrics(step) or {}).get(metric)
+      if value is not None and math.isfinite(value):
+        scored.append((sign * float(value), -step, step))  # ties: the later step
+    return min(scored)[2] if scored else None
 
   def restore(self, abstract_state: Any, data_iterator: Any | None = None,
               step: int | None = None) -> tuple[Any, int]:

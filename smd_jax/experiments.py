@@ -79,9 +79,9 @@ def prepare_config(path: str, out: str, preset: str | None, overrides: Sequence[
   return config
 
 
-def final_results(workdir: str) -> dict | None:
-  """The last `eval_validation_<step>.json` in a workdir, or None."""
-  found = glob.glob(os.path.join(workdir, "eval_validation_*.json"))
+def final_results(workdir: str, split: str = "validation") -> dict | None:
+  """The last `eval_<split>_<step>.json` in a workdir, or None."""
+  found = glob.glob(os.path.join(workdir, f"eval_{split}_*.json"))
   if not found:
     return None
   latest = max(found, key=lambda p: int(re.findall(r"(\d+)\.json$", p)[0]))
@@ -93,9 +93,15 @@ def _fmt(value) -> str:
   return "–" if value is None else f"{value:.3f}"
 
 
-def markdown_table(results: dict[str, dict | None], configs: dict[str, object]) -> str:
-  """One 'ours' row per config (and the paper's row below it where published)."""
-  extras = [(k, h) for k, h in EXTRA_COLUMNS
+def markdown_table(results: dict[str, dict | None], configs: dict[str, object], *,
+                   extra_columns=EXTRA_COLUMNS, published: bool = True) -> str:
+  """One 'ours' row per config (and the paper's row below it where published).
+
+  `extra_columns`: (result key, header) pairs shown after the paper's columns
+  where some run has the key. `published=False` leaves the paper's rows out
+  (they are validation-split numbers).
+  """
+  extras = [(k, h) for k, h in extra_columns
             if any(r and r.get(k) is not None for r in results.values())]
   header = ["config", "source", "steps"] + [h for _, h in paper.COLUMNS] + [h for _, h in extras]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -105,7 +111,7 @@ def markdown_table(results: dict[str, dict | None], configs: dict[str, object]) 
     ours += [_fmt(result.get(f"depth/{k}")) for k, _ in paper.COLUMNS]
     ours += [_fmt(result.get(k)) for k, _ in extras]
     lines.append("| " + " | ".join(ours) + " |")
-    row = paper.PUBLISHED.get(configs[name].get("paper_row") or "")
+    row = paper.PUBLISHED.get(configs[name].get("paper_row") or "") if published else None
     if row:
       published = ["", f"paper T{row.table} {row.name}", "15 ep."]
       published += [_fmt(getattr(row, k)) for k, _ in paper.COLUMNS] + [""] * len(extras)

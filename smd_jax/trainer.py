@@ -9,8 +9,8 @@ import jax
 import numpy as np
 from absl import logging
 
-from smd_jax import (checkpoints, evaluation, input_pipeline, metrics, parallel, steps as steps_lib,
-                     visualize)
+from smd_jax import (checkpoints, convert, evaluation, input_pipeline, metrics, parallel,
+                     steps as steps_lib, visualize)
 from smd_jax.summary import MetricWriter
 
 
@@ -64,6 +64,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   write_config(config, workdir)
   writer = MetricWriter(workdir)
 
+  convert.maybe_init_from(model, config, workdir)  # config.init_from, fresh runs only
   steps, state = steps_lib.build_steps(config, model, total_steps, mesh)
   del model
   train_ds = input_pipeline.train_dataset(
@@ -72,8 +73,11 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
       num_threads=config.data.num_threads, prefetch_batches=config.data.prefetch_batches)
   train_iter = iter(train_ds)
 
-  ckpt = checkpoints.Checkpointer(workdir, max_to_keep=config.keep_checkpoints,
-                                  save_interval_steps=config.checkpoint_every_steps)
+  # Evaluated checkpoints store their metrics; the best by config.best_metric is kept.
+  ckpt = checkpoints.Checkpointer(
+      workdir, max_to_keep=config.keep_checkpoints,
+      save_interval_steps=config.checkpoint_every_steps,
+      best_metric=(config.get("best_metric", None) or "depth/rmse") if eval_split else None)
   if ckpt.latest_step() is not None:
     state, _ = ckpt.restore(state, train_iter)
   start = int(parallel.fetch(state.step))
@@ -81,6 +85,16 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                total_steps, start, config.batch_size, mesh.devices.size)
 
   max_depth = config.tasks.depth.params.max_depth
+  semantic_input = config.semantic_transform != "none"
+
+  def log_figure(step):  # the figure grid of the first validation examples, to TensorBoard
+    panels, grid = evaluation.prediction_figures(
+        steps, state, sources[eval_split], num_images=config.num_images,
+        batch_size=config.eval_batch_size, mesh=mesh, max_depth=max_depth,
+        semantic_input=semantic_input)
+    writer.image(step, f"{eval_split}/figure_grid", grid)
+    return panels, grid
+
   history, t_report, step = [], time.time(), start
   for step in range(start + 1, total_steps + 1):
     batch = parallel.to_global(next(train_iter), mesh)
@@ -94,13 +108,17 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
       logging.info("step %d/%d, %.2f steps/s, ETA %.0f s", step, total_steps,
                    values["steps_per_sec"], (total_steps - step) / values["steps_per_sec"])
       history, t_report = [], time.time()
-    ckpt.save(step, state, train_iter)
+    eval_metrics = None
     if eval_split and config.eval_every_steps > 0 and step % config.eval_every_steps == 0 \
         and step != total_steps:
-      writer.scalars(step, evaluation.evaluate(
+      eval_metrics = evaluation.evaluate(
           steps, state, sources[eval_split], global_batch_size=config.eval_batch_size,
-          mesh=mesh, max_examples=config.max_eval_examples), prefix=f"{eval_split}/")
-  if ckpt.latest_step() != total_steps:
+          mesh=mesh, max_examples=config.max_eval_examples)
+      writer.scalars(step, eval_metrics, prefix=f"{eval_split}/")
+      log_figure(step)
+    if step != total_steps or not eval_split:  # the last step is saved after its evaluation
+      ckpt.save(step, state, train_iter, metrics=eval_metrics)
+  if not eval_split and ckpt.latest_step() != total_steps:
     ckpt.save(total_steps, state, train_iter, force=True)
 
   results = {"step": total_steps}
@@ -113,15 +131,16 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     results.update({"constant_baseline/rmse": base_rmse, "constant_baseline/depth": base_depth})
     writer.scalars(total_steps, {k: v for k, v in results.items() if k != "step"},
                    prefix=f"{eval_split}/")
-    panels = evaluation.prediction_panels(
-        steps, state, sources[eval_split], num_images=config.num_images,
-        batch_size=config.eval_batch_size, mesh=mesh, max_depth=max_depth)
-    grid = visualize.stack_rows(panels)
-    writer.image(total_steps, f"{eval_split}/input_gt_pred", grid)
+    if ckpt.latest_step() != total_steps:  # with its metrics, for keep-best
+      ckpt.save(total_steps, state, train_iter, force=True, metrics=results)
+    panels, figure_grid = log_figure(total_steps)
     if jax.process_index() == 0:
       evaluation.write_json(os.path.join(workdir, f"eval_{eval_split}_{total_steps}.json"), results)
       images = os.path.join(workdir, "images")
-      evaluation.save_png(os.path.join(images, f"{eval_split}_{total_steps}.png"), grid)
+      evaluation.save_png(os.path.join(images, f"{eval_split}_{total_steps}.png"),
+                          visualize.stack_rows(panels))
+      evaluation.save_png(os.path.join(images, f"{eval_split}_{total_steps}_grid.png"),
+                          figure_grid)
       for i, panel in enumerate(panels):
         evaluation.save_png(os.path.join(images, f"{eval_split}_{total_steps}_{i}.png"), panel)
     logging.info("Final %s RMSE %.4f m; best constant depth (%.2f m) RMSE %.4f m.", eval_split,

@@ -45,3 +45,71 @@ def stack_rows(rows: list[np.ndarray]) -> np.ndarray:
   for r in rows[1:]:
     out += [gap, r]
   return np.concatenate(out, axis=0)
+
+
+def label_colors(semantic: np.ndarray) -> np.ndarray:
+  """[H,W] NYU40 ids -> [H,W,3] uint8 in HyperSim's NYU40 colours; -1, 0 and unknown ids black."""
+  from tfds_hypersim import metadata  # pylint: disable=g-import-not-at-top
+
+  palette = metadata.label_colors()  # [41, 3], row 0 black
+  ids = np.asarray(semantic).astype(np.int64)
+  return palette[np.where((ids >= 0) & (ids < len(palette)), ids, 0)]
+
+
+# Invalid pixels of an error map: mid grey, apart from every colour of the scale.
+INVALID_GREY = 128
+
+
+def error_colors(error: np.ndarray, vmax: float) -> np.ndarray:
+  """[H,W] absolute error (metres) -> [H,W,3] uint8, black (0) -> red -> yellow -> white (>= vmax).
+
+  NaN (no ground truth) -> grey.
+  """
+  nan = ~np.isfinite(error)
+  t = np.clip(np.nan_to_num(error, nan=0.0) / max(vmax, 1e-6), 0.0, 1.0)
+  rgb = np.stack([np.clip(3 * t, 0, 1), np.clip(3 * t - 1, 0, 1), np.clip(3 * t - 2, 0, 1)], -1)
+  out = (rgb * 255 + 0.5).astype(np.uint8)
+  out[nan] = INVALID_GREY
+  return out
+
+
+GAP = 4
+
+
+def _title_band(titles: list[str], width: int, height: int, font_size: int) -> np.ndarray:
+  from PIL import Image, ImageDraw, ImageFont  # pylint: disable=g-import-not-at-top
+
+  band = Image.new("RGB", (len(titles) * (width + GAP) - GAP, height), (255, 255, 255))
+  draw = ImageDraw.Draw(band)
+  try:
+    font = ImageFont.load_default(size=font_size)
+  except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
+    font = ImageFont.load_default()
+  for i, title in enumerate(titles):
+    left, top, right, bottom = draw.textbbox((0, 0), title, font=font)
+    x = i * (width + GAP) + (width - (right - left)) // 2 - left
+    draw.text((x, (height - (bottom - top)) // 2 - top), title, fill=(0, 0, 0), font=font)
+  return np.asarray(band)
+
+
+def figure_grid(rows: list[list[np.ndarray]], titles: list[str] | None = None,
+                min_panel_width: int = 0) -> np.ndarray:
+  """Panels [H,W,3] uint8 in a grid (one list per row) with white gaps and a title row.
+
+  Every panel has the same size. Panels narrower than `min_panel_width` are
+  enlarged by an integer factor (pixel repetition, no smoothing). Titles, if
+  given, are drawn centred above the columns in a white band (text size follows
+  the panel width).
+  """
+  factor = max(1, -(-int(min_panel_width) // rows[0][0].shape[1]))
+  if factor > 1:
+    rows = [[np.repeat(np.repeat(p, factor, axis=0), factor, axis=1) for p in row]
+            for row in rows]
+  h, w = rows[0][0].shape[:2]
+  body = stack_rows([np.concatenate(sum(([p, np.full((h, GAP, 3), 255, np.uint8)]
+                                         for p in row), [])[:-1], axis=1) for row in rows])
+  if not titles:
+    return body
+  font_size = int(np.clip(w // 6, 8, 20))
+  band = _title_band(list(titles), w, font_size + 6, font_size)
+  return np.concatenate([band, np.full((GAP // 2, body.shape[1], 3), 255, np.uint8), body])

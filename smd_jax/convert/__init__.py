@@ -1,0 +1,38 @@
+"""PyTorch weights (timm, torchvision, smp, semantic_md) -> our Flax models.
+
+Command line (writes an Orbax checkpoint that ``config.init_from`` loads)::
+
+    python -m smd_jax.convert --from timm --arch efficientnet_b4 model.safetensors --out DIR
+    python -m smd_jax.convert --from semantic_md weights.pth --out DIR
+
+Library::
+
+    from smd_jax import convert
+    state_dict = convert.read_state_dict('model.safetensors')   # numpy, no torch needed
+    encoder, report, arch = convert.convert_encoder(state_dict, 'efficientnet_b4')
+    model, report, model_config = convert.convert_model(state_dict, source='smp')
+    convert.load_pretrained(model, 'DIR')                        # what init_from does
+
+Modules: `names` (state-dict names -> our paths per source), `core` (layout
+transforms, checks, writes), `io` (reading .safetensors / .pth, the converted
+checkpoint format), `converters` (per source; model inference; init_from),
+`reference` and `fidelity` (the optional PyTorch reference and the numerical
+comparison against it; need the torch extra).
+"""
+
+from smd_jax.convert.converters import (ENCODER_SOURCES, MODEL_SOURCES, SOURCES,
+                                        convert_encoder, convert_model, infer_arch,
+                                        infer_model_config, load_pretrained,
+                                        maybe_init_from, name_map)
+from smd_jax.convert.core import (AssignReport, ConversionError, Converted, assign,
+                                  convert_state_dict, load_state_dict, stem_path)
+from smd_jax.convert.io import load_converted, read_state_dict, save_converted
+from smd_jax.convert.names import SEMANTIC_MD_TASKS
+
+__all__ = [
+    'AssignReport', 'ConversionError', 'Converted', 'ENCODER_SOURCES', 'MODEL_SOURCES',
+    'SEMANTIC_MD_TASKS', 'SOURCES', 'assign', 'convert_encoder', 'convert_model',
+    'convert_state_dict', 'infer_arch', 'infer_model_config', 'load_converted',
+    'load_pretrained', 'load_state_dict', 'maybe_init_from', 'name_map', 'read_state_dict',
+    'save_converted', 'stem_path',
+]

@@ -1,0 +1,83 @@
+"""Evaluate a trained run on a whole split; paper-style tables.
+
+    python -m smd_jax.evaluate --workdir runs/x [--checkpoint latest|best|STEP]
+        [--split validation|test] [--per_image] [--config CFG.py --config.x=y]
+    python -m smd_jax.evaluate --compare runs/a runs/b runs/c [--split validation]
+
+The first form restores a checkpoint of the workdir (its config.json unless
+--config is given), evaluates it on the split and writes eval_<split>_<step>.json,
+.md (the paper's columns, its published row, the depth breakdown), optionally a
+per-image CSV, and images/eval_<split>_<step>_grid.png; the table is printed.
+The second prints one table over several workdirs from their latest results
+(evaluating those that have none). Library code: `smd_jax.report`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from smd_jax import report, restore, summary
+
+
+def define_flags(flag_values=flags.FLAGS) -> None:
+  """Registers this command's flags (done by `__main__` only, so importing defines none)."""
+  config_flags.DEFINE_config_file("config", None, "Config file; default: <workdir>/config.json.",
+                                  flag_values=flag_values, lock_config=True)
+  flags.DEFINE_string("workdir", None, "The run's directory (config.json, checkpoints/).",
+                      flag_values=flag_values)
+  flags.DEFINE_string("checkpoint", "latest", "latest, best (by config.best_metric, default "
+                      "depth/rmse) or a step number.", flag_values=flag_values)
+  flags.DEFINE_enum("split", "validation", ["validation", "test", "train"], "Split to evaluate.",
+                    flag_values=flag_values)
+  flags.DEFINE_integer("batch_size", None, "Global batch (default config.eval_batch_size); a "
+                       "multiple of the device count.", flag_values=flag_values)
+  flags.DEFINE_integer("max_examples", None, "Evaluate only the first N examples.",
+                       flag_values=flag_values)
+  flags.DEFINE_bool("per_image", False, "Also write per-image metrics as CSV (worst first).",
+                    flag_values=flag_values)
+  flags.DEFINE_integer("num_images", None, "Examples in the figure grid (default "
+                       "config.num_images; 0: none).", flag_values=flag_values)
+  flags.DEFINE_bool("compare", False, "Tabulate the workdirs given as arguments side by side.",
+                    flag_values=flag_values)
+
+
+def run(fv, args) -> int:
+  """Runs the command for parsed flags `fv` and positional `args`; returns the exit status."""
+  try:
+    if fv.compare:
+      workdirs = ([fv.workdir] if fv.workdir else []) + list(args)
+      if not workdirs:
+        raise restore.UserError("--compare needs workdirs: --compare runs/a runs/b ...")
+      print(report.compare(workdirs, split=fv.split, batch_size=fv.batch_size,
+                           max_examples=fv.max_examples, num_images=fv.num_images))
+      return 0
+    if args:
+      raise restore.UserError(f"Unexpected arguments {' '.join(args)} (several workdirs: "
+                              "--compare).")
+    if not fv.workdir:
+      raise restore.UserError("--workdir is required.")
+    result = report.evaluate_workdir(
+        fv.workdir, config=fv.config, checkpoint=fv.checkpoint, split=fv.split,
+        batch_size=fv.batch_size, max_examples=fv.max_examples, per_image=fv.per_image,
+        num_images=fv.num_images, progress=True)
+  except restore.UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  print(result.table)
+  for kind, path in result.paths.items():
+    print(f"{kind}: {path}")
+  return 0
+
+
+def main(argv):
+  logging.set_verbosity(logging.INFO)
+  summary.quiet_library_logs()
+  sys.exit(run(flags.FLAGS, argv[1:]))
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

@@ -1,0 +1,74 @@
+"""Depth for plain photos (PNG/JPEG, any size) with a trained run.
+
+    python -m smd_jax.predict --workdir runs/x --input photo.jpg|photos/ --out out/
+        [--checkpoint latest|best|STEP] [--npy] [--batch_size N]
+        [--semantic labels/ | --semantic_workdir runs/2head]
+
+Writes <stem>_depth.png (16-bit millimetres), <stem>_depth_color.png and with
+--npy <stem>_depth.npy (metres), each at the photo's own size; models with a
+semantic head also write <stem>_semantic.png (NYU40 ids) and a coloured copy.
+A model trained with a semantic input needs --semantic (label maps named like
+the photos: PNG ids 1..40, 0 = unlabelled) or --semantic_workdir (a run with a
+semantic head, e.g. a 2-head model, whose prediction is fed in: two-stage).
+How photos are resized and mapped back: `smd_jax.inference`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags, logging
+
+from smd_jax import inference, restore, summary
+
+
+def define_flags(flag_values=flags.FLAGS) -> None:
+  """Registers this command's flags (done by `__main__` only, so importing defines none)."""
+  flags.DEFINE_string("workdir", None, "The run to predict with (config.json, checkpoints/).",
+                      flag_values=flag_values)
+  flags.DEFINE_string("input", None, "A PNG/JPEG file or a folder of them.",
+                      flag_values=flag_values)
+  flags.DEFINE_string("out", None, "Output folder.", flag_values=flag_values)
+  flags.DEFINE_string("checkpoint", "latest", "latest, best or a step number.",
+                      flag_values=flag_values)
+  flags.DEFINE_string("semantic", None, "Label map (PNG/NPY) or folder of them, named like the "
+                      "images, for models with a semantic input.", flag_values=flag_values)
+  flags.DEFINE_string("semantic_workdir", None, "Run with a semantic head whose predicted "
+                      "labels feed the model's semantic input (two-stage).",
+                      flag_values=flag_values)
+  flags.DEFINE_string("semantic_checkpoint", "latest", "Checkpoint of --semantic_workdir.",
+                      flag_values=flag_values)
+  flags.DEFINE_integer("batch_size", None, "Images per step (default config.eval_batch_size).",
+                       flag_values=flag_values)
+  flags.DEFINE_bool("npy", False, "Also write float32 depth in metres as .npy.",
+                    flag_values=flag_values)
+
+
+def run(fv, args) -> int:
+  """Runs the command for parsed flags `fv` and positional `args`; returns the exit status."""
+  try:
+    if args:
+      raise restore.UserError(f"Unexpected arguments: {' '.join(args)}.")
+    missing = [f"--{name}" for name in ("workdir", "input", "out") if not fv[name].value]
+    if missing:
+      raise restore.UserError(f"{', '.join(missing)} required.")
+    written = inference.predict_files(
+        fv.workdir, fv.input, fv.out, checkpoint=fv.checkpoint, semantic=fv.semantic,
+        semantic_workdir=fv.semantic_workdir, semantic_checkpoint=fv.semantic_checkpoint,
+        batch_size=fv.batch_size, write_npy=fv.npy, progress=True)
+  except restore.UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  print(f"Wrote depth for {len(written)} image(s) to {fv.out}.")
+  return 0
+
+
+def main(argv):
+  logging.set_verbosity(logging.INFO)
+  summary.quiet_library_logs()
+  sys.exit(run(flags.FLAGS, argv[1:]))
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

@@ -1,0 +1,160 @@
+"""Evaluate a trained workdir on a whole split and write paper-style results.
+
+The library side of `python -m smd_jax.evaluate`. `evaluate_workdir` restores
+a checkpoint (`smd_jax.restore`), runs `evaluation.analyse` over the split on all
+devices and writes, in the workdir:
+
+  eval_<split>_<step>.json             every metric (task metrics, breakdown, constant baseline)
+  eval_<split>_<step>.md               the paper's table (+ its published row) and the breakdown
+  eval_<split>_<step>_per_image.csv    per-image depth metrics, worst RMSE first (per_image=True)
+  images/eval_<split>_<step>_grid.png  the figure grid of the first examples
+
+`compare` lays several workdirs' results side by side in one table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Sequence
+
+import jax
+from absl import logging
+
+from smd_jax import breakdown, evaluation, experiments, input_pipeline, restore
+
+# Columns of the comparison table after the paper's: the boundary claim, then the heads.
+COMPARE_COLUMNS = ((f"{breakdown.PREFIX}/{breakdown.NEAR}/rmse", "RMSE near contours"),
+                   (f"{breakdown.PREFIX}/{breakdown.OFF}/rmse", "RMSE off contours"),
+                   *experiments.EXTRA_COLUMNS)
+
+
+@dataclasses.dataclass
+class Report:
+  results: dict[str, Any]
+  per_image: list[dict[str, Any]]
+  paths: dict[str, str]  # what was written: json, markdown, csv, grid
+  table: str
+
+
+def run_name(workdir: str) -> str:
+  return os.path.basename(os.path.normpath(workdir)) or workdir
+
+
+def load_split(config, workdir: str, split: str) -> Sequence:
+  try:
+    sources = input_pipeline.load_data_sources(config.data, workdir)
+  except (FileNotFoundError, ValueError) as e:
+    raise restore.UserError(str(e).splitlines()[0]) from e
+  if split not in sources:
+    raise restore.UserError(f"The data set has no {split!r} split (splits: "
+                            f"{', '.join(sorted(sources))}).")
+  return sources[split]
+
+
+def markdown(name: str, config, results: dict[str, Any], split: str) -> str:
+  """The results file's Markdown: the paper's columns (and row), then the breakdown."""
+  title = f"# {name}: {split} split, step {results.get('step')}"
+  lines = [title, "", experiments.markdown_table({name: results}, {name: config},
+                                                  published=split == "validation")]
+  if any(k.startswith(breakdown.PREFIX + "/") for k in results):
+    lines += ["Depth breakdown: metres of ground truth (last bin includes 15 m), and pixels "
+              f"within {breakdown.CONTOUR_RADIUS} px of a semantic contour or not; "
+              "`pixels` = share of the valid pixels.", "",
+              breakdown.markdown_table(results)]
+  if results.get("constant_baseline/rmse") is not None:
+    lines.append(f"Best constant depth ({results['constant_baseline/depth']:.2f} m): RMSE "
+                 f"{results['constant_baseline/rmse']:.3f} m.\n")
+  return "\n".join(lines)
+
+
+def evaluate_workdir(workdir: str, *, config=None, checkpoint: str | int = "latest",
+                     split: str = "validation", batch_size: int | None = None,
+                     max_examples: int | None = None, per_image: bool = False,
+                     num_images: int | None = None, progress: bool = False, mesh=None,
+                     write: bool = True) -> Report:
+  """Evaluates one checkpoint of `workdir` on `split`; see the module docstring.
+
+  Args:
+    config: the run's config; default its `config.json`.
+    checkpoint: 'latest', 'best' or a step number.
+    batch_size: global evaluation batch (default `config.eval_batch_size`); any
+      multiple of the device count, whether it divides the split or not.
+    max_examples: only the first examples of the split (default
+      `config.max_eval_examples`, None = all).
+    num_images: examples in the figure grid (default `config.num_images`; at
+      most one batch); 0 = no grid.
+  """
+  loaded = restore.load(workdir, config=config, checkpoint=checkpoint, mesh=mesh)
+  config, mesh = loaded.config, loaded.mesh
+  batch_size = int(batch_size or config.eval_batch_size)
+  if batch_size % mesh.devices.size or batch_size % jax.process_count():
+    raise restore.UserError(f"The batch size {batch_size} is not a multiple of the "
+                            f"{mesh.devices.size} devices.")
+  if max_examples is None:
+    max_examples = config.get("max_eval_examples", None)
+  source = load_split(config, workdir, split)
+  transform = config.semantic_transform
+  step_fn = evaluation.make_analysis_step(loaded.steps, transform, mesh)
+  results, image_rows = evaluation.analyse(
+      step_fn, loaded.state, loaded.steps.tasks, source, global_batch_size=batch_size, mesh=mesh,
+      max_examples=max_examples, progress=progress)
+  base_rmse, base_depth = evaluation.constant_baseline(source, loaded.max_depth, max_examples)
+  results = {"step": loaded.step, "split": split, "checkpoint": str(checkpoint),
+             "num_examples": len(image_rows), **results,
+             "constant_baseline/rmse": base_rmse, "constant_baseline/depth": base_depth}
+
+  grid = None
+  num_images = config.get("num_images", 4) if num_images is None else num_images
+  num_images = min(int(num_images), batch_size // jax.process_count())
+  if num_images > 0:
+    batch = evaluation.first_batch(source, num_images, batch_size)
+    outputs_fn = evaluation.make_outputs_fn(loaded.steps, transform, mesh)
+    out = evaluation.local_outputs(outputs_fn, loaded.state, batch, mesh)
+    head = evaluation.semantic_head(loaded.steps.tasks)
+    grid = evaluation.figure(batch, out["depth"], max_depth=loaded.max_depth,
+                             semantic_input=transform != "none",
+                             semantic_pred=out[head] if head else None,
+                             rows=batch["mask"].nonzero()[0])
+
+  name = run_name(workdir)
+  table = markdown(name, config, results, split)
+  paths = {}
+  if write and jax.process_index() == 0:
+    stem = os.path.join(workdir, f"eval_{split}_{loaded.step}")
+    paths["json"], paths["markdown"] = stem + ".json", stem + ".md"
+    evaluation.write_json(paths["json"], results)
+    with open(paths["markdown"] + ".tmp", "w") as f:
+      f.write(table)
+    os.replace(paths["markdown"] + ".tmp", paths["markdown"])
+    if per_image:
+      paths["csv"] = stem + "_per_image.csv"
+      evaluation.write_per_image_csv(paths["csv"], image_rows, source)
+    if grid is not None:
+      paths["grid"] = os.path.join(workdir, "images", f"eval_{split}_{loaded.step}_grid.png")
+      evaluation.save_png(paths["grid"], grid)
+  logging.info("%s %s step %d: RMSE %.4f m over %d examples.", name, split, loaded.step,
+               results["depth/rmse"], len(image_rows))
+  return Report(results=results, per_image=image_rows, paths=paths, table=table)
+
+
+def compare(workdirs: Sequence[str], *, split: str = "validation", evaluate_missing: bool = True,
+            **evaluate_kwargs) -> str:
+  """One Markdown table over several workdirs (their latest `eval_<split>_*.json`).
+
+  A workdir without results for `split` is evaluated first (latest checkpoint)
+  when `evaluate_missing`. Each run's config (its config.json) names the paper's
+  row shown below it; rows are validation-split numbers, so only shown for it.
+  """
+  results, configs = {}, {}
+  for workdir in workdirs:
+    name = os.path.normpath(workdir)
+    if name in results:
+      raise restore.UserError(f"{workdir} is listed twice.")
+    configs[name] = restore.load_config(workdir)
+    results[name] = experiments.final_results(workdir, split)
+    if results[name] is None and evaluate_missing:
+      logging.info("No %s results in %s: evaluating its latest checkpoint.", split, workdir)
+      results[name] = evaluate_workdir(workdir, split=split, **evaluate_kwargs).results
+  return experiments.markdown_table(results, configs, extra_columns=COMPARE_COLUMNS,
+                                    published=split == "validation")

@@ -1,0 +1,151 @@
+"""python -m smd_jax.predict: photos of any size in, depth files of the same size out.
+
+Two toy-encoder runs train two steps each with the real trainer (tests/test_evaluate.py
+`tiny_config`): a 2-head model (RGB in; depth + semantics out) and a 1hot-3 model
+(RGB + semantic labels in). The second runs with given label maps and two-stage,
+with the first model's predicted labels.
+"""
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from smd_jax import inference, predict, restore, trainer
+from tests.test_evaluate import tiny_config, toy_encoder  # noqa: F401  (fixture)
+
+# (height, width, format): landscape, portrait, square, odd sizes, RGBA and JPEG.
+PHOTOS = {"wide": (45, 70, "png"), "tall": (81, 50, "jpg"), "square": (32, 32, "png"),
+          "rgba": (47, 71, "png")}
+
+
+@pytest.fixture(scope="module")
+def runs(toy_encoder, tmp_path_factory):  # noqa: F811
+  root = tmp_path_factory.mktemp("predict")
+  data = str(root / "data")
+  two_head = str(root / "two_head")
+  onehot = str(root / "onehot3")
+  frames = dict(train=2, validation=1, test=0)  # no evaluation to speak of here
+  for workdir, config in ((two_head, tiny_config(data, num_frames=frames)),
+                          (onehot, tiny_config(data, transform="onehot3", semantic_head=False,
+                                               num_frames=frames))):
+    config.eval_every_steps = -1
+    config.num_images = 1
+    trainer.train_and_evaluate(config, workdir)
+  return two_head, onehot
+
+
+@pytest.fixture
+def photos(tmp_path):
+  folder = tmp_path / "photos"
+  folder.mkdir()
+  rng = np.random.default_rng(0)
+  for stem, (h, w, fmt) in PHOTOS.items():
+    pixels = rng.integers(0, 256, (h, w, 4 if stem == "rgba" else 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(folder / f"{stem}.{fmt}")
+  (folder / "notes.txt").write_text("not an image")  # ignored: not PNG/JPEG
+  return folder
+
+
+def test_network_shape_keeps_the_short_side_and_multiples_of_32():
+  assert inference.network_shape(768, 1024, 256) == (256, 352)
+  assert inference.network_shape(1024, 768, 256) == (352, 256)
+  assert inference.network_shape(45, 70, 32) == (32, 64)
+  assert inference.network_shape(10, 10, 32) == (32, 32)
+
+
+def test_predict_round_trips_sizes_and_writes_files(runs, photos, tmp_path):
+  two_head, _ = runs
+  out = tmp_path / "out"
+  written = inference.predict_files(two_head, str(photos), str(out), write_npy=True,
+                                    batch_size=8)
+  assert len(written) == len(PHOTOS)
+  for stem, (h, w, _) in PHOTOS.items():
+    depth_png = Image.open(out / f"{stem}_depth.png")
+    millimetres = np.asarray(depth_png)
+    assert millimetres.shape == (h, w) and millimetres.dtype == np.uint16, stem
+    metres = np.load(out / f"{stem}_depth.npy")
+    assert metres.shape == (h, w) and metres.dtype == np.float32
+    np.testing.assert_allclose(millimetres / 1000.0, metres, atol=5e-4)
+    assert np.all((metres >= 0) & (metres <= 15.0))  # sigmoid output times max_depth
+    assert np.asarray(Image.open(out / f"{stem}_depth_color.png")).shape == (h, w, 3)
+    labels = np.asarray(Image.open(out / f"{stem}_semantic.png"))  # the 2-head's own head
+    assert labels.shape == (h, w) and labels.min() >= 1 and labels.max() <= 40
+    assert np.asarray(Image.open(out / f"{stem}_semantic_color.png")).shape == (h, w, 3)
+
+
+def test_semantic_input_given_or_two_stage(runs, photos, tmp_path):
+  two_head, onehot = runs
+  stage = inference.predict_files(onehot, str(photos), str(tmp_path / "two_stage"),
+                                  semantic_workdir=two_head, write_npy=True)
+  assert len(stage) == len(PHOTOS)
+  # The labels the first stage fed in are written in the format --semantic reads:
+  # giving them back reproduces the two-stage depth exactly.
+  given = inference.predict_files(onehot, str(photos), str(tmp_path / "given"),
+                                  semantic=str(tmp_path / "two_stage"), write_npy=True)
+  for stem, (h, w, _) in PHOTOS.items():
+    a = np.load(tmp_path / "two_stage" / f"{stem}_depth.npy")
+    b = np.load(tmp_path / "given" / f"{stem}_depth.npy")
+    assert a.shape == (h, w)
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+  assert not any(p.endswith("_semantic.png") for p in sum(given.values(), []))
+
+  # A label map that is all one class gives another depth than the predicted labels.
+  labels_dir = tmp_path / "labels"
+  labels_dir.mkdir()
+  for stem, (h, w, _) in PHOTOS.items():
+    np.save(labels_dir / f"{stem}.npy", np.full((h, w), 1, np.int16))
+  inference.predict_files(onehot, str(photos), str(tmp_path / "walls"),
+                          semantic=str(labels_dir), write_npy=True)
+  walls = np.load(tmp_path / "walls" / "wide_depth.npy")
+  assert not np.allclose(walls, np.load(tmp_path / "two_stage" / "wide_depth.npy"))
+
+
+def test_command_line_and_one_line_errors(runs, photos, tmp_path, capsys):
+  two_head, onehot = runs
+
+  def cli(*args):
+    fv = predict.flags.FlagValues()
+    predict.define_flags(fv)
+    rest = fv(["predict", *args])
+    return predict.run(fv, rest[1:])
+
+  out = tmp_path / "cli"
+  assert cli(f"--workdir={two_head}", f"--input={photos / 'wide.png'}", f"--out={out}") == 0
+  assert sorted(os.listdir(out)) == ["wide_depth.png", "wide_depth_color.png",
+                                     "wide_semantic.png", "wide_semantic_color.png"]
+  capsys.readouterr()
+
+  bad = tmp_path / "bad"
+  bad.mkdir()
+  (bad / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+  wrong_size = tmp_path / "wrong_size"
+  wrong_size.mkdir()
+  Image.fromarray(np.ones((10, 10), np.uint8)).save(wrong_size / "wide.png")
+  out_of_range = tmp_path / "out_of_range"
+  out_of_range.mkdir()
+  Image.fromarray(np.full((45, 70), 41, np.uint8)).save(out_of_range / "wide.png")
+  wide = f"--input={photos / 'wide.png'}"
+  cases = [
+      ([f"--workdir={tmp_path / 'none'}", wide, f"--out={out}"], "No workdir"),
+      ([f"--workdir={two_head}", f"--input={bad}", f"--out={out}"], "Cannot read image"),
+      ([f"--workdir={onehot}", wide, f"--out={out}"], "takes a semantic input"),
+      ([f"--workdir={onehot}", wide, f"--out={out}", f"--semantic={wrong_size}"],
+       "is 10x10 (HxW) but the image"),
+      ([f"--workdir={onehot}", wide, f"--out={out}", f"--semantic={out_of_range}"],
+       "labels outside 0..40"),
+      ([f"--workdir={onehot}", wide, f"--out={out}", f"--semantic_workdir={onehot}"],
+       "has no semantic head"),
+      ([f"--workdir={two_head}", wide, f"--out={out}", "--checkpoint=best"], None),
+  ]
+  for args, message in cases:
+    code = cli(*args)
+    err = capsys.readouterr().err.strip().splitlines()
+    if message is None:  # the final step was evaluated: 'best' exists
+      assert code == 0, err
+      continue
+    assert code == 1, args
+    assert len(err) == 1 and message in err[0], err
+  with pytest.raises(restore.UserError, match="No such file or folder"):
+    inference.list_inputs(str(tmp_path / "missing.png"))
