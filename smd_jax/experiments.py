@@ -119,12 +119,18 @@ def markdown_table(results: dict[str, dict | None], configs: dict[str, object], 
   return "\n".join(lines) + "\n"
 
 
+def prepare_configs(paths: Sequence[str], out: str, preset: str | None,
+                    overrides: Sequence[str]) -> dict:
+  """Config name -> prepared config, all parsed first: a typo fails before hours of training."""
+  return {os.path.splitext(os.path.basename(p))[0]: prepare_config(p, out, preset, overrides)
+          for p in paths}
+
+
 def run(paths: Sequence[str], out: str, *, preset: str | None = None,
         overrides: Sequence[str] = (), retrain: bool = False,
         report_only: bool = False) -> str:
   """Trains what is missing, returns (and writes) the Markdown table."""
-  configs = {os.path.splitext(os.path.basename(p))[0]: prepare_config(p, out, preset, overrides)
-             for p in paths}  # all parsed first: a typo fails before hours of training
+  configs = prepare_configs(paths, out, preset, overrides)
   results = {}
   for name, config in configs.items():
     workdir = os.path.join(out, name)
@@ -145,6 +151,10 @@ def main(argv):
     raise app.UsageError("Usage: python -m smd_jax.experiments --out DIR CONFIG.py [CONFIG.py ...]")
   logging.set_verbosity(logging.INFO)
   summary.quiet_library_logs()
+  try:  # a bad path or override: one line, before anything is written
+    prepare_configs(argv[1:], _OUT.value, _PRESET.value, _SET.value)
+  except (FileNotFoundError, KeyError, ValueError) as e:
+    raise app.UsageError(str(e).strip('"')) from None
   print(run(argv[1:], _OUT.value, preset=_PRESET.value, overrides=_SET.value,
             retrain=_RETRAIN.value, report_only=_REPORT_ONLY.value))
 
