@@ -63,6 +63,8 @@ def get_config() -> config_dict.ConfigDict:
   config.eval_every_steps = -1  # -1: evaluate at the end only
   config.checkpoint_every_steps = 1000
   config.keep_checkpoints = 3
+  # Steps with a non-finite loss or gradient skip their update; this many in a row stop the run.
+  config.max_nonfinite_steps = 5
   config.max_eval_examples = config_dict.placeholder(int)  # None: the whole split
   config.num_images = 4  # validation examples drawn as PNG panels
   return config

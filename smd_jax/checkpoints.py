@@ -88,11 +88,9 @@ class Checkpointer:
       self._manager = ocp.CheckpointManager(
           self.directory, options=options, item_handlers={"state": ocp.StandardCheckpointHandler()})
       return
-    # Every K steps, and when JAX signals a preemption; no save at the first step.
-    save_policy = policies.AnySavePolicy([
-        policies.FixedIntervalPolicy(save_interval_steps),
-        policies.PreemptionCheckpointingPolicy(),
-    ])
+    # Every K steps. Preemption saves are the training loop's (forced, see
+    # smd_jax.distributed.PreemptionWatch), so that one place decides when to stop.
+    save_policy = policies.FixedIntervalPolicy(save_interval_steps)
     keep = dict(max_to_keep=max_to_keep)
     if best_metric is not None:
       mode = best_mode(best_metric)

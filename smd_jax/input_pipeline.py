@@ -19,6 +19,8 @@ import grain
 import numpy as np
 from absl import logging
 
+from smd_jax.errors import UserError
+
 # The features the model side consumes; text ids stay on the host.
 ARRAY_FEATURES = ("image", "depth", "semantic")
 SPLITS = ("train", "validation", "test")
@@ -54,12 +56,14 @@ def train_dataset(source: Sequence[Mapping[str, Any]], *, global_batch_size: int
     checkpointable (`get_state`/`set_state`).
   """
   batch = local_batch_size(global_batch_size, process_count)
-  ds = grain.MapDataset.source(source)[process_index::process_count]
-  if not len(ds):
-    raise ValueError(f"The training split has no examples for process {process_index} "
-                     f"(of {process_count}, {len(source)} examples in all).")
-  ds = ds.map(select_arrays).shuffle(seed=seed).repeat()
-  ds = ds.batch(batch, drop_remainder=True)
+  if not len(source):
+    raise ValueError("The training split has no examples.")
+  # One global order of examples, cut into process-sized chunks: global batch t is
+  # chunks t*P .. t*P+P-1, and process p reads only chunk t*P+p. The global batches
+  # are thus the same for any number of processes (a run can resume on another
+  # topology), and each process reads just its own examples.
+  ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat().map(select_arrays)
+  ds = ds.batch(batch, drop_remainder=True)[process_index::process_count]
   return ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
                                               prefetch_buffer_size=prefetch_batches))
 
@@ -154,28 +158,57 @@ def generate_synthetic(manual_dir: str, synthetic_config) -> None:
     f.write(wanted + "\n")
 
 
+def _built_resolutions(data_dir: str) -> list[int]:
+  """Resolutions of the `hypersim` data sets already built in `data_dir` (default configs)."""
+  root = os.path.join(data_dir, "hypersim")
+  found = []
+  for name in os.listdir(root) if os.path.isdir(root) else []:
+    if name.startswith("res") and name[3:].isdigit():
+      found.append(int(name[3:]))
+  return sorted(found)
+
+
+def _not_built_error(paths: DataPaths, resolution: int, problem: str) -> UserError:
+  built = _built_resolutions(paths.data_dir)
+  hint = (f" {paths.data_dir} holds the data set at resolution {', '.join(map(str, built))}: "
+          f"set --config.data.resolution={built[0]}, or build {resolution} from raw frames."
+          if built else "")
+  return UserError(
+      f"{problem}, and no data set is built at resolution {resolution} in {paths.data_dir}."
+      f"{hint} Set --config.data.manual_dir to the folder holding the ai_VVV_NNN scene "
+      "folders (docs/data.md) or --config.data.data_dir to a built data set.")
+
+
+def check_raw_frames(paths: DataPaths, resolution: int) -> None:
+  """UserError unless `paths.manual_dir` holds HyperSim scene folders to build from."""
+  if not os.path.isdir(paths.manual_dir):
+    raise _not_built_error(paths, resolution, f"No raw HyperSim frames at {paths.manual_dir}")
+  if not any(name.startswith("ai_") for name in os.listdir(paths.manual_dir)):
+    raise _not_built_error(paths, resolution,
+                           f"{paths.manual_dir} holds no HyperSim scene folders (ai_VVV_NNN)")
+
+
 def load_data_sources(data_config, workdir: str, *, build: bool = True) -> dict[str, Sequence]:
   """Random-access sources for each available split of the HyperSim data set.
 
   Builds the TFDS data set first when `build` (and it is not built yet); with a
-  `synthetic` config, generates the raw frames before that.
+  `synthetic` config, generates the raw frames before that. Raises `UserError`
+  (before writing anything) when there is neither a built data set at the
+  config's resolution nor raw frames to build it from.
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   import tfds_hypersim  # pylint: disable=g-import-not-at-top
 
   paths = resolve_paths(data_config, workdir)
-  if data_config.synthetic.enabled:
+  if data_config.synthetic.enabled and build:
     generate_synthetic(paths.manual_dir, data_config.synthetic)
+  resolution = int(data_config.resolution)
   builder = tfds_hypersim.Builder(config=tfds_hypersim.hypersim_config(int(data_config.resolution)),
                                   data_dir=paths.data_dir)
-  if build:
-    if not os.path.isdir(paths.manual_dir) and not builder.is_prepared():
-      raise FileNotFoundError(
-          f"No raw HyperSim frames at {paths.manual_dir} and no built data set in "
-          f"{paths.data_dir}. Set --config.data.manual_dir to the folder holding the "
-          "ai_VVV_NNN scene folders (see README, 'Real HyperSim').")
+  if not builder.is_prepared():
+    if not build:
+      raise _not_built_error(paths, resolution, "The data set is not built yet")
+    check_raw_frames(paths, resolution)
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=paths.manual_dir))
-  elif not builder.is_prepared():
-    raise FileNotFoundError(f"The HyperSim data set is not built in {paths.data_dir}.")
   return dict(builder.as_data_source())

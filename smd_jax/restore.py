@@ -20,11 +20,10 @@ import ml_collections
 from absl import logging
 
 from smd_jax import checkpoints, parallel, steps as steps_lib
+from smd_jax.errors import UserError
 from smd_jax.steps import Steps, TrainState
 
 
-class UserError(Exception):
-  """An error in what the user asked for, reported as one line."""
 
 
 def load_config(workdir: str, config: Any = None):

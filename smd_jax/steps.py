@@ -126,9 +126,16 @@ def build_steps(config, model, total_steps: int, mesh: Mesh) -> tuple[Steps, Tra
         state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    new_state = TrainState(step=state.step + 1, params=params, model_state=model_state,
-                           opt_state=opt_state)
-    out = {"loss": loss, "grad_norm": optax.tree.norm(grads),
+    grad_norm = optax.tree.norm(grads)
+    # A non-finite loss or gradient (a bad batch, a diverging step) skips the
+    # update: parameters, statistics and optimizer state stay as they were, so no
+    # non-finite value ever enters the state. The loop counts and reports these.
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+    new_state = TrainState(step=state.step + 1, params=keep(params, state.params),
+                           model_state=keep(model_state, state.model_state),
+                           opt_state=keep(opt_state, state.opt_state))
+    out = {"loss": loss, "grad_norm": grad_norm, "nonfinite": jnp.logical_not(finite),
            "learning_rate": schedule(state.step), **parts}
     for name, task in task_objs.items():
       out.update({f"{name}/{k}": v for k, v in task.metric_sums(outputs[name], batch).items()})

@@ -2,17 +2,45 @@
 
 Thin command-line wrapper over `smd_jax.trainer.train_and_evaluate`. Any config
 field can be overridden, e.g. --config.batch_size=16 --config.data.data_dir=/data.
+
+Several processes (GPU nodes without a cluster manager): start the same command
+on every host with --coordinator_address=HOST0:PORT --num_processes=N
+--process_id=I. On Cloud TPU pod slices and under SLURM nothing is needed:
+JAX finds the other processes itself. See docs/scaling.md.
+
+Exit status: 0 when training finished or was preempted (SIGTERM: the state is
+saved at the next step and the same command resumes); 1 with a one-line
+`error: ...` for bad input (no traceback, nothing in the workdir changed).
 """
+
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from smd_jax import summary, trainer
+from smd_jax import distributed, errors, summary, trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and images.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "HOST:PORT of process 0, for multi-process runs.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0..num_processes-1.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def run(config, workdir: str) -> int:
+  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  results = trainer.train_and_evaluate(config, workdir)
+  if results.get("preempted"):
+    print(f"Preempted at step {results['step']}: checkpoint saved; run the same command to "
+          "resume.")
+  elif "depth/rmse" in results:
+    print(f"Final validation RMSE: {results['depth/rmse']:.4f} m "
+          f"(best constant depth {results['constant_baseline/depth']:.2f} m: "
+          f"RMSE {results['constant_baseline/rmse']:.4f} m)")
+  return 0
 
 
 def main(argv):
@@ -20,12 +48,9 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.INFO)
   summary.quiet_library_logs()
-  results = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  if "depth/rmse" in results:
-    print(f"Final validation RMSE: {results['depth/rmse']:.4f} m "
-          f"(best constant depth {results['constant_baseline/depth']:.2f} m: "
-          f"RMSE {results['constant_baseline/rmse']:.4f} m)")
+  sys.exit(errors.report_user_errors(
+      lambda: run(errors.config_value(_CONFIG, sys.argv), _WORKDIR.value)))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=errors.parse_flags)

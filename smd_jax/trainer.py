@@ -8,9 +8,11 @@ import time
 import jax
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
-from smd_jax import (checkpoints, convert, evaluation, input_pipeline, metrics, parallel,
-                     steps as steps_lib, visualize)
+from smd_jax import (checkpoints, convert, distributed, evaluation, input_pipeline, metrics,
+                     parallel, restore, steps as steps_lib, visualize)
+from smd_jax.errors import UserError
 from smd_jax.summary import MetricWriter
 
 
@@ -21,18 +23,51 @@ def num_train_steps(config, train_size: int) -> int:
 
 
 def _finalize_train_metrics(history: list[dict], tasks) -> dict[str, float]:
-  """Mean losses and pooled task metrics over the steps since the last report."""
+  """Mean losses and pooled task metrics over the steps since the last report.
+
+  Steps whose update was skipped (non-finite loss or gradient) are counted in
+  `nonfinite_steps` and left out of the means.
+  """
   fetched = [parallel.fetch(h) for h in history]
-  out = {k: float(np.mean([h[k] for h in fetched]))
-         for k in fetched[0] if k == "loss" or k.startswith("loss_") or k == "grad_norm"}
+  good = [h for h in fetched if not h["nonfinite"]] or fetched
+  out = {k: float(np.mean([h[k] for h in good]))
+         for k in good[0] if k == "loss" or k.startswith("loss_") or k == "grad_norm"}
+  out["nonfinite_steps"] = float(sum(bool(h["nonfinite"]) for h in fetched))
   out["learning_rate"] = float(fetched[-1]["learning_rate"])
   for name, task in tasks.items():
     sums = None  # float64 host sums; some are arrays (confusion matrices)
-    for h in fetched:
+    for h in good:
       sums = metrics.accumulate(sums, {k.split("/", 1)[1]: v for k, v in h.items()
                                        if k.startswith(f"{name}/")})
     out.update({f"{name}/{k}": v for k, v in task.finalize(sums).items()})
   return out
+
+
+class NonFiniteGuard:
+  """Counts steps whose update was skipped; stops the run after too many in a row."""
+
+  def __init__(self, max_in_a_row: int, checkpoint_dir: str):
+    self.max_in_a_row = max_in_a_row
+    self.checkpoint_dir = checkpoint_dir
+    self.in_a_row = 0
+    self.total = 0
+
+  def check(self, step: int, step_metrics, last_checkpoint: int | None) -> None:
+    if not bool(parallel.fetch(step_metrics["nonfinite"])):
+      self.in_a_row = 0
+      return
+    self.in_a_row += 1
+    self.total += 1
+    logging.warning("Step %d: non-finite loss or gradient; update skipped (%d in a row).",
+                    step, self.in_a_row)
+    if self.in_a_row >= self.max_in_a_row:
+      where = (f"the last checkpoint is step {last_checkpoint} in {self.checkpoint_dir}"
+               if last_checkpoint is not None else "there is no checkpoint yet")
+      raise UserError(
+          f"Stopped at step {step}: the loss or gradients were non-finite for {self.in_a_row} "
+          f"steps in a row ({self.total} in all), so their updates were skipped; {where}. "
+          "Lower --config.optimizer.learning_rate (or add warm-up) or check the data, then "
+          "run again in the same workdir to resume from that checkpoint.")
 
 
 def write_config(config, workdir: str) -> None:
@@ -42,31 +77,77 @@ def write_config(config, workdir: str) -> None:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
 
+def build_model(config):
+  """The config's model; a UserError names a bad model, transform or head setting."""
+  try:
+    return steps_lib.create_model(config, config.seed)
+  except (ValueError, KeyError, TypeError) as e:
+    raise UserError(f"Cannot build the model of this config: {str(e).splitlines()[0]}") from e
+
+
+def load_data(config, workdir: str) -> dict:
+  """The data set's splits; built by process 0 (if needed) while the others wait."""
+  sources = None
+  if jax.process_index() == 0:
+    sources = input_pipeline.load_data_sources(config.data, workdir)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("smd_jax: data set ready")
+    if sources is None:  # each host opens what process 0 built (a shared data_dir)
+      sources = input_pipeline.load_data_sources(config.data, workdir, build=False)
+  if not len(sources.get("train", ())):
+    raise UserError(f"The data set has no training examples (splits: "
+                    f"{ {k: len(v) for k, v in sources.items()} }); check the raw frames "
+                    "(--config.data.manual_dir) and the build log's skip counts.")
+  return sources
+
+
+def check_checkpoint_fits(workdir: str, state) -> None:
+  """UserError if the workdir's latest checkpoint was written by another model."""
+  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    return
+  ckpt = checkpoints.Checkpointer(workdir, read_only=True)
+  try:
+    step = ckpt.latest_step()
+    if step is not None:
+      restore.check_matches(ckpt, step, state, "the given config")
+  except restore.UserError as e:
+    raise UserError(f"{e} Use a new --workdir, or train with the config this workdir was "
+                    f"written with ({os.path.join(workdir, 'config.json')}).") from e
+  finally:
+    ckpt.close()
+
+
 def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   """Trains `config` in `workdir` (resuming from its latest checkpoint), then evaluates.
 
   Leaves in `workdir`: config.json, checkpoints/, tensorboard/, metrics.jsonl,
-  eval_validation_<step>.json and images/.
+  eval_validation_<step>.json and images/. Everything that can be wrong with the
+  input (model names, data, a checkpoint of another model, batch sizes) raises
+  `UserError` before anything in the workdir is written.
+
+  On SIGTERM (or a JAX preemption notice on a multi-host run) the state is saved
+  at the next step boundary and the function returns {"step": k, "preempted": 1}.
 
   Returns:
     The final validation metrics (plus the constant baseline's RMSE).
   """
   mesh = parallel.make_mesh()
-  parallel.check_batch_size(config.batch_size, mesh)
-  parallel.check_batch_size(config.eval_batch_size, mesh)
-  model = steps_lib.create_model(config, config.seed)  # fails fast on bad model names
-
-  sources = input_pipeline.load_data_sources(config.data, workdir)
-  if "train" not in sources:
-    raise ValueError(f"The data set has no train split (splits: {sorted(sources)}).")
+  for name in ("batch_size", "eval_batch_size"):
+    try:
+      parallel.check_batch_size(config[name], mesh)
+    except ValueError as e:
+      raise UserError(str(e).replace("batch_size=", f"{name}=")) from e
+  model = build_model(config)
+  sources = load_data(config, workdir)
   eval_split = "validation" if "validation" in sources else None
   total_steps = num_train_steps(config, len(sources["train"]))
-  write_config(config, workdir)
-  writer = MetricWriter(workdir)
-
   convert.maybe_init_from(model, config, workdir)  # config.init_from, fresh runs only
   steps, state = steps_lib.build_steps(config, model, total_steps, mesh)
   del model
+  check_checkpoint_fits(workdir, state)
+
+  write_config(config, workdir)
+  writer = MetricWriter(workdir)
   train_ds = input_pipeline.train_dataset(
       sources["train"], global_batch_size=config.batch_size, seed=config.seed,
       process_index=jax.process_index(), process_count=jax.process_count(),
@@ -81,8 +162,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   if ckpt.latest_step() is not None:
     state, _ = ckpt.restore(state, train_iter)
   start = int(parallel.fetch(state.step))
-  logging.info("Training %d steps (from step %d), global batch %d on %d device(s).",
-               total_steps, start, config.batch_size, mesh.devices.size)
+  logging.info("Training %d steps (from step %d), global batch %d on %d device(s) in %d "
+               "process(es).", total_steps, start, config.batch_size, mesh.devices.size,
+               jax.process_count())
 
   max_depth = config.tasks.depth.params.max_depth
   semantic_input = config.semantic_transform != "none"
@@ -95,29 +177,45 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     writer.image(step, f"{eval_split}/figure_grid", grid)
     return panels, grid
 
-  history, t_report, step = [], time.time(), start
-  for step in range(start + 1, total_steps + 1):
-    batch = parallel.to_global(next(train_iter), mesh)
-    state, step_metrics = steps.train_step(state, batch)
-    history.append(step_metrics)
-    if step % config.log_every_steps == 0 or step == total_steps:
-      values = _finalize_train_metrics(history, steps.tasks)
-      elapsed = time.time() - t_report
-      values["steps_per_sec"] = len(history) / elapsed
-      writer.scalars(step, values, prefix="train/")
-      logging.info("step %d/%d, %.2f steps/s, ETA %.0f s", step, total_steps,
-                   values["steps_per_sec"], (total_steps - step) / values["steps_per_sec"])
-      history, t_report = [], time.time()
-    eval_metrics = None
-    if eval_split and config.eval_every_steps > 0 and step % config.eval_every_steps == 0 \
-        and step != total_steps:
-      eval_metrics = evaluation.evaluate(
-          steps, state, sources[eval_split], global_batch_size=config.eval_batch_size,
-          mesh=mesh, max_examples=config.max_eval_examples)
-      writer.scalars(step, eval_metrics, prefix=f"{eval_split}/")
-      log_figure(step)
-    if step != total_steps or not eval_split:  # the last step is saved after its evaluation
-      ckpt.save(step, state, train_iter, metrics=eval_metrics)
+  guard = NonFiniteGuard(config.get("max_nonfinite_steps", 5), ckpt.directory)
+  history, t_report, previous = [], time.time(), None
+  with distributed.PreemptionWatch() as preemption:
+    for step in range(start + 1, total_steps + 1):
+      batch = parallel.to_global(next(train_iter), mesh)
+      state, step_metrics = steps.train_step(state, batch)
+      if previous is not None:  # the step before: done by now, this one is in flight
+        guard.check(*previous, ckpt.latest_step())
+      previous = (step, step_metrics)
+      history.append(step_metrics)
+      if step % config.log_every_steps == 0 or step == total_steps:
+        values = _finalize_train_metrics(history, steps.tasks)
+        elapsed = time.time() - t_report
+        values["steps_per_sec"] = len(history) / elapsed
+        writer.scalars(step, values, prefix="train/")
+        logging.info("step %d/%d, %.2f steps/s, ETA %.0f s", step, total_steps,
+                     values["steps_per_sec"], (total_steps - step) / values["steps_per_sec"])
+        history, t_report = [], time.time()
+      if preemption.should_stop(step):
+        guard.check(*previous, ckpt.latest_step())
+        if ckpt.latest_step() != step:
+          ckpt.save(step, state, train_iter, force=True)
+        ckpt.close()
+        writer.close()
+        logging.warning("Preempted: saved step %d to %s; run the same command to resume.",
+                        step, ckpt.directory)
+        return {"step": step, "preempted": 1}
+      eval_metrics = None
+      if eval_split and config.eval_every_steps > 0 and step % config.eval_every_steps == 0 \
+          and step != total_steps:
+        eval_metrics = evaluation.evaluate(
+            steps, state, sources[eval_split], global_batch_size=config.eval_batch_size,
+            mesh=mesh, max_examples=config.max_eval_examples)
+        writer.scalars(step, eval_metrics, prefix=f"{eval_split}/")
+        log_figure(step)
+      if step != total_steps or not eval_split:  # the last step is saved after its evaluation
+        ckpt.save(step, state, train_iter, metrics=eval_metrics)
+  if previous is not None:
+    guard.check(*previous, ckpt.latest_step())
   if not eval_split and ckpt.latest_step() != total_steps:
     ckpt.save(total_steps, state, train_iter, force=True)
 

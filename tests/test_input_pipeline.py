@@ -42,16 +42,20 @@ def test_same_seed_same_order_other_seed_differs():
   assert first(3) != first(4)
 
 
-def test_processes_read_disjoint_shards():
-  src = fake_source(16)
-  seen = []
-  for p in range(2):
-    it = iter(input_pipeline.train_dataset(src, global_batch_size=8, seed=0, process_index=p,
-                                           process_count=2, num_threads=0))
-    b = next(it)
-    assert b["image"].shape[0] == 4  # local half of the global batch
-    seen.append(set(ids(b)) | set(ids(next(it))))
-  assert not seen[0] & seen[1] and seen[0] | seen[1] == set(range(16))
+@pytest.mark.parametrize("process_count", [2, 4])
+def test_processes_split_the_same_global_batches(process_count):
+  # Global batch t over P processes = process 0's local batch t, then process 1's, ...:
+  # exactly the batch a single process reads, with each process reading its own part.
+  src = fake_source(20)
+  single = iter(input_pipeline.train_dataset(src, global_batch_size=8, seed=0, num_threads=0))
+  shards = [iter(input_pipeline.train_dataset(src, global_batch_size=8, seed=0, process_index=p,
+                                              process_count=process_count, num_threads=0))
+            for p in range(process_count)]
+  for _ in range(6):  # past the end of the first epoch (20 examples)
+    want = ids(next(single))
+    local = [ids(next(it)) for it in shards]
+    assert all(len(part) == 8 // process_count for part in local)
+    assert [i for part in local for i in part] == want
 
 
 def test_iterator_state_resumes_exactly():
@@ -71,7 +75,7 @@ def test_batch_errors_are_clear():
   with pytest.raises(ValueError, match="not divisible"):
     input_pipeline.local_batch_size(6, 4)
   with pytest.raises(ValueError, match="no examples"):
-    input_pipeline.train_dataset(fake_source(1), global_batch_size=4, seed=0, process_index=1,
+    input_pipeline.train_dataset(fake_source(0), global_batch_size=4, seed=0, process_index=1,
                                  process_count=2)
 
 

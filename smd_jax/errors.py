@@ -1,0 +1,80 @@
+"""Errors in what the user asked for, and how command-line tools report them."""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+
+class UserError(Exception):
+  """An error in what the user asked for (a path, a config value, a flag), reported as one line.
+
+  Its message says what is wrong and what to do; command-line tools print it
+  without a traceback (`report_user_errors`).
+  """
+
+
+def report_user_errors(fn: Callable[[], int | None]) -> int:
+  """Runs `fn`; a `UserError` becomes `error: <message>` on stderr and exit status 1."""
+  try:
+    return fn() or 0
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+
+
+def _innermost_message(e: BaseException) -> str:
+  """The message under ml_collections' wrapping (AttributeError(KeyError('...')))."""
+  while e.args and isinstance(e.args[0], BaseException):
+    e = e.args[0]
+  return str(e.args[0]) if e.args else str(e)
+
+
+def _exit(message: str) -> None:
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(1)
+
+
+_CONFIG_ERRORS = (AttributeError, KeyError, OSError, TypeError, ValueError, SyntaxError,
+                  ImportError)
+
+
+def _config_error(e: BaseException, argv: list[str]) -> str:
+  """One line for an error in loading a `--config` file or applying `--config.*` overrides."""
+  if isinstance(e, (AttributeError, KeyError)):
+    lines = _innermost_message(e).strip("'\" ").splitlines()
+    field = lines[0].strip("'\"")
+    given = ", ".join(a.split("=", 1)[0] for a in argv[1:] if a.startswith("--config."))
+    hint = f" {lines[-1].strip()}" if len(lines) > 1 else ""
+    return (f"The config has no field {field!r} (overrides given: {given or 'none'}).{hint} "
+            "Overrides must name fields of the config file, e.g. --config.data.resolution=64.")
+  detail = [line.strip() for line in str(e).splitlines() if line.strip()]
+  return (f"Cannot load the config: {detail[-1] if detail else type(e).__name__}. --config "
+          "takes a Python file with get_config(), e.g. configs/default.py.")
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing with one-line errors for bad flags and `--config` fields.
+
+  Use as `app.run(main, flags_parser=errors.parse_flags)`.
+  """
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:  # absl's own; a config file's error arrives with its traceback
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    _exit(lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1].strip()}")
+  except _CONFIG_ERRORS as e:
+    _exit(_config_error(e, argv))
+  return []  # not reached
+
+
+def config_value(config_flag, argv: list[str]):
+  """The value of a `config_flags` flag (loaded lazily), with one-line errors as above."""
+  try:
+    value = config_flag.value
+    value.to_dict  # pylint: disable=pointless-statement  # a file that failed to load raises here
+    return value
+  except _CONFIG_ERRORS as e:
+    raise UserError(_config_error(e, argv)) from e
