@@ -29,6 +29,12 @@ def quiet_library_logs() -> None:
   logging.get_absl_handler().addFilter(keep)
 
 
+def _ends_with_newline(path: str) -> bool:
+  with open(path, "rb") as f:
+    f.seek(-1, os.SEEK_END)
+    return f.read(1) == b"\n"
+
+
 class MetricWriter:
 
   def __init__(self, workdir: str):
@@ -40,7 +46,10 @@ class MetricWriter:
 
       os.makedirs(workdir, exist_ok=True)
       self._tb = SummaryWriter(logdir=os.path.join(workdir, "tensorboard"))
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      path = os.path.join(workdir, "metrics.jsonl")
+      self._jsonl = open(path, "a")
+      if self._jsonl.tell() and not _ends_with_newline(path):
+        self._jsonl.write("\n")  # a killed run's cut-off line stays one (skippable) line
 
   def scalars(self, step: int, values: Mapping[str, float], prefix: str = "") -> None:
     if not self.enabled:

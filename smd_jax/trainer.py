@@ -159,90 +159,91 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
       workdir, max_to_keep=config.keep_checkpoints,
       save_interval_steps=config.checkpoint_every_steps,
       best_metric=(config.get("best_metric", None) or "depth/rmse") if eval_split else None)
-  if ckpt.latest_step() is not None:
-    state, _ = ckpt.restore(state, train_iter)
-  start = int(parallel.fetch(state.step))
-  logging.info("Training %d steps (from step %d), global batch %d on %d device(s) in %d "
-               "process(es).", total_steps, start, config.batch_size, mesh.devices.size,
-               jax.process_count())
+  try:  # whatever happens, pending async saves complete and the logs are closed
+    if ckpt.latest_step() is not None:
+      state, _ = ckpt.restore(state, train_iter)
+    start = int(parallel.fetch(state.step))
+    logging.info("Training %d steps (from step %d), global batch %d on %d device(s) in %d "
+                 "process(es).", total_steps, start, config.batch_size, mesh.devices.size,
+                 jax.process_count())
 
-  max_depth = config.tasks.depth.params.max_depth
-  semantic_input = config.semantic_transform != "none"
+    max_depth = config.tasks.depth.params.max_depth
+    semantic_input = config.semantic_transform != "none"
 
-  def log_figure(step):  # the figure grid of the first validation examples, to TensorBoard
-    panels, grid = evaluation.prediction_figures(
-        steps, state, sources[eval_split], num_images=config.num_images,
-        batch_size=config.eval_batch_size, mesh=mesh, max_depth=max_depth,
-        semantic_input=semantic_input)
-    writer.image(step, f"{eval_split}/figure_grid", grid)
-    return panels, grid
+    def log_figure(step):  # the figure grid of the first validation examples, to TensorBoard
+      panels, grid = evaluation.prediction_figures(
+          steps, state, sources[eval_split], num_images=config.num_images,
+          batch_size=config.eval_batch_size, mesh=mesh, max_depth=max_depth,
+          semantic_input=semantic_input)
+      writer.image(step, f"{eval_split}/figure_grid", grid)
+      return panels, grid
 
-  guard = NonFiniteGuard(config.get("max_nonfinite_steps", 5), ckpt.directory)
-  history, t_report, previous = [], time.time(), None
-  with distributed.PreemptionWatch() as preemption:
-    for step in range(start + 1, total_steps + 1):
-      batch = parallel.to_global(next(train_iter), mesh)
-      state, step_metrics = steps.train_step(state, batch)
-      if previous is not None:  # the step before: done by now, this one is in flight
-        guard.check(*previous, ckpt.latest_step())
-      previous = (step, step_metrics)
-      history.append(step_metrics)
-      if step % config.log_every_steps == 0 or step == total_steps:
-        values = _finalize_train_metrics(history, steps.tasks)
-        elapsed = time.time() - t_report
-        values["steps_per_sec"] = len(history) / elapsed
-        writer.scalars(step, values, prefix="train/")
-        logging.info("step %d/%d, %.2f steps/s, ETA %.0f s", step, total_steps,
-                     values["steps_per_sec"], (total_steps - step) / values["steps_per_sec"])
-        history, t_report = [], time.time()
-      if preemption.should_stop(step):
-        guard.check(*previous, ckpt.latest_step())
-        if ckpt.latest_step() != step:
-          ckpt.save(step, state, train_iter, force=True)
-        ckpt.close()
-        writer.close()
-        logging.warning("Preempted: saved step %d to %s; run the same command to resume.",
-                        step, ckpt.directory)
-        return {"step": step, "preempted": 1}
-      eval_metrics = None
-      if eval_split and config.eval_every_steps > 0 and step % config.eval_every_steps == 0 \
-          and step != total_steps:
-        eval_metrics = evaluation.evaluate(
-            steps, state, sources[eval_split], global_batch_size=config.eval_batch_size,
-            mesh=mesh, max_examples=config.max_eval_examples)
-        writer.scalars(step, eval_metrics, prefix=f"{eval_split}/")
-        log_figure(step)
-      if step != total_steps or not eval_split:  # the last step is saved after its evaluation
-        ckpt.save(step, state, train_iter, metrics=eval_metrics)
-  if previous is not None:
-    guard.check(*previous, ckpt.latest_step())
-  if not eval_split and ckpt.latest_step() != total_steps:
-    ckpt.save(total_steps, state, train_iter, force=True)
+    guard = NonFiniteGuard(config.get("max_nonfinite_steps", 5), ckpt.directory)
+    history, t_report, previous = [], time.time(), None
+    with distributed.PreemptionWatch() as preemption:
+      for step in range(start + 1, total_steps + 1):
+        batch = parallel.to_global(next(train_iter), mesh)
+        state, step_metrics = steps.train_step(state, batch)
+        if previous is not None:  # the step before: done by now, this one is in flight
+          guard.check(*previous, ckpt.latest_step())
+        previous = (step, step_metrics)
+        history.append(step_metrics)
+        if step % config.log_every_steps == 0 or step == total_steps:
+          values = _finalize_train_metrics(history, steps.tasks)
+          elapsed = time.time() - t_report
+          values["steps_per_sec"] = len(history) / elapsed
+          writer.scalars(step, values, prefix="train/")
+          logging.info("step %d/%d, %.2f steps/s, ETA %.0f s", step, total_steps,
+                       values["steps_per_sec"], (total_steps - step) / values["steps_per_sec"])
+          history, t_report = [], time.time()
+        if preemption.should_stop(step):
+          guard.check(*previous, ckpt.latest_step())
+          if ckpt.latest_step() != step:
+            ckpt.save(step, state, train_iter, force=True)
+          ckpt.wait()
+          logging.warning("Preempted: saved step %d to %s; run the same command to resume.",
+                          step, ckpt.directory)
+          return {"step": step, "preempted": 1}
+        eval_metrics = None
+        if eval_split and config.eval_every_steps > 0 and step % config.eval_every_steps == 0 \
+            and step != total_steps:
+          eval_metrics = evaluation.evaluate(
+              steps, state, sources[eval_split], global_batch_size=config.eval_batch_size,
+              mesh=mesh, max_examples=config.max_eval_examples)
+          writer.scalars(step, eval_metrics, prefix=f"{eval_split}/")
+          log_figure(step)
+        if step != total_steps or not eval_split:  # the last step is saved after its evaluation
+          ckpt.save(step, state, train_iter, metrics=eval_metrics)
+    if previous is not None:
+      guard.check(*previous, ckpt.latest_step())
+    if not eval_split and ckpt.latest_step() != total_steps:
+      ckpt.save(total_steps, state, train_iter, force=True)
 
-  results = {"step": total_steps}
-  if eval_split:
-    results.update(evaluation.evaluate(
-        steps, state, sources[eval_split], global_batch_size=config.eval_batch_size,
-        mesh=mesh, max_examples=config.max_eval_examples))
-    base_rmse, base_depth = evaluation.constant_baseline(sources[eval_split], max_depth,
-                                                         config.max_eval_examples)
-    results.update({"constant_baseline/rmse": base_rmse, "constant_baseline/depth": base_depth})
-    writer.scalars(total_steps, {k: v for k, v in results.items() if k != "step"},
-                   prefix=f"{eval_split}/")
-    if ckpt.latest_step() != total_steps:  # with its metrics, for keep-best
-      ckpt.save(total_steps, state, train_iter, force=True, metrics=results)
-    panels, figure_grid = log_figure(total_steps)
-    if jax.process_index() == 0:
-      evaluation.write_json(os.path.join(workdir, f"eval_{eval_split}_{total_steps}.json"), results)
-      images = os.path.join(workdir, "images")
-      evaluation.save_png(os.path.join(images, f"{eval_split}_{total_steps}.png"),
-                          visualize.stack_rows(panels))
-      evaluation.save_png(os.path.join(images, f"{eval_split}_{total_steps}_grid.png"),
-                          figure_grid)
-      for i, panel in enumerate(panels):
-        evaluation.save_png(os.path.join(images, f"{eval_split}_{total_steps}_{i}.png"), panel)
-    logging.info("Final %s RMSE %.4f m; best constant depth (%.2f m) RMSE %.4f m.", eval_split,
-                 results["depth/rmse"], base_depth, base_rmse)
-  ckpt.close()
-  writer.close()
-  return results
+    results = {"step": total_steps}
+    if eval_split:
+      results.update(evaluation.evaluate(
+          steps, state, sources[eval_split], global_batch_size=config.eval_batch_size,
+          mesh=mesh, max_examples=config.max_eval_examples))
+      base_rmse, base_depth = evaluation.constant_baseline(sources[eval_split], max_depth,
+                                                           config.max_eval_examples)
+      results.update({"constant_baseline/rmse": base_rmse, "constant_baseline/depth": base_depth})
+      writer.scalars(total_steps, {k: v for k, v in results.items() if k != "step"},
+                     prefix=f"{eval_split}/")
+      if ckpt.latest_step() != total_steps:  # with its metrics, for keep-best
+        ckpt.save(total_steps, state, train_iter, force=True, metrics=results)
+      panels, figure_grid = log_figure(total_steps)
+      if jax.process_index() == 0:
+        evaluation.write_json(os.path.join(workdir, f"eval_{eval_split}_{total_steps}.json"), results)
+        images = os.path.join(workdir, "images")
+        evaluation.save_png(os.path.join(images, f"{eval_split}_{total_steps}.png"),
+                            visualize.stack_rows(panels))
+        evaluation.save_png(os.path.join(images, f"{eval_split}_{total_steps}_grid.png"),
+                            figure_grid)
+        for i, panel in enumerate(panels):
+          evaluation.save_png(os.path.join(images, f"{eval_split}_{total_steps}_{i}.png"), panel)
+      logging.info("Final %s RMSE %.4f m; best constant depth (%.2f m) RMSE %.4f m.", eval_split,
+                   results["depth/rmse"], base_depth, base_rmse)
+    return results
+  finally:
+    ckpt.close()
+    writer.close()

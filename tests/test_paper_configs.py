@@ -15,36 +15,16 @@ import os
 import jax
 import numpy as np
 import pytest
-from flax import nnx
 
 from smd_jax import experiments, metrics, paper, parallel, steps as steps_lib
-from smd_jax.models import efficientnet, layers, registry, resnet
+from smd_jax.models import efficientnet, registry, resnet
+from tests.toy_models import ToyEncoder  # noqa: F401  (also imported from here by other tests)
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "configs", "paper")
 CONFIG_FILES = sorted(p for p in glob.glob(os.path.join(CONFIG_DIR, "*.py"))
                       if not p.endswith("__init__.py"))
 NAMES = [os.path.splitext(os.path.basename(p))[0] for p in CONFIG_FILES]
 
-
-
-class ToyEncoder(nnx.Module):
-  """Five conv3x3-BN-ReLU stages (8 channels); the encoder interface of the registry."""
-
-  def __init__(self, *, in_channels, output_stride=32, drop_path_rate=0.0, dtype=None, rngs):
-    del drop_path_rate
-    strides = (2, 2, 2, 2, 2) if output_stride == 32 else (2, 2, 2, 1, 1)
-    self.convs = nnx.List([layers.conv2d(c, 8, 3, s, dtype=dtype, rngs=rngs)
-                           for c, s in zip((in_channels, 8, 8, 8, 8), strides)])
-    self.norms = nnx.List([layers.batch_norm(8, dtype=dtype, rngs=rngs) for _ in strides])
-    self.out_channels = (8,) * 5
-    self.reductions = tuple(int(r) for r in np.cumprod(strides))
-
-  def __call__(self, x):
-    features = []
-    for conv, norm in zip(self.convs, self.norms):
-      x = jax.nn.relu(norm(conv(x)))
-      features.append(x)
-    return features
 
 
 # Table 2's encoder rows: the same encoder classes at toy width and depth.

@@ -1,0 +1,164 @@
+"""Runs that are killed or preempted resume exactly; non-finite steps are skipped.
+
+The training runs are real `smd_jax.train` processes (tests/train_subprocess.py:
+toy encoder, dummy HyperSim frames at 32 px, 2 simulated CPU devices). One
+uninterrupted run is the reference; a run killed with SIGKILL, or stopped with
+SIGTERM, and then restarted in the same workdir must log bitwise the same
+losses for every step and end with bitwise the same parameters.
+"""
+
+import glob
+import os
+import shutil
+import signal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from smd_jax import errors, losses, parallel, steps as steps_lib, trainer
+from smd_jax.models import registry
+from tests import subprocess_runs as runs
+from tests import toy_config
+from tests.toy_models import ToyEncoder
+
+pytestmark = pytest.mark.timeout(900)
+STEPS = toy_config.get_config().num_train_steps
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  """An uninterrupted run; its data set and compilation cache are shared by the other runs."""
+  root = tmp_path_factory.mktemp("fault_tolerance")
+  shared = dict(tfds=str(root / "tfds"), cache=str(root / "xla_cache"))
+  workdir = str(root / "reference")
+  rc, out, err = runs.finish(runs.start_training(
+      workdir, f"--config.data.data_dir={shared['tfds']}", cache_dir=shared["cache"]))
+  assert rc == 0, err[-3000:]
+  assert "Final validation RMSE" in out
+  return dict(shared, root=root, workdir=workdir)
+
+
+def _run(reference, workdir, *, env=None):
+  return runs.start_training(workdir, f"--config.data.data_dir={reference['tfds']}",
+                             cache_dir=reference["cache"], env=env)
+
+
+def _assert_same_run(workdir, reference):
+  want = runs.train_losses(reference["workdir"])
+  assert sorted(want) == list(range(1, STEPS + 1))
+  assert runs.train_losses(workdir) == want  # every step, bitwise
+  got, ref = runs.load_checkpoint(workdir, STEPS), runs.load_checkpoint(reference["workdir"], STEPS)
+  assert jax.tree.structure(got) == jax.tree.structure(ref)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_kill_9_then_restart_reproduces_the_run_bitwise(reference):
+  workdir = str(reference["root"] / "killed")
+  marker = str(reference["root"] / "killed_marker")
+  proc = _run(reference, workdir, env=dict(SMD_TEST_SLOW_FROM_STEP="8", SMD_TEST_MARKER=marker))
+  runs.wait_for_file(marker, proc)
+  proc.send_signal(signal.SIGKILL)
+  assert runs.finish(proc)[0] == -signal.SIGKILL
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  kept = sorted(int(s) for s in os.listdir(ckpt_dir) if s.isdigit())
+  # Saves every 3 steps, killed in step 8: step 6's async save may not have finished.
+  assert kept and kept[-1] in (3, 6)
+  # A save cut short (as a crash mid-write leaves it) must not be picked up:
+  partial = os.path.join(ckpt_dir, f"9.orbax-checkpoint-tmp-{os.getpid()}")
+  shutil.copytree(os.path.join(ckpt_dir, str(kept[-1])), partial)
+  for path in glob.glob(os.path.join(partial, "**", "*"), recursive=True):
+    if os.path.isfile(path):
+      with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+
+  rc, out, err = runs.finish(_run(reference, workdir))
+  assert rc == 0, err[-3000:]
+  _assert_same_run(workdir, reference)
+
+
+def test_sigterm_saves_the_current_step_exits_0_and_resumes(reference):
+  workdir = str(reference["root"] / "preempted")
+  marker = str(reference["root"] / "preempted_marker")
+  proc = _run(reference, workdir, env=dict(SMD_TEST_SLOW_FROM_STEP="5", SMD_TEST_MARKER=marker))
+  runs.wait_for_file(marker, proc)
+  proc.send_signal(signal.SIGTERM)
+  rc, out, err = runs.finish(proc)
+  assert rc == 0, err[-3000:]
+  stopped = max(runs.train_losses(workdir))  # the last step that ran
+  assert 5 <= stopped < STEPS
+  assert f"Preempted at step {stopped}" in out
+  assert str(stopped) in os.listdir(os.path.join(workdir, "checkpoints"))
+
+  rc, out, err = runs.finish(_run(reference, workdir))
+  assert rc == 0, err[-3000:]
+  _assert_same_run(workdir, reference)
+
+
+# ----------------------------------------------------------------------------
+# Non-finite losses: the step is skipped in the jitted step, the loop stops
+# after config.max_nonfinite_steps in a row.
+
+
+def _nan_when_far(pred, target, valid):
+  """L1, but NaN for a batch whose valid targets reach 1 (depth >= max_depth): a 'bad batch'."""
+  far = jnp.max(jnp.where(valid, target, 0.0)) >= 1.0
+  return jnp.where(far, jnp.nan, losses.l1_loss(pred, target, valid))
+
+
+@pytest.fixture
+def toy(monkeypatch):
+  monkeypatch.setitem(registry.ENCODERS, "toy", ToyEncoder)
+  monkeypatch.setitem(losses.LOSSES, "nan_when_far", _nan_when_far)
+  config = toy_config.get_config()
+  config.tasks.depth.loss = "nan_when_far"
+  return config
+
+
+def _batch(depth_m, seed=0, n=8, size=32):
+  rng = np.random.default_rng(seed)
+  return {"image": rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
+          "depth": np.full((n, size, size), depth_m, np.float32) + rng.uniform(
+              0, 1, (n, size, size)).astype(np.float32),
+          "semantic": rng.integers(-1, 41, (n, size, size)).astype(np.int16)}
+
+
+def test_nonfinite_step_leaves_the_state_unchanged(toy):
+  mesh = parallel.make_mesh()
+  steps, state = steps_lib.build_steps(toy, steps_lib.create_model(toy, 0), 10, mesh)
+  state, m = steps.train_step(state, parallel.to_global(_batch(3.0), mesh))
+  assert not bool(m["nonfinite"]) and np.isfinite(float(m["loss"]))
+  before = parallel.fetch(state)
+  state, m = steps.train_step(state, parallel.to_global(_batch(20.0), mesh))  # clamped to 1
+  assert bool(m["nonfinite"]) and np.isnan(float(m["loss"]))
+  after = parallel.fetch(state)
+  assert int(after.step) == int(before.step) + 1
+  for name in ("params", "model_state", "opt_state"):
+    for a, b in zip(jax.tree.leaves(getattr(before, name)), jax.tree.leaves(getattr(after, name))):
+      np.testing.assert_array_equal(a, b)
+  state, m = steps.train_step(state, parallel.to_global(_batch(3.0, seed=1), mesh))
+  assert not bool(m["nonfinite"])  # the next good batch trains again
+  changed = parallel.fetch(state.params)
+  assert any(not np.array_equal(a, b) for a, b in
+             zip(jax.tree.leaves(before.params), jax.tree.leaves(changed)))
+
+
+def test_training_stops_after_several_nonfinite_steps_in_a_row(toy, tmp_path, monkeypatch):
+  toy.data.data_dir = str(tmp_path / "tfds")
+  toy.tasks.depth.params.max_depth = 0.5  # every valid depth clamps to 1: every loss is NaN
+  toy.max_nonfinite_steps = 4
+  toy.checkpoint_every_steps = 3
+  workdir = str(tmp_path / "run")
+  with pytest.raises(errors.UserError) as e:
+    trainer.train_and_evaluate(toy, workdir)
+  message = str(e.value)
+  assert "Stopped at step 4" in message and "4 steps in a row" in message
+  assert "last checkpoint is step 3" in message
+  # What was saved is finite: skipped steps never changed the (initial) parameters.
+  saved = runs.load_checkpoint(workdir, 3)
+  init = parallel.fetch(steps_lib.build_steps(toy, steps_lib.create_model(toy, toy.seed), 10,
+                                              parallel.make_mesh(1))[1].params)
+  for a, b in zip(jax.tree.leaves(saved["params"]), jax.tree.leaves(init)):
+    np.testing.assert_array_equal(a, b)
