@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m benchmarks.run` (throughput, side by side with PyTorch)."""

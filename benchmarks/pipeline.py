@@ -1,0 +1,86 @@
+"""Input pipeline throughput: samples/s that `input_pipeline.train_dataset` yields from
+the array_record shards of a built HyperSim TFDS data set.
+
+The data set is the procedural one the demo builds (same builder, same features:
+PNG image, zlib float32 depth, zlib int16 labels), generated once into a cache
+folder and reused by later runs. Also times one example's read + decode on one
+thread (`source[i]`), to tell decode cost from pipeline overhead.
+
+The small generated split is viewed as one of the paper's train split's size
+(`PAPER_TRAIN_FRAMES`, example i is frame i mod n): grain's index shuffle walks
+cycles over a domain of at least ~2^16, so on a 128-example source it costs ~0.3 ms
+per example (more than decoding a 64x64 one), against ~7 us at 19,399 examples.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from benchmarks import timing
+from configs import default
+from smd_jax import input_pipeline
+
+
+PAPER_TRAIN_FRAMES = 19_399  # the Semantic-MD train split (DESIGN.md)
+
+
+class Tiled:
+  """`source` repeated to `length` examples: example i is source[i % len(source)]."""
+
+  def __init__(self, source, length: int):
+    self.source, self.length = source, length
+
+  def __len__(self) -> int:
+    return self.length
+
+  def __getitem__(self, index: int):
+    return self.source[index % len(self.source)]
+
+
+def data_config(size: int, num_frames: int):
+  config = default.get_config().data
+  config.resolution = size
+  config.synthetic.num_frames = dict(train=num_frames, validation=0, test=0)
+  return config
+
+
+def train_source(cache_dir: str, size: int, num_frames: int):
+  """The train split's random-access source, built into `cache_dir` if needed."""
+  sources = input_pipeline.load_data_sources(data_config(size, num_frames),
+                                             os.path.join(cache_dir, f'frames{num_frames}'))
+  return sources['train']
+
+
+def decode_rate(source, count: int) -> float:
+  """Examples/s of `source[i]` (array_record read + PNG/zlib decode), one thread."""
+  count = min(count, len(source))
+  start = time.perf_counter()
+  for i in range(count):
+    input_pipeline.select_arrays(source[i])
+  return count / (time.perf_counter() - start)
+
+
+def benchmark(cache_dir: str, *, size: int, num_frames: int, batch_size: int,
+              threads: tuple[int, ...], batches: int, repeats: int) -> list[dict]:
+  """One row per reader-thread count: median samples/s over `repeats` runs of
+  `batches` batches, after 2 warm-up batches that fill the prefetch buffer."""
+  start = time.perf_counter()
+  source = train_source(cache_dir, size, num_frames)
+  prepare_s = time.perf_counter() - start
+  one_thread = decode_rate(source, 4 * batch_size)
+  rows = []
+  for num_threads in threads:
+    it = iter(input_pipeline.train_dataset(Tiled(source, PAPER_TRAIN_FRAMES),
+                                           global_batch_size=batch_size, seed=0,
+                                           num_threads=num_threads,
+                                           prefetch_batches=max(2, num_threads)))
+    for _ in range(2):
+      next(it)
+    t = timing.repeat(lambda: [next(it) for _ in range(batches)], repeats=repeats, warmup=0,
+                      items=batches * batch_size)
+    rows.append({'side': 'pipeline', 'size': size, 'batch_size': batch_size,
+                 'num_threads': num_threads, 'examples': len(source),
+                 'samples_per_s': t.per_s, 'times': t.times, 'spread': t.spread,
+                 'decode_one_thread_per_s': one_thread, 'prepare_s': prepare_s})
+  return rows

@@ -1,0 +1,177 @@
+"""Where the jitted train step spends its time, per XLA operation (any backend).
+
+    python -m benchmarks.profile_step --model unet --batch-size 8 --size 64 --steps 3
+
+Runs the step under `jax.profiler.trace`, reads the per-thunk events of the trace
+(`jax.profiler.ProfileData`; on the CPU each executed HLO instruction is one event
+with an `hlo_op` stat) and joins them with the optimised HLO of the compiled step to
+put each instruction in a category: forward / backward (the op_name metadata of a
+gradient op contains `transpose(`) x kind (1x1 / kxk / grouped convolution, dot,
+reduction, layout copy, slices of the depthwise taps, elementwise, other). Prints
+Markdown tables: milliseconds per step by category and the slowest instructions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import os
+import re
+import sys
+import tempfile
+
+_INSTRUCTION = re.compile(r'^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*)$')
+_COMPUTATION = re.compile(r'^\s*(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$')
+
+
+def parse_hlo(text: str) -> tuple[dict[str, str], dict[str, str]]:
+  """(instruction name -> its line, computation name -> its body) of an HLO module."""
+  instructions, computations = {}, {}
+  current, body = None, []
+  for line in text.splitlines():
+    if current is None:
+      m = _COMPUTATION.match(line)
+      if m and '=' not in line.split('{')[0]:
+        current, body = m.group(1), []
+      continue
+    if line.strip() == '}':
+      computations[current] = '\n'.join(body)
+      current = None
+      continue
+    body.append(line)
+    m = _INSTRUCTION.match(line)
+    if m:
+      instructions[m.group(1)] = m.group(2)
+  return instructions, computations
+
+
+def categorize(line: str, computations: dict[str, str]) -> str:
+  """'forward|backward|update: kind' of one top-level HLO instruction."""
+  op_name = re.search(r'op_name="([^"]*)"', line)
+  op_name = op_name.group(1) if op_name else ''
+  called = re.findall(r'calls=%?([\w.\-]+)', line)
+  body = line + '\n' + '\n'.join(computations.get(c, '') for c in called)
+  if 'transpose(' in op_name:
+    phase = 'backward'
+  elif 'jvp(' in op_name or 'jvp()' in op_name:
+    phase = 'forward'
+  else:
+    phase = 'update/other'
+  if 'convolution(' in body:
+    window = re.search(r'window=\{size=(\d+)x(\d+)', body)
+    if 'feature_group_count' in body or 'batch_group_count' in body:
+      kind = 'grouped conv'
+    elif window and window.group(1) == window.group(2) == '1':
+      kind = 'conv 1x1'
+    else:
+      kind = 'conv kxk'
+  elif ' dot(' in body:
+    kind = 'dot'
+  elif ' reduce(' in body or ' reduce-window(' in body:
+    kind = 'reduce-window' if 'reduce-window(' in body else 'reduction'
+  elif ' slice(' in body or ' pad(' in body:
+    kind = 'slice/pad (depthwise taps)'
+  elif 'transpose' in line.split('(')[0] or 'copy' in line.split('=')[0] or (
+      ' copy(' in body or ' transpose(' in body):
+    kind = 'layout copy/transpose'
+  elif ' fusion(' in line:
+    kind = 'elementwise fusion'
+  else:
+    kind = 'other'
+  return f'{phase}: {kind}'
+
+
+def trace_events(trace_dir: str) -> dict[str, float]:
+  """HLO instruction name -> total microseconds over every traced execution."""
+  from jax.profiler import ProfileData  # pylint: disable=g-import-not-at-top
+  totals = collections.defaultdict(float)
+  for path in glob.glob(os.path.join(trace_dir, '**', '*.xplane.pb'), recursive=True):
+    for plane in ProfileData.from_file(path).planes:
+      for line in plane.lines:
+        for event in line.events:
+          stats = dict(event.stats)
+          if 'hlo_op' in stats:
+            totals[str(stats['hlo_op'])] += event.duration_ns / 1e3
+  return totals
+
+
+def profile(model: str, *, batch_size: int, size: int, precision: str, steps: int,
+            encoder: str = 'efficientnet_b4') -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  from benchmarks import flax_side  # pylint: disable=g-import-not-at-top
+  from smd_jax import parallel, steps as steps_lib  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+
+  config = flax_side.make_config(model, encoder=encoder, batch_size=batch_size, size=size,
+                                 precision=precision)
+  mesh = parallel.make_mesh()
+  built, state = steps_lib.build_steps(config, steps_lib.create_model(config, 0),
+                                       total_steps=1000, mesh=mesh)
+  batch = parallel.to_global(flax_side.random_batch(batch_size, size), mesh)
+  compiled = built.train_step.lower(state, batch).compile()
+  state, out = compiled(state, batch)
+  jax.block_until_ready(out)
+  trace_dir = tempfile.mkdtemp(prefix='smd_jax_profile_')
+  start = time.perf_counter()
+  with jax.profiler.trace(trace_dir):
+    for _ in range(steps):
+      state, out = compiled(state, batch)
+      jax.block_until_ready(out)
+  wall_ms = (time.perf_counter() - start) * 1e3 / steps
+  instructions, computations = parse_hlo(compiled.as_text())
+  per_op = {k: v / steps / 1e3 for k, v in trace_events(trace_dir).items()}  # ms / step
+  by_category = collections.defaultdict(float)
+  rows = []
+  for name, ms in per_op.items():
+    line = instructions.get(name, '')
+    category = categorize(line, computations)
+    by_category[category] += ms
+    op_name = re.search(r'op_name="([^"]*)"', line)
+    rows.append((ms, name, category, op_name.group(1) if op_name else ''))
+  rows.sort(reverse=True)
+  return {'model': model, 'batch_size': batch_size, 'size': size, 'precision': precision,
+          'steps': steps, 'wall_ms_per_step': wall_ms, 'op_ms_per_step': sum(per_op.values()),
+          'by_category': dict(sorted(by_category.items(), key=lambda kv: -kv[1])),
+          'top': rows[:25], 'num_ops': len(per_op)}
+
+
+def render(result: dict) -> str:
+  total = result['op_ms_per_step']
+  lines = [f"{result['model']}, batch {result['batch_size']}, {result['size']}x"
+           f"{result['size']}, {result['precision']}: {result['wall_ms_per_step']:.0f} ms per "
+           f"traced step (wall), {total:.0f} ms summed over {result['num_ops']} HLO "
+           'instructions (threads overlap: the sum can exceed the wall time)\n',
+           '| category | ms / step | share |', '| --- | ---: | ---: |']
+  for category, ms in result['by_category'].items():
+    lines.append(f'| {category} | {ms:.1f} | {100 * ms / total:.1f}% |')
+  lines += ['', '| instruction | category | ms / step | op_name |', '| --- | --- | ---: | --- |']
+  for ms, name, category, op_name in result['top']:
+    lines.append(f'| {name} | {category} | {ms:.1f} | `{op_name[-70:]}` |')
+  return '\n'.join(lines)
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  p.add_argument('--model', default='unet')
+  p.add_argument('--encoder', default='efficientnet_b4')
+  p.add_argument('--batch-size', type=int, default=8)
+  p.add_argument('--size', type=int, default=64)
+  p.add_argument('--precision', default='f32', choices=('f32', 'bf16'))
+  p.add_argument('--steps', type=int, default=3)
+  p.add_argument('--out', help='also write the Markdown here')
+  args = p.parse_args(argv)
+  if os.getcwd() not in sys.path:
+    sys.path.insert(0, os.getcwd())
+  result = profile(args.model, batch_size=args.batch_size, size=args.size,
+                   precision=args.precision, steps=args.steps, encoder=args.encoder)
+  text = render(result)
+  print(text)
+  if args.out:
+    with open(args.out, 'w') as f:
+      f.write(text + '\n')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

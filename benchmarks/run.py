@@ -1,0 +1,287 @@
+"""One benchmark run, side by side on one machine: our Flax steps vs the PyTorch
+reference models, the input pipeline, the TFDS builder, and scaling with work.
+
+    python -m benchmarks.run --quick                 # small CPU-friendly run (~3 min)
+    python -m benchmarks.run --models unet deeplabv3 unet_2head --batch-size 8 --size 128
+    python -m benchmarks.run --precision bf16 --batch-size 32 --size 256   # on a GPU
+    python -m benchmarks.run --only scaling --scaling-batches 1 2 4 8 --scaling-sizes 128 256 384
+
+For each model, precision and side: compile time (ours: lower + XLA compile of the
+jitted step; PyTorch: its first step) reported apart, one untimed warm-up step, then
+the median of --repeats timed steps; ratios are ours / PyTorch. The PyTorch side runs
+on CUDA when available, with channels_last and autocast (bf16) there (see
+benchmarks/torch_side.py); ours on JAX's default backend. Writes
+<out>/<name>.json (every repeat) and <out>/<name>.md (the tables, also printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+
+SECTIONS = ('models', 'pipeline', 'build', 'scaling')
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument('--quick', action='store_true',
+                 help='small CPU run: unet only, batch 2, 64x64, 3 repeats, small pipeline '
+                      'and build, no scaling (explicit options still win)')
+  p.add_argument('--only', nargs='+', choices=SECTIONS, help='sections to run (default all '
+                 'but scaling; scaling runs when named here or with --scaling)')
+  p.add_argument('--scaling', action='store_true', help='add the scaling section')
+  p.add_argument('--models', nargs='+', default=None,
+                 choices=('unet', 'deeplabv3', 'unet_2head'))
+  p.add_argument('--encoder', default='efficientnet_b4')
+  p.add_argument('--sides', nargs='+', default=['flax', 'torch'], choices=('flax', 'torch'))
+  p.add_argument('--batch-size', type=int, default=None)
+  p.add_argument('--size', type=int, default=None, help='input height = width')
+  p.add_argument('--precision', nargs='+', default=['f32'], choices=('f32', 'bf16'))
+  p.add_argument('--repeats', type=int, default=None, help='timed steps per figure')
+  p.add_argument('--no-eval', action='store_true', help='train steps only')
+  p.add_argument('--torch-channels-last', choices=('auto', 'on', 'off'), default='auto',
+                 help='auto: on for CUDA, off on the CPU (where it is ~8x slower)')
+  p.add_argument('--pipeline-size', type=int, nargs='+', default=None)
+  p.add_argument('--pipeline-frames', type=int, default=None)
+  p.add_argument('--pipeline-batch-size', type=int, default=32)
+  p.add_argument('--pipeline-threads', type=int, nargs='+', default=None)
+  p.add_argument('--build-frames', type=int, default=None)
+  p.add_argument('--build-size', type=int, default=256)
+  p.add_argument('--build-workers', type=int, default=None)
+  p.add_argument('--scaling-model', default='unet')
+  p.add_argument('--scaling-batches', type=int, nargs='+', default=[1, 2, 4, 8, 16])
+  p.add_argument('--scaling-batch-size-at', type=int, default=128,
+                 help='input size of the batch-size sweep')
+  p.add_argument('--scaling-sizes', type=int, nargs='+', default=[128, 256, 384])
+  p.add_argument('--scaling-size-batch', type=int, default=4,
+                 help='batch size of the input-size sweep')
+  p.add_argument('--scaling-repeats', type=int, default=2)
+  p.add_argument('--cache-dir', default=os.path.join('/tmp', 'smd_jax_bench_cache'),
+                 help='procedural data sets for the pipeline benchmark (reused)')
+  p.add_argument('--out', default='benchmarks/results', help='folder for the JSON + Markdown')
+  p.add_argument('--name', default=None, help='file name stem (default: a timestamp)')
+  args = p.parse_args(argv)
+  quick = args.quick
+  defaults = dict(models=['unet'] if quick else ['unet', 'deeplabv3', 'unet_2head'],
+                  batch_size=2 if quick else 8, size=64 if quick else 128,
+                  repeats=3 if quick else 5, pipeline_size=[64] if quick else [64, 256],
+                  pipeline_frames=48 if quick else 128,
+                  pipeline_threads=[2] if quick else [1, 2, 4, 8],
+                  build_frames=4 if quick else 16, build_workers=os.cpu_count() or 1)
+  for key, value in defaults.items():
+    if getattr(args, key) is None:
+      setattr(args, key, value)
+  if args.only is None:
+    args.only = ['models', 'pipeline', 'build'] + (['scaling'] if args.scaling else [])
+  return args
+
+
+def _ratio(a, b) -> str:
+  return f'{a / b:.2f}x' if a and b else '–'
+
+
+def _f(value, digits=2) -> str:
+  return '–' if value is None else f'{value:.{digits}f}'
+
+
+def model_table(rows: list[dict]) -> str:
+  """Ours vs PyTorch per (model, precision, batch, size): images/s and ratios."""
+  keyed = {}
+  for r in rows:
+    keyed.setdefault((r['model'], r['precision'], r['batch_size'], r['size']), {})[r['side']] = r
+  lines = ['| model | precision | batch | size | train img/s ours | train img/s PyTorch | '
+           'train ratio | eval img/s ours | eval img/s PyTorch | eval ratio | compile s '
+           'ours (train / eval) | first step s PyTorch (train / eval) | load |',
+           '| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: '
+           '| ---: |']
+  for (model, precision, batch, size), sides in keyed.items():
+    ours, ref = sides.get('flax', {}), sides.get('torch', {})
+    load = '/'.join(_f(s.get('load')) for s in (ours, ref) if s)
+    lines.append(
+        f"| {model} | {precision} | {batch} | {size} | {_f(ours.get('train_images_per_s'))} | "
+        f"{_f(ref.get('train_images_per_s'))} | "
+        f"{_ratio(ours.get('train_images_per_s'), ref.get('train_images_per_s'))} | "
+        f"{_f(ours.get('eval_images_per_s'))} | {_f(ref.get('eval_images_per_s'))} | "
+        f"{_ratio(ours.get('eval_images_per_s'), ref.get('eval_images_per_s'))} | "
+        f"{_f(ours.get('train_compile_s'), 1)} / {_f(ours.get('eval_compile_s'), 1)} | "
+        f"{_f(ref.get('train_compile_s'), 1)} / {_f(ref.get('eval_compile_s'), 1)} | {load} |")
+  return '\n'.join(lines)
+
+
+def pipeline_table(rows: list[dict]) -> str:
+  lines = ['| size | batch | reader threads | samples/s | spread | decode, 1 thread (samples/s) '
+           '| load |', '| ---: | ---: | ---: | ---: | ---: | ---: | ---: |']
+  for r in rows:
+    lines.append(f"| {r['size']} | {r['batch_size']} | {r['num_threads']} | "
+                 f"{r['samples_per_s']:.0f} | {r['spread']:.2f} | "
+                 f"{r['decode_one_thread_per_s']:.0f} | {_f(r.get('load'))} |")
+  return '\n'.join(lines)
+
+
+def scaling_table(rows: list[dict]) -> str:
+  lines = ['| side | precision | batch | size | train img/s | train step s | eval img/s | '
+           'repeats | load |', '| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |']
+  for r in rows:
+    lines.append(f"| {r['side']} | {r['precision']} | {r['batch_size']} | {r['size']} | "
+                 f"{_f(r.get('train_images_per_s'))} | {_f(r.get('train_step_s'), 3)} | "
+                 f"{_f(r.get('eval_images_per_s'))} | {len(r.get('train_times', []))} | "
+                 f"{_f(r.get('load'))} |")
+  return '\n'.join(lines)
+
+
+def run_models(args, log) -> list[dict]:
+  rows = []
+  for precision in args.precision:
+    for model in args.models:
+      rows += run_pair(args, log, model, precision, args.batch_size, args.size, args.repeats)
+  return rows
+
+
+def run_pair(args, log, model, precision, batch_size, size, repeats) -> list[dict]:
+  """Ours and the reference on one shape; a side that fails is logged and left out."""
+  from benchmarks import flax_side  # pylint: disable=g-import-not-at-top
+  rows = []
+  for side in args.sides:
+    log(f'{side} {model} {precision} batch {batch_size} size {size} ...')
+    kwargs = dict(encoder=args.encoder, batch_size=batch_size, size=size, precision=precision,
+                  repeats=repeats, evaluate=not args.no_eval)
+    try:
+      if side == 'flax':
+        row = flax_side.benchmark(model, **kwargs)
+      else:
+        from benchmarks import torch_side  # pylint: disable=g-import-not-at-top
+        channels_last = {'auto': None, 'on': True, 'off': False}[args.torch_channels_last]
+        row = torch_side.benchmark(model, channels_last=channels_last,
+                                   batch=flax_side.random_batch(batch_size, size), **kwargs)
+    except ImportError as e:
+      log(f'  skipped: {e}')
+      continue
+    row['load'] = _load()
+    log('  ' + ', '.join(f'{k} {v:.3g}' for k, v in row.items()
+                         if k.endswith(('per_s', 'compile_s', 'step_s'))))
+    rows.append(row)
+  return rows
+
+
+def run_pipeline(args, log) -> list[dict]:
+  from benchmarks import pipeline  # pylint: disable=g-import-not-at-top
+  rows = []
+  for size in args.pipeline_size:
+    log(f'input pipeline {size}x{size}, {args.pipeline_frames} frames ...')
+    for row in pipeline.benchmark(args.cache_dir, size=size, num_frames=args.pipeline_frames,
+                                  batch_size=args.pipeline_batch_size,
+                                  threads=tuple(args.pipeline_threads),
+                                  batches=max(2, 256 // args.pipeline_batch_size),
+                                  repeats=args.repeats):
+      row['load'] = _load()
+      log(f"  {row['num_threads']} threads: {row['samples_per_s']:.0f} samples/s "
+          f"(decode on 1 thread {row['decode_one_thread_per_s']:.0f}/s)")
+      rows.append(row)
+  return rows
+
+
+def run_build(args, log) -> tuple[list[dict], str | None]:
+  """The builder's frames/s via benchmarks/build_throughput.py, when that exists."""
+  try:
+    from benchmarks import build_throughput  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    reason = f'benchmarks/build_throughput.py not importable ({e}); builder row skipped'
+    log(reason)
+    return [], reason
+  log(f'builder: {args.build_frames} frames at {args.build_size}, '
+      f'{args.build_workers} workers ...')
+  frames_per_s = build_throughput.measure_build(args.build_frames, args.build_size,
+                                                args.build_workers)
+  log(f'  {frames_per_s:.2f} frames/s')
+  return [{'side': 'build', 'frames': args.build_frames, 'size': args.build_size,
+           'workers': args.build_workers, 'frames_per_s': frames_per_s, 'load': _load()}], None
+
+
+def run_scaling(args, log) -> list[dict]:
+  rows = []
+  shapes = [(b, args.scaling_batch_size_at) for b in args.scaling_batches]
+  shapes += [(args.scaling_size_batch, s) for s in args.scaling_sizes
+             if (args.scaling_size_batch, s) not in shapes]
+  for precision in args.precision:
+    for batch_size, size in shapes:
+      rows += run_pair(args, log, args.scaling_model, precision, batch_size, size,
+                       args.scaling_repeats)
+  return rows
+
+
+def _load():
+  from benchmarks import timing  # pylint: disable=g-import-not-at-top
+  return timing.load_average()
+
+
+def render(result: dict) -> str:
+  m = result['machine']
+  parts = [f"# Benchmark {result['name']}\n",
+           f"{m['date']}; {m['cpu']}, {m['cores']} cores; JAX backend {result['backend']} "
+           f"({result['device']}); jax {m['jax']}, flax {m['flax']}, torch {m['torch']}, "
+           f"timm {m['timm']}, smp {m['segmentation_models_pytorch']}, grain {m['grain']}; "
+           f"load average at start {result['load_start']}, end {result['load_end']}; "
+           f"wall {result['wall_s']:.0f} s.\n\n`{result['command']}`\n"]
+  if result['models']:
+    parts.append('## Train and eval throughput (ours vs PyTorch)\n\n'
+                 + model_table(result['models']) + '\n')
+  if result['pipeline']:
+    parts.append('## Input pipeline (array_record -> grain batches)\n\n'
+                 + pipeline_table(result['pipeline']) + '\n')
+  if result['build'] or result['build_skipped']:
+    text = result['build_skipped'] or '\n'.join(
+        f"{r['frames_per_s']:.2f} frames/s ({r['frames']} frames at {r['size']}, "
+        f"{r['workers']} workers, load {r['load']})" for r in result['build'])
+    parts.append('## Builder\n\n' + text + '\n')
+  if result['scaling']:
+    parts.append('## Scaling\n\n' + scaling_table(result['scaling']) + '\n')
+  return '\n'.join(parts)
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  if '.' not in sys.path and os.getcwd() not in sys.path:
+    sys.path.insert(0, os.getcwd())  # configs/ imports `configs.base`
+  import jax  # pylint: disable=g-import-not-at-top
+  from benchmarks import timing  # pylint: disable=g-import-not-at-top
+
+  name = args.name or time.strftime('%Y%m%d-%H%M%S')
+  log = lambda msg: print(f'[{time.strftime("%H:%M:%S")} load {_load()}] {msg}', flush=True)
+  result = {'name': name, 'command': 'python -m benchmarks.run ' + ' '.join(
+      sys.argv[1:] if argv is None else argv), 'args': vars(args), 'machine': timing.machine(),
+            'backend': jax.default_backend(), 'device': jax.devices()[0].device_kind,
+            'load_start': _load(), 'models': [], 'pipeline': [], 'build': [],
+            'build_skipped': None, 'scaling': [], 'errors': []}
+  start = time.perf_counter()
+  sections = {'models': run_models, 'pipeline': run_pipeline, 'scaling': run_scaling}
+  for section in args.only:
+    try:
+      if section == 'build':
+        result['build'], result['build_skipped'] = run_build(args, log)
+      else:
+        result[section] = sections[section](args, log)
+    except Exception as e:  # pylint: disable=broad-except
+      log(f'{section} failed: {e!r}')
+      result['errors'].append(f'{section}: {traceback.format_exc()}')
+  result['wall_s'] = time.perf_counter() - start
+  result['load_end'] = _load()
+  os.makedirs(args.out, exist_ok=True)
+  stem = os.path.join(args.out, name)
+  with open(stem + '.json', 'w') as f:
+    json.dump(result, f, indent=1, default=str)
+  text = render(result)
+  with open(stem + '.md', 'w') as f:
+    f.write(text)
+  print('\n' + text)
+  print(f'wrote {stem}.json and {stem}.md')
+  return 1 if result['errors'] else 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,87 @@
+"""Timing helpers shared by the benchmarks: repeated runs, medians, machine facts."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import platform
+import statistics
+import time
+from typing import Callable
+
+
+@dataclasses.dataclass
+class Timing:
+  """Seconds of each timed repeat (warm-up excluded) and what one repeat processes."""
+
+  times: list[float]
+  items: int  # images / samples / frames per repeat
+
+  @property
+  def median_s(self) -> float:
+    return statistics.median(self.times)
+
+  @property
+  def per_s(self) -> float:
+    """Items per second at the median repeat."""
+    return self.items / self.median_s
+
+  @property
+  def spread(self) -> float:
+    """(max - min) / median of the repeats: how noisy the figure is."""
+    return (max(self.times) - min(self.times)) / self.median_s
+
+
+def repeat(fn: Callable[[], object], *, repeats: int, warmup: int, items: int) -> Timing:
+  """Calls `fn` warmup times untimed, then `repeats` times timed. `fn` must block
+  until its work is done (e.g. `jax.block_until_ready`, `torch.cuda.synchronize`)."""
+  if repeats < 1:
+    raise ValueError(f'repeats must be >= 1, got {repeats}')
+  for _ in range(warmup):
+    fn()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return Timing(times, items)
+
+
+def load_average() -> float | None:
+  """1-minute load average (the machine may be shared: say so next to every figure)."""
+  try:
+    return round(os.getloadavg()[0], 2)
+  except OSError:
+    return None
+
+
+def machine() -> dict:
+  """Facts to record with every figure: date, CPU, cores, library versions."""
+  info = {
+      'date': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
+      'cpu': _cpu_name(), 'cores': os.cpu_count(), 'python': platform.python_version(),
+  }
+  try:  # timm and smp import only after the torchvision stand-ins (see reference.py)
+    from smd_jax.convert import reference  # pylint: disable=g-import-not-at-top
+    reference.import_reference()
+  except ImportError:
+    pass
+  for name in ('jax', 'flax', 'torch', 'timm', 'segmentation_models_pytorch', 'grain'):
+    try:
+      module = __import__(name)
+      info[name] = getattr(module, '__version__', '?')
+    except Exception:  # pylint: disable=broad-except
+      info[name] = None
+  return info
+
+
+def _cpu_name() -> str:
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
