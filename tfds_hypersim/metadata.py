@@ -18,6 +18,29 @@ SPLIT_FILES = {
     "validation": "semantic_md_split_val.txt",
     "test": "semantic_md_split_test.txt",
 }
+# Split schemes: "semantic_md" = the paper's lists above (default); "official" =
+# HyperSim's v1 scene split, `metadata_images_split_scene_v1.csv`, public frames
+# only (included_in_public_release == True), split_partition_name train/val/test.
+SPLIT_SCHEMES = ("semantic_md", "official")
+OFFICIAL_SPLIT_CSV = "metadata_images_split_scene_v1.csv"
+_OFFICIAL_PARTITION = {"train": "train", "validation": "val", "test": "test"}
+
+# Camera trajectories known to be broken in HyperSim's public release, skipped by
+# the builder (reason "known_broken") in every split scheme. Source per entry:
+#   ml-hypersim issue #22 "Broken Scenes" (github.com/apple/ml-hypersim/issues/22):
+#     ai_004_009 cam_01 -- "completely broken images", a light missing, textures wrong;
+#     ai_038_007 cam_00 -- textures missing, floating rectangles labelled `person`.
+#   ai_003_001 cam_00 is excluded together with ai_004_009 cam_01 by several
+#     downstream HyperSim loaders (e.g. DUSt3R-family training code, which cites the
+#     same issue thread); not stated in the issue's first post.
+# Each of the three holds 33 frames of the paper's train list (none in val/test).
+# Frames missing from the zips (e.g. ai_006_001 cam_00 frame 53's geometry files,
+# ml-hypersim issue #7) need no entry: they are skipped as "missing_file".
+KNOWN_BROKEN = {
+    ("ai_004_009", "cam_01"): "ml-hypersim#22: broken renders (missing light, wrong textures)",
+    ("ai_038_007", "cam_00"): "ml-hypersim#22: missing textures, geometry labelled person",
+    ("ai_003_001", "cam_00"): "corrupted renders; excluded by downstream loaders (ml-hypersim#22 thread)",
+}
 
 FrameId = tuple[str, str, int]  # (scene, camera, frame), e.g. ("ai_001_001", "cam_00", 0)
 
@@ -29,11 +52,34 @@ def _read_text(*parts: str) -> str:
   return path.read_text(encoding="utf-8")
 
 
-@functools.cache
-def split_frames(split: str) -> tuple[FrameId, ...]:
-  """The paper's frames of a TFDS split ('train', 'validation', 'test'), in order."""
+def _check_split(split: str, scheme: str) -> None:
   if split not in SPLIT_FILES:
     raise ValueError(f"unknown split {split!r}; expected one of {list(SPLIT_FILES)}")
+  if scheme not in SPLIT_SCHEMES:
+    raise ValueError(f"unknown split scheme {scheme!r}; expected one of {list(SPLIT_SCHEMES)}")
+
+
+@functools.cache
+def _official_frames() -> dict[str, tuple[FrameId, ...]]:
+  frames = {split: [] for split in SPLIT_FILES}
+  by_partition = {v: k for k, v in _OFFICIAL_PARTITION.items()}
+  for row in csv.DictReader(io.StringIO(_read_text(OFFICIAL_SPLIT_CSV))):
+    if row["included_in_public_release"] != "True":
+      continue
+    split = by_partition.get(row["split_partition_name"])
+    if split is not None:
+      frames[split].append((row["scene_name"], row["camera_name"], int(row["frame_id"])))
+  return {k: tuple(v) for k, v in frames.items()}
+
+
+@functools.cache
+def split_frames(split: str, scheme: str = "semantic_md") -> tuple[FrameId, ...]:
+  """Frames of a TFDS split ('train', 'validation', 'test') in a split scheme, in
+  list order: the paper's lists ("semantic_md") or HyperSim's public v1 split
+  ("official")."""
+  _check_split(split, scheme)
+  if scheme == "official":
+    return _official_frames()[split]
   frames = []
   for line in _read_text("splits", SPLIT_FILES[split]).splitlines():
     if not line.strip():
@@ -41,6 +87,11 @@ def split_frames(split: str) -> tuple[FrameId, ...]:
     scene, camera, frame = line.split()
     frames.append((scene, camera, int(frame)))
   return tuple(frames)
+
+
+def is_known_broken(scene: str, camera: str) -> bool:
+  """True for the camera trajectories listed in KNOWN_BROKEN."""
+  return (scene, camera) in KNOWN_BROKEN
 
 
 @functools.cache
