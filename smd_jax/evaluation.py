@@ -146,9 +146,9 @@ def figure(batch: dict[str, np.ndarray], depth_pred: np.ndarray, *, max_depth: f
 
 
 def first_batch(source: Sequence, num_images: int, batch_size: int) -> dict[str, np.ndarray]:
-  return next(input_pipeline.eval_batches(
-      source, global_batch_size=batch_size, process_index=jax.process_index(),
-      process_count=jax.process_count(), max_examples=num_images))
+  """The first `num_images` examples as one (padded) global batch, the same on every process."""
+  return next(input_pipeline.eval_batches(source, global_batch_size=batch_size,
+                                          max_examples=num_images))
 
 
 def local_rows(pred: np.ndarray) -> np.ndarray:
@@ -162,13 +162,25 @@ def local_outputs(outputs_fn, state, batch: dict[str, np.ndarray], mesh) -> dict
                                                                                      mesh))))
 
 
+def global_outputs(outputs_fn, state, batch: dict[str, np.ndarray], mesh) -> Any:
+  """`outputs_fn` on a global batch that every process holds -> every row, on every process.
+
+  Each process feeds its contiguous part (the rows its devices hold in the
+  global array), so figures show the same examples on any number of hosts.
+  """
+  n = len(batch["mask"]) // jax.process_count()
+  start = jax.process_index() * n
+  part = {k: v[start:start + n] for k, v in batch.items()}
+  return parallel.fetch(outputs_fn(state, parallel.to_global(part, mesh)))
+
+
 def prediction_figures(steps, state, source: Sequence, *, num_images: int, batch_size: int,
                        mesh, max_depth: float, semantic_input: bool
                        ) -> tuple[list[np.ndarray], np.ndarray]:
   """Panels (input | ground truth | prediction, `visualize.depth_panel`) of the first
   `num_images` examples, and the figure grid (`figure`) of the same, from one `predict_step`."""
   batch = first_batch(source, num_images, batch_size)
-  pred = local_rows(parallel.fetch(steps.predict_step(state, parallel.to_global(batch, mesh))))
+  pred = global_outputs(steps.predict_step, state, batch, mesh)
   keep = batch["mask"].nonzero()[0]
   panels = [visualize.depth_panel(batch["image"][i], np.clip(batch["depth"][i], 0, max_depth),
                                   pred[i], max_depth) for i in keep]

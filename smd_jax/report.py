@@ -106,11 +106,11 @@ def evaluate_workdir(workdir: str, *, config=None, checkpoint: str | int = "late
 
   grid = None
   num_images = config.get("num_images", 4) if num_images is None else num_images
-  num_images = min(int(num_images), batch_size // jax.process_count())
+  num_images = min(int(num_images), batch_size)
   if num_images > 0:
     batch = evaluation.first_batch(source, num_images, batch_size)
     outputs_fn = evaluation.make_outputs_fn(loaded.steps, transform, mesh)
-    out = evaluation.local_outputs(outputs_fn, loaded.state, batch, mesh)
+    out = evaluation.global_outputs(outputs_fn, loaded.state, batch, mesh)
     head = evaluation.semantic_head(loaded.steps.tasks)
     grid = evaluation.figure(batch, out["depth"], max_depth=loaded.max_depth,
                              semantic_input=transform != "none",
