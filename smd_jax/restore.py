@@ -106,11 +106,12 @@ def _shapes(tree) -> dict[str, tuple]:
 
 
 def check_matches(ckpt: checkpoints.Checkpointer, step: int, state: TrainState,
-                  config_source: str) -> None:
+                  config_source: str, parts: tuple[str, ...] = ("params", "model_state")) -> None:
   """UserError naming the first differences if the model does not fit the checkpoint.
 
-  Compares parameter and statistics names and shapes with the checkpoint's
-  metadata, before Orbax's less readable restore errors.
+  Compares the names and shapes of the arrays in `parts` of the train state
+  (parameters and statistics; training adds the optimizer state) with the
+  checkpoint's metadata, before Orbax's less readable restore errors.
   """
   try:
     saved = ckpt.state_metadata(step)
@@ -118,7 +119,7 @@ def check_matches(ckpt: checkpoints.Checkpointer, step: int, state: TrainState,
     raise UserError(f"Cannot read checkpoint {step} in {ckpt.directory}: "
                     f"{str(e).splitlines()[0][:200]}") from e
   saved, wanted = _shapes(saved), _shapes(state)
-  keep = lambda d: {k: v for k, v in d.items() if k.split("/")[0] in ("params", "model_state")}
+  keep = lambda d: {k: v for k, v in d.items() if k.split("/")[0] in parts}
   saved, wanted = keep(saved), keep(wanted)
   missing = sorted(set(wanted) - set(saved))
   extra = sorted(set(saved) - set(wanted))

@@ -109,7 +109,8 @@ def check_checkpoint_fits(workdir: str, state) -> None:
   try:
     step = ckpt.latest_step()
     if step is not None:
-      restore.check_matches(ckpt, step, state, "the given config")
+      restore.check_matches(ckpt, step, state, "the given config",
+                            parts=("params", "model_state", "opt_state"))
   except restore.UserError as e:
     raise UserError(f"{e} Use a new --workdir, or train with the config this workdir was "
                     f"written with ({os.path.join(workdir, 'config.json')}).") from e
