@@ -5,6 +5,7 @@ back with `as_data_source`, compare with the raw HDF5 files processed here
 independently (h5py + numpy + PIL).
 """
 
+import csv
 import json
 import os
 import shutil
@@ -32,9 +33,10 @@ def _broken():
     return {k: tuple(v) for k, v in json.load(f).items()}
 
 
-def _build(data_dir, manual_dir, resolution=RES):
-  builder = tfds_hypersim.Builder(config=tfds_hypersim.hypersim_config(resolution),
-                                  data_dir=data_dir)
+def _build(data_dir, manual_dir, resolution=RES, config=None):
+  builder = tfds_hypersim.Builder(
+      config=config or tfds_hypersim.hypersim_config(resolution), data_dir=data_dir,
+      num_workers=1)
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
   return builder
@@ -78,11 +80,27 @@ def _reference_image(scene, camera, frame, res):
 
 def test_registered_and_configs():
   assert tfds.builder_cls("hypersim") is tfds_hypersim.Builder
-  assert [c.name for c in tfds_hypersim.Builder.BUILDER_CONFIGS] == ["res256", "res128", "res64"]
+  assert [c.name for c in tfds_hypersim.Builder.BUILDER_CONFIGS] == [
+      "res256", "res128", "res64", "res256_planar", "res256_official",
+      "res256_official_planar"]
   for r in (256, 128, 64):
     assert tfds_hypersim.hypersim_config(r) is tfds_hypersim.Builder.builder_configs[f"res{r}"]
   assert tfds_hypersim.hypersim_config(32).name == "res32"
   assert tfds_hypersim.hypersim_config(32).resolution == 32
+  c = tfds_hypersim.hypersim_config(256, split_scheme="official", depth_type="planar")
+  assert c is tfds_hypersim.Builder.builder_configs["res256_official_planar"]
+  assert (c.resolution, c.split_scheme, c.depth_type) == (256, "official", "planar")
+  c = tfds_hypersim.hypersim_config(64, depth_type="planar")
+  assert (c.name, c.split_scheme, c.depth_type) == ("res64_planar", "semantic_md", "planar")
+  assert tfds_hypersim.hypersim_config(64).depth_type == "distance"
+  # One name per combination.
+  names = {tfds_hypersim.hypersim_config(r, s, d).name for r in (64, 256)
+           for s in ("semantic_md", "official") for d in ("distance", "planar")}
+  assert len(names) == 8
+  with pytest.raises(ValueError, match="split_scheme"):
+    tfds_hypersim.hypersim_config(64, split_scheme="nyu")
+  with pytest.raises(ValueError, match="depth_type"):
+    tfds_hypersim.hypersim_config(64, depth_type="disparity")
 
 
 def test_builder_defaults(tmp_path):
@@ -98,6 +116,9 @@ def test_builder_accepts_caller_made_configs(tmp_path):
   same = tfds_hypersim.HypersimConfig(name="res64", resolution=64)
   b = tfds_hypersim.Builder(config=same, data_dir=tmp_path)
   assert b.builder_config is tfds_hypersim.hypersim_config(64)
+  with pytest.raises(ValueError, match="predefined"):
+    tfds_hypersim.Builder(config=tfds_hypersim.HypersimConfig(
+        name="res64", resolution=64, depth_type="planar"), data_dir=tmp_path)
   custom = tfds_hypersim.HypersimConfig(name="tiny", resolution=16)
   b = tfds_hypersim.Builder(config=custom, data_dir=tmp_path)
   assert b.info.features["depth"].shape == (16, 16)
@@ -115,6 +136,16 @@ def test_split_counts_and_skips(built):
   assert built.info.splits["train"].num_examples == 2
   assert built.skipped["train"] == {"corrupt_hdf5": 1, "missing_file": 1}
   assert not built.skipped["validation"] and not built.skipped["test"]
+  # The counts are in the data set's metadata, read back from its folder.
+  again = tfds_hypersim.Builder(config=tfds_hypersim.hypersim_config(RES),
+                                data_dir=built.data_dir_root)
+  assert again.is_prepared()
+  assert again.info.metadata["skipped"] == {
+      "train": {"corrupt_hdf5": 1, "missing_file": 1}, "validation": {}, "test": {}}
+  listed = {s: len(tfds_hypersim.metadata.split_frames(s)) for s in ("train", "validation", "test")}
+  assert again.info.metadata["absent"] == {
+      "train": listed["train"] - 4, "validation": listed["validation"] - 1,
+      "test": listed["test"] - 1}
   keys = {(ex["scene"].decode(), ex["camera"].decode(), ex["frame"])
           for src in sources.values() for ex in src}
   for frame in _broken().values():
@@ -170,3 +201,134 @@ def test_manual_dir_without_frames_fails_clearly(tmp_path):
   (tmp_path / "raw" / "ai_999_999" / "images").mkdir(parents=True)
   with pytest.raises(FileNotFoundError, match="No frame"):
     _build(tmp_path / "tfds", tmp_path / "raw", resolution=8)
+
+
+def _official_split_of():
+  """(scene, camera, frame) -> TFDS split, read from HyperSim's csv here."""
+  names = {"train": "train", "val": "validation", "test": "test"}
+  path = os.path.join(os.path.dirname(tfds_hypersim.__file__),
+                      "metadata_images_split_scene_v1.csv")
+  out = {}
+  with open(path) as f:
+    for row in csv.DictReader(f):
+      if row["included_in_public_release"] == "True":
+        out[(row["scene_name"], row["camera_name"], int(row["frame_id"]))] = (
+            names[row["split_partition_name"]])
+  return out
+
+
+def _camera_matrix(scene):
+  path = os.path.join(os.path.dirname(tfds_hypersim.__file__),
+                      "metadata_camera_parameters.csv")
+  with open(path) as f:
+    for row in csv.DictReader(f):
+      if row["scene_name"] == scene:
+        return np.array([[float(row[f"M_cam_from_uv_{r}{c}"]) for c in range(3)]
+                         for r in range(3)])
+  raise KeyError(scene)
+
+
+def test_official_planar_config(built, tmp_path):
+  """res32_official_planar: splits from the csv, depth = distance * |ray_z|/|ray|."""
+  config = tfds_hypersim.hypersim_config(RES, "official", "planar")
+  assert config.name == "res32_official_planar"
+  planar = _build(tmp_path, DUMMY, config=config)
+  split_of = _official_split_of()
+  good = [tuple(r[k] for k in ("scene", "camera", "frame")) for r in _manifest()["frames"]]
+  good = [f for f in good if f not in _broken().values()]
+  expected = {}
+  for f in good:
+    expected[split_of[f]] = expected.get(split_of[f], 0) + 1
+  sources = planar.as_data_source()
+  assert {k: len(v) for k, v in sources.items()} == expected
+  assert expected == {"train": 3, "validation": 1}  # the dummy frames' official splits
+  broken = _broken()
+  assert planar.skipped == {"train": {"corrupt_hdf5": 1},
+                            "validation": {"missing_file": 1}, "test": {}}
+  assert split_of[broken["corrupt_hdf5"]] == "train"
+  assert split_of[broken["missing_file"]] == "validation"
+
+  distance = {(ex["scene"].decode(), ex["camera"].decode(), ex["frame"]): ex["depth"]
+              for src in built.as_data_source().values() for ex in src}
+  rows, cols, _, _ = _nearest_grid(RES)
+  u = (cols + 0.5) / 1024 * 2 - 1
+  v = 1 - (rows + 0.5) / 768 * 2
+  checked = 0
+  for split, src in sources.items():
+    for ex in src:
+      key = (ex["scene"].decode(), ex["camera"].decode(), ex["frame"])
+      assert split_of[key] == split
+      m = _camera_matrix(key[0])
+      uv1 = np.stack([np.broadcast_to(u[None, :], (RES, RES)),
+                      np.broadcast_to(v[:, None], (RES, RES)), np.ones((RES, RES))], -1)
+      ray = uv1 @ m.T
+      factor = np.abs(ray[..., 2]) / np.linalg.norm(ray, axis=-1)
+      np.testing.assert_allclose(ex["depth"], distance[key] * factor, rtol=1e-6)
+      np.testing.assert_array_equal(np.isnan(ex["depth"]), np.isnan(distance[key]))
+      finite = np.isfinite(ex["depth"])
+      assert np.all(ex["depth"][finite] < distance[key][finite])
+      checked += 1
+  assert checked == 4
+
+
+def _copy_frame(src_frame, root, dst_frame):
+  for kind in ("color", "depth_meters", "semantic", "render_entity_id"):
+    group = "final" if kind == "color" else "geometry"
+    def path(base, scene, camera, frame):
+      return os.path.join(base, scene, "images", f"scene_{camera}_{group}_hdf5",
+                          f"frame.{frame:04d}.{kind}.hdf5")
+    dst = path(root, *dst_frame)
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    shutil.copy(path(DUMMY, *src_frame), dst)
+  return dst_frame
+
+
+def test_skip_reasons_counted_with_worker_processes(tmp_path):
+  manual = tmp_path / "raw"
+  shutil.copytree(DUMMY, manual)
+  good = ("ai_018_002", "cam_00", 0)
+  train = tfds_hypersim.metadata.split_frames("train")
+  # A listed frame of a known-broken trajectory (ml-hypersim issue #22).
+  broken = next(f for f in train if f[:2] == ("ai_004_009", "cam_01"))
+  _copy_frame(good, manual, broken)
+  # A listed frame whose depth has no finite value.
+  no_depth = next(f for f in train if f[0] == "ai_001_001")
+  _copy_frame(good, manual, no_depth)
+  path = (manual / no_depth[0] / "images" / f"scene_{no_depth[1]}_geometry_hdf5" /
+          f"frame.{no_depth[2]:04d}.depth_meters.hdf5")
+  with h5py.File(path, "w") as f:
+    f.create_dataset("dataset", data=np.full((768, 1024), np.nan, np.float16),
+                     compression="gzip")
+  # A color file of the wrong shape.
+  bad_shape = next(f for f in train if f[0] == "ai_001_002")
+  _copy_frame(good, manual, bad_shape)
+  path = (manual / bad_shape[0] / "images" / f"scene_{bad_shape[1]}_final_hdf5" /
+          f"frame.{bad_shape[2]:04d}.color.hdf5")
+  with h5py.File(path, "w") as f:
+    f.create_dataset("dataset", data=np.zeros((768, 1000, 3), np.float16))
+
+  builder = tfds_hypersim.Builder(config=tfds_hypersim.hypersim_config(8),
+                                  data_dir=tmp_path / "tfds", num_workers=2, pool="process")
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=manual))
+  expected = {"train": {"bad_shape": 1, "corrupt_hdf5": 1, "known_broken": 1,
+                        "missing_file": 1, "no_valid_depth": 1},
+              "validation": {}, "test": {}}
+  assert builder.skipped == expected
+  reloaded = tfds_hypersim.Builder(config=tfds_hypersim.hypersim_config(8),
+                                   data_dir=tmp_path / "tfds")
+  assert reloaded.info.metadata["skipped"] == expected
+  with open(tmp_path / "tfds" / "hypersim" / "res8" / "1.0.0" / "metadata.json") as f:
+    assert json.load(f)["skipped"] == expected
+  sources = reloaded.as_data_source()
+  assert {k: len(v) for k, v in sources.items()} == {"train": 2, "validation": 1, "test": 1}
+  keys = {(ex["scene"].decode(), ex["camera"].decode(), ex["frame"])
+          for src in sources.values() for ex in src}
+  assert not keys & {broken, no_depth, bad_shape}
+  # Same examples as the in-process path.
+  serial = _build(tmp_path / "serial", manual, resolution=8)
+  for split, src in serial.as_data_source().items():
+    for a, b in zip(src, sources[split]):
+      assert a["scene"] == b["scene"] and a["frame"] == b["frame"]
+      np.testing.assert_array_equal(a["image"], b["image"])
+      np.testing.assert_array_equal(a["depth"], b["depth"])

@@ -16,7 +16,10 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import functools
 import io
+import json
+import multiprocessing
 import os
 from collections.abc import Iterator
 
@@ -28,16 +31,26 @@ import tensorflow_datasets as tfds
 from tfds_hypersim import metadata
 from tfds_hypersim import processing
 
+KNOWN_BROKEN = "known_broken"  # skip reason: trajectory in metadata.KNOWN_BROKEN
+
 _DESCRIPTION = """
 HyperSim (Roberts et al., ICCV 2021) photorealistic synthetic indoor frames,
 prepared as in Semantic-MD (Charyyev et al.): HyperSim's tone map to LDR RGB,
 short side resized to the config's resolution (antialiased bilinear for RGB,
 nearest for depth and labels), center crop to a square. `depth` is HyperSim's
 depth_meters (Euclidean distance to the camera centre, metres; NaN where there
-is no geometry); `semantic` the NYU40 label (1..40, -1 unlabelled). Splits are
-the paper's scene split (train/val/test lists), restricted to the frames found
-in the manual directory; broken or incomplete frames are skipped.
+is no geometry; planar z-depth in the `planar` configs); `semantic` the NYU40
+label (1..40, -1 unlabelled). Splits are the paper's scene split (train/val/test
+lists) or HyperSim's official v1 split (`official` configs), restricted to the
+frames found in the manual directory; broken or incomplete frames are skipped,
+with counts per reason in the metadata ("skipped").
 """
+
+
+SPLIT_SCHEMES = metadata.SPLIT_SCHEMES
+DEPTH_TYPES = ("distance", "planar")
+DEFAULT_SPLIT_SCHEME = "semantic_md"
+DEFAULT_DEPTH_TYPE = "distance"
 
 
 @dataclasses.dataclass
@@ -46,29 +59,58 @@ class HypersimConfig(tfds.core.BuilderConfig):
 
   Attributes:
     resolution: side in pixels of the stored square examples.
+    split_scheme: "semantic_md" (the paper's scene split lists, default) or
+      "official" (HyperSim's v1 split csv, public frames only).
+    depth_type: "distance" (HyperSim's depth_meters, Euclidean distance to the
+      camera centre; the paper's choice, default) or "planar" (z-depth along the
+      optical axis, from each scene's M_cam_from_uv; see `planar_depth`).
   """
 
   resolution: int = 256
+  split_scheme: str = DEFAULT_SPLIT_SCHEME
+  depth_type: str = DEFAULT_DEPTH_TYPE
 
 
-def _make_config(resolution: int) -> HypersimConfig:
+def config_name(resolution: int, split_scheme: str = DEFAULT_SPLIT_SCHEME,
+                depth_type: str = DEFAULT_DEPTH_TYPE) -> str:
+  """"res{N}" for the paper's defaults, else e.g. "res256_official_planar"."""
+  name = f"res{resolution}"
+  if split_scheme != DEFAULT_SPLIT_SCHEME:
+    name += f"_{split_scheme}"
+  if depth_type != DEFAULT_DEPTH_TYPE:
+    name += f"_{depth_type}"
+  return name
+
+
+def _make_config(resolution: int, split_scheme: str = DEFAULT_SPLIT_SCHEME,
+                 depth_type: str = DEFAULT_DEPTH_TYPE) -> HypersimConfig:
   if not 1 <= resolution <= processing.HEIGHT:
     raise ValueError(f"resolution must be in [1, {processing.HEIGHT}], got {resolution}")
+  if split_scheme not in SPLIT_SCHEMES:
+    raise ValueError(f"unknown split_scheme {split_scheme!r}; use one of {SPLIT_SCHEMES}")
+  if depth_type not in DEPTH_TYPES:
+    raise ValueError(f"unknown depth_type {depth_type!r}; use one of {DEPTH_TYPES}")
   return HypersimConfig(
-      name=f"res{resolution}", resolution=resolution,
+      name=config_name(resolution, split_scheme, depth_type), resolution=resolution,
+      split_scheme=split_scheme, depth_type=depth_type,
       description=f"Short side resized to {resolution} px, center crop "
-                  f"{resolution}x{resolution}.")
+                  f"{resolution}x{resolution}; {split_scheme} split; {depth_type} depth.")
 
 
-_PREDEFINED = [_make_config(r) for r in (256, 128, 64)]
+_PREDEFINED = [_make_config(r) for r in (256, 128, 64)] + [
+    _make_config(256, scheme, depth)
+    for scheme in SPLIT_SCHEMES for depth in DEPTH_TYPES
+    if (scheme, depth) != (DEFAULT_SPLIT_SCHEME, DEFAULT_DEPTH_TYPE)]
 
 
-def hypersim_config(resolution: int) -> HypersimConfig:
-  """Config named f"res{resolution}"; the predefined object for 256/128/64."""
+def hypersim_config(resolution: int, split_scheme: str = DEFAULT_SPLIT_SCHEME,
+                    depth_type: str = DEFAULT_DEPTH_TYPE) -> HypersimConfig:
+  """Config named `config_name(...)`; the predefined object where there is one."""
   for config in _PREDEFINED:
-    if config.resolution == resolution:
+    if (config.resolution, config.split_scheme, config.depth_type) == (
+        resolution, split_scheme, depth_type):
       return config
-  return _make_config(resolution)
+  return _make_config(resolution, split_scheme, depth_type)
 
 
 @dataclasses.dataclass
@@ -85,12 +127,37 @@ def _encode_png(image: np.ndarray) -> bytes:
   return buf.getvalue()
 
 
-def _process(root: str, frame: metadata.FrameId, resolution: int) -> _FrameResult:
+@functools.lru_cache(maxsize=64)
+def _planar_factor(scene: str, resolution: int) -> np.ndarray:
+  try:
+    m = metadata.cam_from_uv(scene)
+  except KeyError as e:
+    raise processing.FrameError(
+        processing.NO_CAMERA, f"{scene}: not in metadata_camera_parameters.csv") from e
+  return processing.planar_depth_factor(resolution, m)
+
+
+def planar_depth(distance: np.ndarray, scene: str, resolution: int) -> np.ndarray:
+  """Stored distance [S,S] -> planar (z) depth with the scene's camera.
+
+  planar = distance * |ray_z| / |ray|, ray = M_cam_from_uv @ (u, v, 1) through
+  the centre of the raw pixel each stored pixel samples (HyperSim's conversion,
+  ml-hypersim issue #9 and contrib/mikeroberts3000; for the usual camera
+  f / sqrt(X^2 + Y^2 + f^2), f = 886.81 px). NaN stays NaN.
+  """
+  return (distance * _planar_factor(scene, resolution)).astype(np.float32)
+
+
+def _process(root: str, frame: metadata.FrameId, resolution: int,
+             depth_type: str = DEFAULT_DEPTH_TYPE) -> _FrameResult:
   """Reads and processes one frame; errors become a skip reason, never raise."""
   scene, camera, index = frame
   try:
     raw = processing.read_frame(root, scene, camera, index)
     arrays = processing.process_frame(raw, resolution)
+    processing.check_valid_depth(arrays["depth"], f"{scene} {camera} {index}")
+    if depth_type == "planar":
+      arrays["depth"] = planar_depth(arrays["depth"], scene, resolution)
   except processing.FrameError as e:
     return _FrameResult(frame, reason=e.reason, message=str(e))
   except Exception as e:  # pylint: disable=broad-except
@@ -104,6 +171,37 @@ def _process(root: str, frame: metadata.FrameId, resolution: int) -> _FrameResul
       "camera": camera,
       "frame": np.int32(index),
   })
+
+
+def _process_job(job) -> _FrameResult:
+  frame, root, resolution, depth_type = job
+  return _process(root, frame, resolution, depth_type)
+
+
+def map_bounded(fn, jobs: list, workers: int, pool: str = "process") -> Iterator:
+  """fn over jobs, results in order, on `workers` processes or threads with at
+  most 2 * workers jobs submitted and not yet consumed (bounded memory).
+
+  Processes are started with `spawn` (fresh interpreters: safe in a parent that
+  runs JAX threads, where fork is not); `fn` must be importable.
+  """
+  if pool == "process":
+    executor = concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"))
+  else:
+    executor = concurrent.futures.ThreadPoolExecutor(workers)
+  with executor:
+    pending = collections.deque()
+    it = iter(jobs)
+    for job in it:
+      pending.append(executor.submit(fn, job))
+      if len(pending) >= 2 * workers:
+        break
+    for job in it:
+      yield pending.popleft().result()
+      pending.append(executor.submit(fn, job))
+    while pending:
+      yield pending.popleft().result()
 
 
 def find_frames(root: str | os.PathLike, frames: tuple[metadata.FrameId, ...]
@@ -150,13 +248,17 @@ def find_frames(root: str | os.PathLike, frames: tuple[metadata.FrameId, ...]
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
-  """HyperSim with the Semantic-MD split, from raw HDF5 files in manual_dir."""
+  """HyperSim with the Semantic-MD (or official) split, from raw HDF5 files in manual_dir."""
 
+  # Kept at 1.0.0 so that data sets built before the split/depth configs are
+  # still found (their content differs only by the known-broken frames, which
+  # 1.0.0 builds from before this change still contain; see docs/data.md).
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {
-      "1.0.0": "Initial release: HyperSim tone map, short-side resize "
-               "(antialiased bilinear RGB, nearest depth/labels), center crop; "
-               "Semantic-MD scene split; depth is Euclidean distance with NaN kept.",
+      "1.0.0": "HyperSim tone map, short-side resize (antialiased bilinear RGB, nearest "
+               "depth/labels), center crop; Semantic-MD or official split; distance or "
+               "planar depth with NaN kept; broken frames skipped with counts per reason "
+               "in the metadata.",
   }
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   Put the raw HyperSim scene folders (https://github.com/apple/ml-hypersim)
@@ -167,29 +269,38 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     manual_dir/ai_001_001/images/scene_cam_00_geometry_hdf5/frame.0000.semantic.hdf5
     manual_dir/ai_001_001/images/scene_cam_00_geometry_hdf5/frame.0000.render_entity_id.hdf5
 
-  `manual_dir` must be a local (or mounted) folder. Only these four files per
-  frame are read. Any subset of scenes works: each
-  split keeps the frames of its list that are present, and a split with none
-  is left out. Without a download, `python -m tfds_hypersim.synthetic --out DIR`
-  writes procedural scenes in the same layout.
+  `python -m tfds_hypersim.download --split semantic_md --out manual_dir` fetches
+  exactly these files (see docs/data.md). `manual_dir` must be a local (or
+  mounted) folder. Any subset of scenes works: each split keeps the frames of
+  its list that are present, and a split with none is left out. Without a
+  download, `python -m tfds_hypersim.synthetic --out DIR` writes procedural
+  scenes in the same layout.
   """
   BUILDER_CONFIGS = _PREDEFINED
 
   def __init__(self, *, file_format: str | None = None,
-               num_workers: int | None = None, **kwargs):
+               num_workers: int | None = None, pool: str = "process", **kwargs):
     """As tfds.core.GeneratorBasedBuilder, with array_record as default format.
 
     Args:
       file_format: TFDS file format; default "array_record" (random access for
         `as_data_source` and grain).
-      num_workers: threads decoding frames while generating; default
-        min(4, cpu count). The output does not depend on it.
+      num_workers: frames decoded in parallel while generating; default
+        cpu count (at most 8). The output does not depend on it.
+      pool: "process" (default; fresh `spawn` worker processes, safe next to
+        JAX; h5py serialises threads, see docs/data.md for the measurement) or
+        "thread". Either way at most 2 * num_workers frames are in flight.
       **kwargs: passed to tfds.core.GeneratorBasedBuilder (data_dir, config, ...).
     """
     super().__init__(file_format=file_format or "array_record", **kwargs)
-    self._num_workers = num_workers or min(4, os.cpu_count() or 1)
+    if pool not in ("process", "thread"):
+      raise ValueError(f"pool must be 'process' or 'thread', got {pool!r}")
+    self._num_workers = num_workers or min(8, os.cpu_count() or 1)
+    self._pool = pool
     # split -> Counter of skipped frames by reason, filled while generating.
     self.skipped: dict[str, collections.Counter] = {}
+    # split -> listed frames not in manual_dir (not downloaded; not an error).
+    self.absent: dict[str, int] = {}
 
   def _create_builder_config(self, builder_config, version):
     # TFDS only accepts the predefined config *object* under a predefined name;
@@ -197,16 +308,20 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     if isinstance(builder_config, HypersimConfig):
       predefined = self.builder_configs.get(builder_config.name)
       if predefined is not None and builder_config is not predefined:
-        if builder_config.resolution != predefined.resolution:
+        fields = ("resolution", "split_scheme", "depth_type")
+        if any(getattr(builder_config, f) != getattr(predefined, f) for f in fields):
           raise ValueError(
-              f"config name {builder_config.name!r} is predefined with resolution "
-              f"{predefined.resolution}, got {builder_config.resolution}; use "
-              "another name")
+              f"config name {builder_config.name!r} is predefined as "
+              f"{ {f: getattr(predefined, f) for f in fields} }, got "
+              f"{ {f: getattr(builder_config, f) for f in fields} }; use another name")
         builder_config = predefined
     return super()._create_builder_config(builder_config, version)
 
   def _info(self) -> tfds.core.DatasetInfo:
     s = self.builder_config.resolution
+    depth_doc = ("Planar depth (z along the optical axis) in metres" if
+                 self.builder_config.depth_type == "planar" else
+                 "Euclidean distance to the camera centre in metres")
     return self.dataset_info_from_configs(
         description=_DESCRIPTION,
         features=tfds.features.FeaturesDict({
@@ -215,7 +330,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                                          doc="Tone-mapped sRGB-like LDR image."),
             "depth": tfds.features.Tensor(
                 shape=(s, s), dtype=np.float32, encoding=tfds.features.Encoding.ZLIB,
-                doc="Euclidean distance to the camera centre in metres; NaN = no geometry."),
+                doc=f"{depth_doc}; NaN = no geometry."),
             "semantic": tfds.features.Tensor(
                 shape=(s, s), dtype=np.int16, encoding=tfds.features.Encoding.ZLIB,
                 doc="NYU40 label 1..40; -1 = unlabelled."),
@@ -225,38 +340,52 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         }),
         supervised_keys=("image", "depth"),
         homepage="https://github.com/apple/ml-hypersim",
+        # "skipped": {split: {reason: count}}, "absent": {split: count}; written
+        # to metadata.json in the data set folder, read back by `info.metadata`.
+        metadata=tfds.core.MetadataDict(),
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     root = os.fspath(dl_manager.manual_dir)
+    scheme = self.builder_config.split_scheme
     generators = {}
     for split in metadata.SPLIT_FILES:
-      listed = metadata.split_frames(split)
-      present, counts = find_frames(root, listed)
-      self.skipped[split] = collections.Counter(
-          {k: v for k, v in counts.items() if k != "absent"})
-      logging.info("hypersim %s: %d of %d listed frames present in %s "
-                   "(%d absent, %d with missing files)", split, len(present),
-                   len(listed), root, counts["absent"], counts[processing.MISSING_FILE])
+      listed = metadata.split_frames(split, scheme)
+      found, counts = find_frames(root, listed)
+      present = [f for f in found if not metadata.is_known_broken(f[0], f[1])]
+      counts[KNOWN_BROKEN] = len(found) - len(present)
+      self.absent[split] = counts.pop("absent", 0)
+      self.skipped[split] = collections.Counter({k: v for k, v in counts.items() if v})
+      logging.info("hypersim %s (%s): %d of %d listed frames present in %s "
+                   "(%d absent, %d with missing files, %d in known-broken trajectories)",
+                   split, scheme, len(present), len(listed), root, self.absent[split],
+                   counts[processing.MISSING_FILE], counts[KNOWN_BROKEN])
       if present:
         generators[split] = self._generate_examples(root, split, present)
       else:
         logging.warning("hypersim: no %s frame present in %s; split left out",
                         split, root)
+    self._record_skips()
     if not generators:
       raise FileNotFoundError(
-          f"No frame of the Semantic-MD split lists found in {root}.\n"
+          f"No frame of the {scheme} split lists found in {root}.\n"
           f"{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
     return generators
+
+  def _record_skips(self) -> None:
+    """Skip counts into the data set's metadata (metadata.json after the build)."""
+    self.info.metadata["skipped"] = {
+        split: dict(sorted(c.items())) for split, c in self.skipped.items()}
+    self.info.metadata["absent"] = dict(self.absent)
 
   def _generate_examples(self, root: str, split: str,
                          frames: list[metadata.FrameId]
                          ) -> Iterator[tuple[str, dict]]:
     """Yields (key, example) one frame at a time; broken frames are skipped."""
-    resolution = self.builder_config.resolution
+    config = self.builder_config
     skipped = self.skipped.setdefault(split, collections.Counter())
     written = 0
-    for result in self._map_frames(root, frames, resolution):
+    for result in self._map_frames(root, frames, config.resolution, config.depth_type):
       if result.example is None:
         skipped[result.reason] += 1
         logging.warning("hypersim %s: skipping frame (%s)", split, result.message)
@@ -264,31 +393,18 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       written += 1
       scene, camera, index = result.frame
       yield f"{scene}/{camera}/{index:04d}", result.example
+    self._record_skips()
     log = logging.warning if skipped else logging.info
     log("hypersim %s: wrote %d frames, skipped %d %s", split, written,
-        sum(skipped.values()), dict(sorted(skipped.items())))
+        sum(skipped.values()), json.dumps(dict(sorted(skipped.items()))))
 
-  def _map_frames(self, root: str, frames: list[metadata.FrameId],
-                  resolution: int) -> Iterator[_FrameResult]:
-    """`_process` over frames in order, on a thread pool with a bounded queue.
-
-    Threads suffice: the numpy work (tone map, resize) and PNG encoding release
-    the GIL for most of their time; processes would need pickling and are
-    fragile under a parent running JAX.
-    """
-    if self._num_workers <= 1:
+  def _map_frames(self, root: str, frames: list[metadata.FrameId], resolution: int,
+                  depth_type: str) -> Iterator[_FrameResult]:
+    """`_process` over frames in order, at most 2 * num_workers in flight."""
+    args = (root, resolution, depth_type)
+    if self._num_workers <= 1 or len(frames) <= 1:
       for frame in frames:
-        yield _process(root, frame, resolution)
+        yield _process(root, frame, resolution, depth_type)
       return
-    with concurrent.futures.ThreadPoolExecutor(self._num_workers) as pool:
-      pending = collections.deque()
-      it = iter(frames)
-      for frame in it:
-        pending.append(pool.submit(_process, root, frame, resolution))
-        if len(pending) >= 2 * self._num_workers:
-          break
-      for frame in it:
-        yield pending.popleft().result()
-        pending.append(pool.submit(_process, root, frame, resolution))
-      while pending:
-        yield pending.popleft().result()
+    yield from map_bounded(_process_job, [(frame, *args) for frame in frames],
+                           self._num_workers, self._pool)

@@ -67,6 +67,9 @@ MISSING_FILE = "missing_file"
 CORRUPT_HDF5 = "corrupt_hdf5"
 BAD_SHAPE = "bad_shape"
 BAD_DTYPE = "bad_dtype"
+# ... by `check_valid_depth` and the builder:
+NO_VALID_DEPTH = "no_valid_depth"
+NO_CAMERA = "no_camera_parameters"
 
 
 def frame_path(root: str | os.PathLike, scene: str, camera: str, frame: int,
@@ -288,6 +291,15 @@ def resize_short_side_and_crop(x: np.ndarray, size: int, method: str) -> np.ndar
   top, left = (oh - size) // 2, (ow - size) // 2
   return _resize_axes(x, (oh, ow), method, slice(top, top + size),
                       slice(left, left + size))
+
+
+def check_valid_depth(depth: np.ndarray, where: str) -> None:
+  """FrameError(NO_VALID_DEPTH) unless some depth value is finite and > 0."""
+  d = np.asarray(depth)
+  with np.errstate(invalid="ignore"):
+    if not np.any(np.isfinite(d) & (d > 0)):
+      raise FrameError(NO_VALID_DEPTH, f"{where}: no finite positive depth in the "
+                       f"{d.shape[0]}x{d.shape[1]} crop")
 
 
 def clean_semantic(semantic: np.ndarray) -> np.ndarray:
