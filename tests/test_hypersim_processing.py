@@ -278,3 +278,53 @@ def test_bilinear_matches_jax_antialiased_linear():
     out = processing.resize_short_side(x, size, "bilinear")
     ref = np.asarray(jax.image.resize(x, out.shape, "linear", antialias=True))
     np.testing.assert_allclose(out, ref, atol=5e-6)
+
+
+def test_planar_depth_hand_computed():
+  """Stored pixels at resolution 768 sample raw pixel (i, j + 128) exactly."""
+  factor = processing.planar_depth_factor(768)
+  # Centre: raw pixel (384, 512), X = Y = 0.5 px off the axis: planar == distance
+  # to 3e-7, f / sqrt(0.5 + f^2) = 0.99999968...
+  assert factor[384, 384] == pytest.approx(0.9999996821, abs=1e-9)
+  # Corner: raw pixel (0, 128), X = 128.5 - 512 = -383.5, Y = 0.5 - 384 = -383.5;
+  # 886.81 / sqrt(2 * 383.5^2 + 886.81^2) = 886.81 / 1039.5078 = 0.853106 (by hand).
+  assert factor[0, 0] == pytest.approx(0.8531056679, abs=1e-6)
+  assert factor[767, 767] == pytest.approx(factor[0, 0], abs=1e-6)  # symmetric corner
+  # A tilt-shift scene from the camera table (M[2,1] != 0): ray = M (u, v, 1),
+  # u = 128.5 / 1024 * 2 - 1, v = 1 - 0.5 / 768 * 2; factor = |ray_z| / |ray|.
+  m = metadata.cam_from_uv("ai_007_005")
+  assert m[2, 1] == pytest.approx(0.09961479, abs=1e-8)
+  u, v = 128.5 / 1024 * 2 - 1, 1 - 0.5 / 768 * 2
+  ray = np.array([m[0, 0] * u, m[1, 1] * v, m[2, 1] * v + m[2, 2]])
+  expected = abs(ray[2]) / np.sqrt((ray**2).sum())
+  got = processing.planar_depth_factor(768, m)
+  assert got[0, 0] == pytest.approx(expected, rel=1e-6)
+  assert got[0, 0] != pytest.approx(factor[0, 0], rel=1e-3)  # the scene's camera matters
+
+
+def test_check_valid_depth():
+  processing.check_valid_depth(np.array([[np.nan, 2.0]], np.float32), "x")
+  for bad in ([[np.nan, np.nan]], [[0.0, -1.0]], [[np.inf, np.nan]]):
+    with pytest.raises(processing.FrameError, match="no finite positive depth") as e:
+      processing.check_valid_depth(np.array(bad, np.float32), "x")
+    assert e.value.reason == processing.NO_VALID_DEPTH
+
+
+def test_split_schemes_from_files():
+  import csv  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  path = os.path.join(os.path.dirname(metadata.__file__), "metadata_images_split_scene_v1.csv")
+  counts = {}
+  with open(path) as f:
+    for row in csv.DictReader(f):
+      if row["included_in_public_release"] == "True":
+        counts[row["split_partition_name"]] = counts.get(row["split_partition_name"], 0) + 1
+  assert counts == {"train": 59543, "val": 7386, "test": 7690}
+  assert [len(metadata.split_frames(s, "official")) for s in ("train", "validation", "test")
+          ] == [59543, 7386, 7690]
+  assert metadata.split_frames("train", "official")[0] == ("ai_001_001", "cam_00", 0)
+  assert metadata.split_frames("train") == metadata.split_frames("train", "semantic_md")
+  with pytest.raises(ValueError, match="split scheme"):
+    metadata.split_frames("train", "nyu")
+  assert metadata.is_known_broken("ai_004_009", "cam_01")
+  assert not metadata.is_known_broken("ai_004_009", "cam_00")
