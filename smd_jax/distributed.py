@@ -2,8 +2,8 @@
 
 `initialize` starts `jax.distributed` when the run spans several processes:
 explicitly (coordinator address, process count and id, e.g. GPU nodes without a
-cluster manager), or automatically where JAX detects the cluster (Cloud TPU pod
-slices, SLURM, Open MPI). A single-process run needs nothing.
+cluster manager), on request with JAX's own cluster detection (Cloud TPU pod
+slices), or by itself under SLURM / Open MPI. A single-process run needs nothing.
 
 `PreemptionWatch` tells the training loop when to save and stop: on SIGTERM
 (single process), or at JAX's preemption sync point (several processes: the
@@ -22,32 +22,31 @@ from jax.experimental import multihost_utils
 
 from smd_jax.errors import UserError
 
-# Environment variables that mean "this process is one of several": JAX's own
-# cluster detection then fills in the coordinator and the process ids.
-_CLUSTER_ENV = ("TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS", "OMPI_COMM_WORLD_SIZE")
-
-
-def _in_multi_process_cluster() -> bool:
-  if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-    return True
-  hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
-  return "," in hosts or any(os.environ.get(k) for k in _CLUSTER_ENV[1:])
+def _launched_as_several_processes() -> bool:
+  """True under SLURM or Open MPI with more than one task (JAX reads the rest itself)."""
+  return (int(os.environ.get("SLURM_NTASKS", "1")) > 1
+          or int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1)
 
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None) -> None:
-  """Starts `jax.distributed` when needed; call before anything else touches JAX devices."""
+               process_id: int | None = None, *, auto: bool = False) -> None:
+  """Starts `jax.distributed` when needed; call before anything else touches JAX devices.
+
+  Explicit: all of `coordinator_address`, `num_processes`, `process_id`.
+  `auto=True`: JAX detects the cluster (Cloud TPU pod slices, SLURM, Open MPI, k8s).
+  Neither: started only under SLURM / Open MPI with several tasks; else one process.
+  """
   explicit = (coordinator_address, num_processes, process_id)
   if any(v is not None for v in explicit):
     if any(v is None for v in explicit):
       raise UserError("Multi-process runs need all of --coordinator_address HOST:PORT, "
                       "--num_processes N and --process_id I (0..N-1), or none of them "
-                      "(automatic on TPU pods and SLURM).")
+                      "(--jax_distributed on TPU pods; automatic under SLURM).")
     if not 0 <= process_id < num_processes:
       raise UserError(f"--process_id={process_id} must be in [0, {num_processes}).")
     jax.distributed.initialize(coordinator_address=coordinator_address,
                                num_processes=num_processes, process_id=process_id)
-  elif _in_multi_process_cluster():
+  elif auto or _launched_as_several_processes():
     jax.distributed.initialize()
   else:
     return

@@ -5,8 +5,8 @@ field can be overridden, e.g. --config.batch_size=16 --config.data.data_dir=/dat
 
 Several processes (GPU nodes without a cluster manager): start the same command
 on every host with --coordinator_address=HOST0:PORT --num_processes=N
---process_id=I. On Cloud TPU pod slices and under SLURM nothing is needed:
-JAX finds the other processes itself. See docs/scaling.md.
+--process_id=I. On Cloud TPU pod slices add --jax_distributed; under SLURM
+nothing is needed: JAX finds the other processes itself. See docs/scaling.md.
 
 Exit status: 0 when training finished or was preempted (SIGTERM: the state is
 saved at the next step and the same command resumes); 1 with a one-line
@@ -27,11 +27,15 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
                                    "HOST:PORT of process 0, for multi-process runs.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0..num_processes-1.")
+_JAX_DISTRIBUTED = flags.DEFINE_bool(
+    "jax_distributed", False, "Start jax.distributed with JAX's cluster detection (Cloud TPU "
+    "pod slices, k8s); automatic under SLURM and Open MPI.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def run(config, workdir: str) -> int:
-  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                         auto=_JAX_DISTRIBUTED.value)
   results = trainer.train_and_evaluate(config, workdir)
   if results.get("preempted"):
     print(f"Preempted at step {results['step']}: checkpoint saved; run the same command to "

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from smd_jax import checkpoints, errors, input_pipeline, parallel, steps as steps_lib, trainer
+from smd_jax import checkpoints, distributed, errors, input_pipeline, parallel, steps as steps_lib, trainer
 from smd_jax.models import registry
 from tests import subprocess_runs as runs
 from tests import toy_config
@@ -118,3 +118,10 @@ def test_command_line_errors_are_one_line(tmp_path):
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: ") and pattern in last, err[-2000:]
     assert not os.path.exists(workdir)
+
+
+def test_incomplete_multi_process_flags():
+  with pytest.raises(errors.UserError, match="need all of --coordinator_address"):
+    distributed.initialize("127.0.0.1:1234", None, None)
+  with pytest.raises(errors.UserError, match=r"--process_id=2 must be in \[0, 2\)"):
+    distributed.initialize("127.0.0.1:1234", 2, 2)

@@ -8,7 +8,9 @@ parameter comparison tight (Adam's first steps move near-zero-gradient weights
 by +-lr whatever the gradient's sign noise).
 """
 
+import os
 import re
+import signal
 import socket
 
 import jax
@@ -68,3 +70,31 @@ def test_two_processes_with_4_devices_match_one_process_with_8(tmp_path):
   # that grows to a few 1e-6 on weights of size 1e-2..1.
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     np.testing.assert_allclose(a, b, rtol=1e-3, atol=2e-5)
+
+
+def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
+  """A preemption notice reaches one host; JAX's sync point stops every process at one step."""
+  address = f"127.0.0.1:{_free_port()}"
+  workdir = str(tmp_path / "run")
+  markers = [str(tmp_path / f"marker{i}") for i in range(2)]
+  procs = [runs.start_training(
+      workdir, "--config.num_train_steps=40", f"--config.data.data_dir={tmp_path / 'tfds'}",
+      f"--coordinator_address={address}", "--num_processes=2", f"--process_id={i}", devices=4,
+      env=dict(SMD_TEST_SLOW_FROM_STEP="4", SMD_TEST_MARKER=markers[i])) for i in range(2)]
+  try:
+    runs.wait_for_file(markers[1], procs[1])
+    procs[1].send_signal(signal.SIGTERM)
+    finished = [runs.finish(p) for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  stopped = set()
+  for rc, out, err in finished:
+    assert rc == 0, err[-3000:]
+    stopped.add(int(re.search(r"Preempted at step (\d+)", out).group(1)))
+  assert len(stopped) == 1
+  step = stopped.pop()
+  assert 4 <= step < 40
+  assert str(step) in os.listdir(os.path.join(workdir, "checkpoints"))
+  assert max(runs.train_losses(workdir)) == step
