@@ -279,7 +279,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   BUILDER_CONFIGS = _PREDEFINED
 
   def __init__(self, *, file_format: str | None = None,
-               num_workers: int | None = None, pool: str = "process", **kwargs):
+               num_workers: int | None = None, pool: str = "thread", **kwargs):
     """As tfds.core.GeneratorBasedBuilder, with array_record as default format.
 
     Args:
@@ -287,9 +287,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         `as_data_source` and grain).
       num_workers: frames decoded in parallel while generating; default
         cpu count (at most 8). The output does not depend on it.
-      pool: "process" (default; fresh `spawn` worker processes, safe next to
-        JAX; h5py serialises threads, see docs/data.md for the measurement) or
-        "thread". Either way at most 2 * num_workers frames are in flight.
+      pool: "thread" (default: measured faster on the 2-core development
+        machine, docs/data.md) or "process" (fresh `spawn` worker processes,
+        safe next to JAX; h5py serialises HDF5 reads across threads, so on
+        many cores processes may scale further; each costs seconds to start).
+        Either way at most 2 * num_workers frames are in flight.
       **kwargs: passed to tfds.core.GeneratorBasedBuilder (data_dir, config, ...).
     """
     super().__init__(file_format=file_format or "array_record", **kwargs)
