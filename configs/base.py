@@ -19,6 +19,8 @@ def get_config() -> config_dict.ConfigDict:
       data_dir=config_dict.placeholder(str),  # TFDS data_dir; default ~/tensorflow_datasets
       manual_dir=config_dict.placeholder(str),  # raw HyperSim scene folders
       resolution=256,
+      split_scheme="semantic_md",  # or "official" (HyperSim v1 split); docs/data.md
+      depth_type="distance",  # HyperSim's depth_meters (paper); "planar" = z-depth
       num_threads=8,  # grain reader threads per process
       prefetch_batches=2,
       # Procedural HyperSim-format frames written to <workdir>/data (no download).

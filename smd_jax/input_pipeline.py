@@ -203,8 +203,9 @@ def load_data_sources(data_config, workdir: str, *, build: bool = True) -> dict[
   if data_config.synthetic.enabled and build:
     generate_synthetic(paths.manual_dir, data_config.synthetic)
   resolution = int(data_config.resolution)
-  builder = tfds_hypersim.Builder(config=tfds_hypersim.hypersim_config(int(data_config.resolution)),
-                                  data_dir=paths.data_dir)
+  builder = tfds_hypersim.Builder(config=tfds_hypersim.hypersim_config(
+      resolution, data_config.get("split_scheme", "semantic_md"),
+      data_config.get("depth_type", "distance")), data_dir=paths.data_dir)
   if not builder.is_prepared():
     if not build:
       raise _not_built_error(paths, resolution, "The data set is not built yet")
