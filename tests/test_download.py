@@ -74,6 +74,12 @@ class _Server:
 
       def _file(self):
         prefix, _, name = self.path.rpartition("/")
+        if prefix == "/moved":  # a CDN-style redirect to the real location
+          self.send_response(302)
+          self.send_header("Location", f"/scenes/{name}")
+          self.send_header("Content-Length", "0")
+          self.end_headers()
+          return None
         path = os.path.join(server.folder, name)
         if prefix != "/scenes" or not os.path.isfile(path):
           self.send_response(404)
@@ -314,6 +320,14 @@ def test_scenes_selection_and_cli(server, tmp_path, capsys):
   assert {p for _, p, *_ in server.log} == {f"/scenes/{SCENES[2]}.zip"}
 
 
+def test_redirects_are_followed(server, tmp_path):
+  out = tmp_path / "raw"
+  summary = download.download(out, scenes=[SCENES[3]], progress=False, timeout=10,
+                              base_url=server.url.replace("/scenes/", "/moved/"))
+  assert summary.errors == [] and summary.fetched_members == len(_dummy_files(SCENES[3]))
+  _assert_same_files(out, [SCENES[3]])
+
+
 def test_dry_run_reads_directories_only(server, tmp_path):
   summary = _fetch(server, tmp_path / "raw", dry_run=True)
   assert summary.fetched_members == 0 and summary.wanted_members > 0
@@ -327,6 +341,9 @@ def test_bad_input_gives_one_line_errors(server, tmp_path, capsys):
   with pytest.raises(download.DownloadError, match=r"HTTP 404.*--base-url"):
     download.download(tmp_path, "semantic_md", scenes=[SCENES[0]],
                       base_url=server.url + "nothing/", progress=False, timeout=5)
+  (tmp_path / "file").write_text("")
+  with pytest.raises(download.DownloadError, match=r"is a file"):
+    download.download(tmp_path / "file", scenes=[SCENES[0]], base_url=server.url)
   with pytest.raises(download.DownloadError, match=r"bad URL.*--base-url"):
     download.download(tmp_path, scenes=[SCENES[0]], base_url="ftp://x/", progress=False)
   assert download.main(["--out", str(tmp_path), "--scenes", "ai_1"]) == 2

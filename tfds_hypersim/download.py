@@ -131,17 +131,25 @@ class _Http:
 
   def request(self, method: str, url: str, headers: dict | None = None
               ) -> http.client.HTTPResponse:
-    u = urllib.parse.urlsplit(url)
-    if u.scheme not in ("http", "https") or not u.hostname:
-      raise DownloadError(f"bad URL {url!r}: expected http(s)://host/...; check --base-url")
-    path = u.path + (f"?{u.query}" if u.query else "")
-    conn = self._connection(u)
-    try:
-      conn.request(method, path, headers=headers or {})
-      return conn.getresponse()
-    except Exception:
-      self.drop(url)
-      raise
+    """One request; follows up to 5 redirects (a CDN may answer with one)."""
+    for _ in range(6):
+      u = urllib.parse.urlsplit(url)
+      if u.scheme not in ("http", "https") or not u.hostname:
+        raise DownloadError(f"bad URL {url!r}: expected http(s)://host/...; check --base-url")
+      path = u.path + (f"?{u.query}" if u.query else "")
+      conn = self._connection(u)
+      try:
+        conn.request(method, path, headers=headers or {})
+        resp = conn.getresponse()
+      except Exception:
+        self.drop(url)
+        raise
+      location = resp.getheader("Location")
+      if resp.status not in (301, 302, 303, 307, 308) or not location:
+        return resp
+      resp.read()
+      url = urllib.parse.urljoin(url, location)
+    raise DownloadError(f"too many redirects for {url}; check --base-url")
 
   def size(self, url: str) -> int:
     """Content-Length from a HEAD request; DownloadError on an HTTP error."""
@@ -530,6 +538,8 @@ def download(out: str | os.PathLike, split_scheme: str = "semantic_md", *,
     DownloadError: bad arguments, an unreachable server or a missing zip.
   """
   out = os.path.abspath(os.fspath(out))
+  if os.path.exists(out) and not os.path.isdir(out):
+    raise DownloadError(f"--out {out} is a file; give a folder (it is created if missing)")
   frames = wanted_frames(split_scheme, scenes)
   client = _Http(timeout)
   summary = Summary(scenes=len(frames))
