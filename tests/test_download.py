@@ -63,6 +63,7 @@ class _Server:
     self.body_bytes = 0      # bytes of GET bodies sent
     self.drops_left = 0      # next N GETs of > drop_min bytes are cut in half
     self.drop_min = 20_000
+    self.drop_fraction = 0.5  # of a dropped response's body that is sent
     self.lock = threading.Lock()
     server = self
 
@@ -121,7 +122,7 @@ class _Server:
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if drop:  # promise everything, send half, hang up
-          body = body[:len(body) // 2]
+          body = body[:int(len(body) * server.drop_fraction)]
           self.close_connection = True
         self.wfile.write(body)
         self.wfile.flush()
@@ -409,3 +410,23 @@ def test_zip64_archive(tmp_path):
       assert download.fetch_member(http, job) == "kept"
   finally:
     server.close()
+
+
+def test_server_that_always_drops_fails_by_name(server, tmp_path, monkeypatch):
+  monkeypatch.setattr(download, "_RETRIES", 3)
+  server.drops_left, server.drop_fraction = 10**6, 0.0  # headers, then hang up
+  scene = SCENES[2]
+  summary = _fetch(server, tmp_path / "raw", scenes=[scene])
+  files = _dummy_files(scene)
+  big = sorted(n for n, p in files.items() if os.path.getsize(p) > 40_000)
+  assert big and len(big) < len(files)  # members large enough to be cut, and others
+  assert len(summary.errors) == len(big)
+  assert summary.fetched_members == len(files) - len(big)
+  for name, error in zip(big, sorted(summary.errors)):
+    assert error.startswith(f"{scene}.zip:{name}: download keeps failing")
+    assert "rerun to resume" in error
+    assert not (tmp_path / "raw" / name).exists()
+  server.drops_left = 0
+  again = _fetch(server, tmp_path / "raw", scenes=[scene])
+  assert again.errors == []
+  _assert_same_files(tmp_path / "raw", [scene])

@@ -201,6 +201,7 @@ class _Http:
           self.count(len(chunk))
         if len(data) == end - start + 1:
           return data
+        client.drop(url)  # cut short: the server has hung up
       except (OSError, http.client.HTTPException) as e:
         self.drop(url)
         if attempt == _RETRIES - 1:
@@ -379,6 +380,7 @@ def _fetch_compressed(client: _Http, job: _Job, part: str, progress) -> None:
   data_start = None
   failures = 0
   while have < m.compressed_size:
+    before = have
     try:
       if data_start is None:
         # Local header: its extra field may differ in length from the central one.
@@ -398,12 +400,18 @@ def _fetch_compressed(client: _Http, job: _Job, part: str, progress) -> None:
           client.count(len(chunk))
           progress(len(chunk))
       resp.close()
+      if have < m.compressed_size:  # cut short: the server has hung up
+        client.drop(job.url)
+      error = None
     except (OSError, http.client.HTTPException) as e:
       client.drop(job.url)
+      error = e
+    if error is not None or have == before:
       failures += 1
       if failures >= _RETRIES:
-        raise DownloadError(f"{job.label}: download keeps failing ({type(e).__name__}: "
-                            f"{e}); rerun to resume") from e
+        why = f"{type(error).__name__}: {error}" if error else "no data received"
+        raise DownloadError(f"{job.label}: download keeps failing ({why}); rerun to "
+                            "resume") from error
       time.sleep(min(2.0**failures * 0.1, 5.0))
 
 
