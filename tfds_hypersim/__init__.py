@@ -2,12 +2,19 @@
 
 Importing this package registers the TFDS builder named `hypersim`.
 
-  Builder          the builder (configs res256 (default), res128, res64)
-  HypersimConfig   its config class (`resolution` = stored square side)
-  hypersim_config  hypersim_config(resolution) -> config named f"res{resolution}"
+  Builder          the builder (configs res256 (default), res128, res64,
+                   res256_planar, res256_official, res256_official_planar)
+  HypersimConfig   its config class (`resolution` = stored square side,
+                   `split_scheme` "semantic_md"|"official", `depth_type`
+                   "distance"|"planar")
+  hypersim_config  hypersim_config(resolution, split_scheme="semantic_md",
+                   depth_type="distance") -> config named "res{resolution}" for
+                   the paper's defaults, else e.g. "res256_official_planar"
 
 Submodules: `processing` (pure numpy frame processing), `metadata` (split lists,
-NYU40 table, camera matrices), `synthetic` (procedural HyperSim-format scenes).
+known-broken trajectories, NYU40 table, camera matrices), `synthetic`
+(procedural HyperSim-format scenes), `download` (`python -m
+tfds_hypersim.download`: the builder's files out of HyperSim's remote zips).
 """
 
 from tfds_hypersim import hypersim_dataset_builder
