@@ -332,3 +332,19 @@ def test_skip_reasons_counted_with_worker_processes(tmp_path):
       assert a["scene"] == b["scene"] and a["frame"] == b["frame"]
       np.testing.assert_array_equal(a["image"], b["image"])
       np.testing.assert_array_equal(a["depth"], b["depth"])
+
+
+def test_build_cli(tmp_path, capsys):
+  from tfds_hypersim import build  # pylint: disable=g-import-not-at-top
+  rc = build.main(["--manual_dir", DUMMY, "--data_dir", str(tmp_path), "--resolution", "8",
+                   "--depth_type", "planar", "--workers", "1"])
+  assert rc == 0
+  out = capsys.readouterr().out
+  assert "hypersim/res8_planar" in out and "train: 2 examples" in out
+  assert "'corrupt_hdf5': 1" in out
+  assert os.path.isdir(tmp_path / "hypersim" / "res8_planar" / "1.0.0")
+  (tmp_path / "empty").mkdir()
+  for bad in (["--manual_dir", str(tmp_path / "nowhere")], ["--manual_dir", str(tmp_path / "empty")]):
+    assert build.main(bad + ["--data_dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "tfds_hypersim.download" in err and err.count("\n") == 1
