@@ -430,3 +430,19 @@ def test_server_that_always_drops_fails_by_name(server, tmp_path, monkeypatch):
   again = _fetch(server, tmp_path / "raw", scenes=[scene])
   assert again.errors == []
   _assert_same_files(tmp_path / "raw", [scene])
+
+
+def test_known_broken_trajectories_are_not_fetched():
+  lines = []
+  for name in ("train", "val", "test"):
+    path = os.path.join(os.path.dirname(download.__file__), "splits",
+                        f"semantic_md_split_{name}.txt")
+    with open(path) as f:
+      lines += [l.split() for l in f if l.strip()]
+  in_lists = {(s, c) for s, c, _ in lines if s == "ai_004_009"}
+  assert in_lists == {("ai_004_009", "cam_00"), ("ai_004_009", "cam_01")}
+  wanted = download.wanted_frames("semantic_md", ["ai_004_009", "ai_038_007"])
+  assert list(wanted) == ["ai_004_009"]  # ai_038_007's only listed trajectory is broken
+  assert wanted["ai_004_009"] == sorted(
+      (c, int(i)) for s, c, i in lines if s == "ai_004_009" and c == "cam_00")
+  assert sum(map(len, download.wanted_frames("semantic_md").values())) == len(lines) - 99

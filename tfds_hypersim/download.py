@@ -302,13 +302,18 @@ def read_directory(client: _Http, url: str, zip_size: int) -> list[Member]:
 
 def wanted_frames(split_scheme: str, scenes: Iterable[str] | None = None
                   ) -> dict[str, list[tuple[str, int]]]:
-  """scene -> [(camera, frame)] over all splits of a scheme, optionally only `scenes`."""
+  """scene -> [(camera, frame)] over all splits of a scheme, optionally only `scenes`.
+
+  Trajectories in `metadata.KNOWN_BROKEN` are left out (the builder skips them).
+  """
   if split_scheme not in metadata.SPLIT_SCHEMES:
     raise DownloadError(f"unknown split scheme {split_scheme!r}; use one of {metadata.SPLIT_SCHEMES}")
   by_scene: dict[str, list[tuple[str, int]]] = collections.defaultdict(list)
   for split in metadata.SPLIT_FILES:
     for scene, camera, frame in metadata.split_frames(split, split_scheme):
-      by_scene[scene].append((camera, frame))
+      frames = by_scene[scene]
+      if not metadata.is_known_broken(scene, camera):
+        frames.append((camera, frame))
   if scenes is not None:
     scenes = list(scenes)
     unknown = [s for s in scenes if s not in by_scene]
@@ -318,7 +323,7 @@ def wanted_frames(split_scheme: str, scenes: Iterable[str] | None = None
           f"look like ai_001_001 (see tfds_hypersim/splits/ or "
           "metadata_images_split_scene_v1.csv)")
     by_scene = {s: by_scene[s] for s in scenes}
-  return {s: sorted(set(v)) for s, v in sorted(by_scene.items())}
+  return {s: sorted(set(v)) for s, v in sorted(by_scene.items()) if v}
 
 
 def member_paths(scene: str, frames: Iterable[tuple[str, int]]) -> list[str]:
