@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 
 import jax
 from absl import logging
@@ -74,7 +75,9 @@ class PreemptionWatch:
     self._signalled = True
 
   def __enter__(self) -> PreemptionWatch:
-    if jax.process_count() == 1:
+    # Signal handlers can only be set from the main thread (a loop run from another
+    # thread, e.g. in a notebook helper, is simply not preemptible by SIGTERM).
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
       self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
     return self
 

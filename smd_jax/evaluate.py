@@ -19,7 +19,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from smd_jax import report, restore, summary
+from smd_jax import errors, report, summary
 
 
 def define_flags(flag_values=flags.FLAGS) -> None:
@@ -46,30 +46,29 @@ def define_flags(flag_values=flags.FLAGS) -> None:
 
 def run(fv, args) -> int:
   """Runs the command for parsed flags `fv` and positional `args`; returns the exit status."""
-  try:
+  def command() -> int:
     if fv.compare:
       workdirs = ([fv.workdir] if fv.workdir else []) + list(args)
       if not workdirs:
-        raise restore.UserError("--compare needs workdirs: --compare runs/a runs/b ...")
+        raise errors.UserError("--compare needs workdirs: --compare runs/a runs/b ...")
       print(report.compare(workdirs, split=fv.split, batch_size=fv.batch_size,
                            max_examples=fv.max_examples, num_images=fv.num_images))
       return 0
     if args:
-      raise restore.UserError(f"Unexpected arguments {' '.join(args)} (several workdirs: "
-                              "--compare).")
+      raise errors.UserError(f"Unexpected arguments {' '.join(args)} (several workdirs: "
+                             "--compare).")
     if not fv.workdir:
-      raise restore.UserError("--workdir is required.")
+      raise errors.UserError("--workdir is required.")
     result = report.evaluate_workdir(
         fv.workdir, config=fv.config, checkpoint=fv.checkpoint, split=fv.split,
         batch_size=fv.batch_size, max_examples=fv.max_examples, per_image=fv.per_image,
         num_images=fv.num_images, progress=True)
-  except restore.UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  print(result.table)
-  for kind, path in result.paths.items():
-    print(f"{kind}: {path}")
-  return 0
+    print(result.table)
+    for kind, path in result.paths.items():
+      print(f"{kind}: {path}")
+    return 0
+
+  return errors.report_user_errors(command)
 
 
 def main(argv):
@@ -80,4 +79,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=errors.parse_flags)

@@ -19,7 +19,7 @@ import sys
 
 from absl import app, flags, logging
 
-from smd_jax import inference, restore, summary
+from smd_jax import errors, inference, summary
 
 
 def define_flags(flag_values=flags.FLAGS) -> None:
@@ -46,21 +46,20 @@ def define_flags(flag_values=flags.FLAGS) -> None:
 
 def run(fv, args) -> int:
   """Runs the command for parsed flags `fv` and positional `args`; returns the exit status."""
-  try:
+  def command() -> int:
     if args:
-      raise restore.UserError(f"Unexpected arguments: {' '.join(args)}.")
+      raise errors.UserError(f"Unexpected arguments: {' '.join(args)}.")
     missing = [f"--{name}" for name in ("workdir", "input", "out") if not fv[name].value]
     if missing:
-      raise restore.UserError(f"{', '.join(missing)} required.")
+      raise errors.UserError(f"{', '.join(missing)} required.")
     written = inference.predict_files(
         fv.workdir, fv.input, fv.out, checkpoint=fv.checkpoint, semantic=fv.semantic,
         semantic_workdir=fv.semantic_workdir, semantic_checkpoint=fv.semantic_checkpoint,
         batch_size=fv.batch_size, write_npy=fv.npy, progress=True)
-  except restore.UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  print(f"Wrote depth for {len(written)} image(s) to {fv.out}.")
-  return 0
+    print(f"Wrote depth for {len(written)} image(s) to {fv.out}.")
+    return 0
+
+  return errors.report_user_errors(command)
 
 
 def main(argv):
@@ -71,4 +70,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=errors.parse_flags)

@@ -118,6 +118,18 @@ def check_checkpoint_fits(workdir: str, state) -> None:
     ckpt.close()
 
 
+def write_final_outputs(workdir: str, split: str, step: int, results, panels, grid) -> None:
+  """eval_<split>_<step>.json and the pictures of the final evaluation (process 0 only)."""
+  if jax.process_index() != 0:
+    return
+  evaluation.write_json(os.path.join(workdir, f"eval_{split}_{step}.json"), results)
+  images = os.path.join(workdir, "images")
+  evaluation.save_png(os.path.join(images, f"{split}_{step}.png"), visualize.stack_rows(panels))
+  evaluation.save_png(os.path.join(images, f"{split}_{step}_grid.png"), grid)
+  for i, panel in enumerate(panels):
+    evaluation.save_png(os.path.join(images, f"{split}_{step}_{i}.png"), panel)
+
+
 def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   """Trains `config` in `workdir` (resuming from its latest checkpoint), then evaluates.
 
@@ -232,16 +244,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                      prefix=f"{eval_split}/")
       if ckpt.latest_step() != total_steps:  # with its metrics, for keep-best
         ckpt.save(total_steps, state, train_iter, force=True, metrics=results)
-      panels, figure_grid = log_figure(total_steps)
-      if jax.process_index() == 0:
-        evaluation.write_json(os.path.join(workdir, f"eval_{eval_split}_{total_steps}.json"), results)
-        images = os.path.join(workdir, "images")
-        evaluation.save_png(os.path.join(images, f"{eval_split}_{total_steps}.png"),
-                            visualize.stack_rows(panels))
-        evaluation.save_png(os.path.join(images, f"{eval_split}_{total_steps}_grid.png"),
-                            figure_grid)
-        for i, panel in enumerate(panels):
-          evaluation.save_png(os.path.join(images, f"{eval_split}_{total_steps}_{i}.png"), panel)
+      write_final_outputs(workdir, eval_split, total_steps, results, *log_figure(total_steps))
       logging.info("Final %s RMSE %.4f m; best constant depth (%.2f m) RMSE %.4f m.", eval_split,
                    results["depth/rmse"], base_depth, base_rmse)
     return results

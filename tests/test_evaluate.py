@@ -17,11 +17,12 @@ import pytest
 from flax import nnx
 from PIL import Image
 
-from configs import base, default
+from configs import base
 from smd_jax import (checkpoints, evaluate, experiments, input_pipeline, paper, parallel, report,
                      restore, semantics, trainer)
 from smd_jax.models import registry
-from tests.test_paper_configs import ToyEncoder
+from tests import toy_config
+from tests.toy_models import ToyEncoder
 
 NUM_FRAMES = dict(train=2, validation=11, test=3)
 
@@ -29,18 +30,13 @@ NUM_FRAMES = dict(train=2, validation=11, test=3)
 def tiny_config(data_root, *, transform="none", semantic_head=True, paper_row=None,
                 num_frames=NUM_FRAMES):
   """The demo config at toy size: toy encoder (registered as 'toy'), 32x32, 2 steps."""
-  config = default.get_config()
-  config.model.encoder = "toy"
-  with config.model.unlocked():
-    config.model.decoder_channels = (16, 8, 8, 8, 8)
-  config.data.resolution = 32
-  config.data.num_threads = 1
+  config = toy_config.get_config()  # toy encoder, 32x32, batch 8
+  config.model.decoder_channels = (16, 8, 8, 8, 8)
+  config.data.synthetic.enabled = True
   config.data.synthetic.num_frames = dict(num_frames)
   config.data.data_dir = os.path.join(data_root, "tfds")
   config.data.manual_dir = os.path.join(data_root, "raw")
-  config.batch_size = config.eval_batch_size = 8
   config.num_train_steps = 2
-  config.log_every_steps = 1
   config.checkpoint_every_steps = 1
   config.eval_every_steps = 1  # step 1 is evaluated (and keeps its metrics) before step 2
   config.keep_checkpoints = 1

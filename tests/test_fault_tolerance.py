@@ -45,6 +45,16 @@ def _run(reference, workdir, *, env=None):
                              cache_dir=reference["cache"], env=env)
 
 
+def _start_slowed(reference, name, slow_from):
+  """A run in workdir `name` that slows down from step `slow_from` on, once it got there."""
+  workdir = str(reference["root"] / name)
+  marker = str(reference["root"] / f"{name}_marker")
+  proc = _run(reference, workdir, env=dict(SMD_TEST_SLOW_FROM_STEP=str(slow_from),
+                                           SMD_TEST_MARKER=marker))
+  runs.wait_for_file(marker, proc)
+  return workdir, proc
+
+
 def _assert_same_run(workdir, reference):
   want = runs.train_losses(reference["workdir"])
   assert sorted(want) == list(range(1, STEPS + 1))
@@ -56,10 +66,7 @@ def _assert_same_run(workdir, reference):
 
 
 def test_kill_9_then_restart_reproduces_the_run_bitwise(reference):
-  workdir = str(reference["root"] / "killed")
-  marker = str(reference["root"] / "killed_marker")
-  proc = _run(reference, workdir, env=dict(SMD_TEST_SLOW_FROM_STEP="8", SMD_TEST_MARKER=marker))
-  runs.wait_for_file(marker, proc)
+  workdir, proc = _start_slowed(reference, "killed", slow_from=8)
   proc.send_signal(signal.SIGKILL)
   assert runs.finish(proc)[0] == -signal.SIGKILL
   ckpt_dir = os.path.join(workdir, "checkpoints")
@@ -80,10 +87,7 @@ def test_kill_9_then_restart_reproduces_the_run_bitwise(reference):
 
 
 def test_sigterm_saves_the_current_step_exits_0_and_resumes(reference):
-  workdir = str(reference["root"] / "preempted")
-  marker = str(reference["root"] / "preempted_marker")
-  proc = _run(reference, workdir, env=dict(SMD_TEST_SLOW_FROM_STEP="5", SMD_TEST_MARKER=marker))
-  runs.wait_for_file(marker, proc)
+  workdir, proc = _start_slowed(reference, "preempted", slow_from=5)
   proc.send_signal(signal.SIGTERM)
   rc, out, err = runs.finish(proc)
   assert rc == 0, err[-3000:]
