@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from typing import Any, Iterator, Mapping, Sequence
 
 import grain
@@ -158,18 +159,22 @@ def generate_synthetic(manual_dir: str, synthetic_config) -> None:
     f.write(wanted + "\n")
 
 
-def _built_resolutions(data_dir: str) -> list[int]:
-  """Resolutions of the `hypersim` data sets already built in `data_dir` (default configs)."""
+def _built_resolutions(data_dir: str, config_name: str) -> list[int]:
+  """Resolutions at which `data_dir` holds the `hypersim` data set with `config_name`'s
+  other settings (config names are "res<N>" plus a suffix for non-default settings)."""
   root = os.path.join(data_dir, "hypersim")
+  suffix = re.sub(r"^res\d+", "", config_name)
   found = []
   for name in os.listdir(root) if os.path.isdir(root) else []:
-    if name.startswith("res") and name[3:].isdigit():
-      found.append(int(name[3:]))
+    match = re.fullmatch(r"res(\d+)" + re.escape(suffix), name)
+    if match and os.listdir(os.path.join(root, name)):
+      found.append(int(match.group(1)))
   return sorted(found)
 
 
-def _not_built_error(paths: DataPaths, resolution: int, problem: str) -> UserError:
-  built = _built_resolutions(paths.data_dir)
+def _not_built_error(paths: DataPaths, config_name: str, resolution: int,
+                     problem: str) -> UserError:
+  built = _built_resolutions(paths.data_dir, config_name)
   hint = (f" {paths.data_dir} holds the data set at resolution {', '.join(map(str, built))}: "
           f"set --config.data.resolution={built[0]}, or build {resolution} from raw frames."
           if built else "")
@@ -179,12 +184,13 @@ def _not_built_error(paths: DataPaths, resolution: int, problem: str) -> UserErr
       "folders (docs/data.md) or --config.data.data_dir to a built data set.")
 
 
-def check_raw_frames(paths: DataPaths, resolution: int) -> None:
+def check_raw_frames(paths: DataPaths, config_name: str, resolution: int) -> None:
   """UserError unless `paths.manual_dir` holds HyperSim scene folders to build from."""
   if not os.path.isdir(paths.manual_dir):
-    raise _not_built_error(paths, resolution, f"No raw HyperSim frames at {paths.manual_dir}")
+    raise _not_built_error(paths, config_name, resolution,
+                           f"No raw HyperSim frames at {paths.manual_dir}")
   if not any(name.startswith("ai_") for name in os.listdir(paths.manual_dir)):
-    raise _not_built_error(paths, resolution,
+    raise _not_built_error(paths, config_name, resolution,
                            f"{paths.manual_dir} holds no HyperSim scene folders (ai_VVV_NNN)")
 
 
@@ -207,9 +213,10 @@ def load_data_sources(data_config, workdir: str, *, build: bool = True) -> dict[
       resolution, data_config.get("split_scheme", "semantic_md"),
       data_config.get("depth_type", "distance")), data_dir=paths.data_dir)
   if not builder.is_prepared():
+    name = builder.builder_config.name
     if not build:
-      raise _not_built_error(paths, resolution, "The data set is not built yet")
-    check_raw_frames(paths, resolution)
+      raise _not_built_error(paths, name, resolution, "The data set is not built yet")
+    check_raw_frames(paths, name, resolution)
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=paths.manual_dir))
   return dict(builder.as_data_source())
