@@ -31,8 +31,10 @@ def parse_hlo(text: str) -> tuple[dict[str, str], dict[str, str]]:
   current, body = None, []
   for line in text.splitlines():
     if current is None:
+      # A computation header is unindented and opens a block (ENTRY's may be long
+      # and hold '=' in /*index=N*/ comments); instructions are indented.
       m = _COMPUTATION.match(line)
-      if m and '=' not in line.split('{')[0]:
+      if m and not line[:1].isspace() and line.rstrip().endswith('{'):
         current, body = m.group(1), []
       continue
     if line.strip() == '}':
@@ -67,7 +69,7 @@ def categorize(line: str, computations: dict[str, str]) -> str:
     else:
       kind = 'conv kxk'
   elif ' dot(' in body:
-    kind = 'dot'
+    kind = 'dot (1x1 convs: XLA rewrites them as dots)'
   elif ' reduce(' in body or ' reduce-window(' in body:
     kind = 'reduce-window' if 'reduce-window(' in body else 'reduction'
   elif ' slice(' in body or ' pad(' in body:

@@ -44,6 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--precision', nargs='+', default=['f32'], choices=('f32', 'bf16'))
   p.add_argument('--repeats', type=int, default=None, help='timed steps per figure')
   p.add_argument('--no-eval', action='store_true', help='train steps only')
+  p.add_argument('--no-train', action='store_true', help='eval steps only')
   p.add_argument('--torch-channels-last', choices=('auto', 'on', 'off'), default='auto',
                  help='auto: on for CUDA, off on the CPU (where it is ~8x slower)')
   p.add_argument('--pipeline-size', type=int, nargs='+', default=None)
@@ -125,12 +126,14 @@ def pipeline_table(rows: list[dict]) -> str:
 
 def scaling_table(rows: list[dict]) -> str:
   lines = ['| side | precision | batch | size | train img/s | train step s | eval img/s | '
-           'repeats | load |', '| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |']
+           'eval step s | repeats | load |',
+           '| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |']
   for r in rows:
+    repeats = len(r.get('train_times', r.get('eval_times', [])))
     lines.append(f"| {r['side']} | {r['precision']} | {r['batch_size']} | {r['size']} | "
                  f"{_f(r.get('train_images_per_s'))} | {_f(r.get('train_step_s'), 3)} | "
-                 f"{_f(r.get('eval_images_per_s'))} | {len(r.get('train_times', []))} | "
-                 f"{_f(r.get('load'))} |")
+                 f"{_f(r.get('eval_images_per_s'))} | {_f(r.get('eval_step_s'), 3)} | "
+                 f"{repeats} | {_f(r.get('load'))} |")
   return '\n'.join(lines)
 
 
@@ -149,7 +152,7 @@ def run_pair(args, log, model, precision, batch_size, size, repeats) -> list[dic
   for side in args.sides:
     log(f'{side} {model} {precision} batch {batch_size} size {size} ...')
     kwargs = dict(encoder=args.encoder, batch_size=batch_size, size=size, precision=precision,
-                  repeats=repeats, evaluate=not args.no_eval)
+                  repeats=repeats, train=not args.no_train, evaluate=not args.no_eval)
     try:
       if side == 'flax':
         row = flax_side.benchmark(model, **kwargs)

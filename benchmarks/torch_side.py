@@ -53,6 +53,21 @@ def _Tasks(torch, net, forward):  # pylint: disable=invalid-name
   return Tasks()
 
 
+def reference_loss(torch, outputs, depth, label):
+  """Masked L1 between sigmoid(depth logits) and depth/15 (clamped to 15 m) over
+  finite positive depths, + 0.07 x cross-entropy over labelled pixels (class = label
+  - 1) when there is a semantic head: the objective of our 1- and 2-head configs."""
+  valid = torch.isfinite(depth) & (depth > 0)
+  target = torch.nan_to_num(depth.clamp(0.0, 15.0) / 15.0)
+  pred = torch.sigmoid(outputs['depth'].float()[:, 0])
+  loss = (pred - target).abs()[valid].mean()
+  if 'semantic' in outputs:
+    target_class = torch.where((label >= 1) & (label <= 40), label - 1, -100)
+    loss = loss + SEMANTIC_WEIGHT * torch.nn.functional.cross_entropy(
+        outputs['semantic'].float(), target_class, ignore_index=-100)
+  return loss
+
+
 def device_name(torch) -> str:
   return 'cuda' if torch.cuda.is_available() else 'cpu'
 
@@ -87,15 +102,7 @@ def benchmark(model: str, *, encoder: str = 'efficientnet_b4', batch_size: int, 
     return x.contiguous(memory_format=memory_format)
 
   def loss_fn(outputs):
-    valid = torch.isfinite(depth) & (depth > 0)
-    target = torch.nan_to_num(depth.clamp(0.0, 15.0) / 15.0)
-    pred = torch.sigmoid(outputs['depth'].float()[:, 0])
-    loss = (pred - target).abs()[valid].mean()
-    if 'semantic' in outputs:
-      target_class = torch.where((label >= 1) & (label <= 40), label - 1, -100)
-      loss = loss + SEMANTIC_WEIGHT * torch.nn.functional.cross_entropy(
-          outputs['semantic'].float(), target_class, ignore_index=-100)
-    return loss
+    return reference_loss(torch, outputs, depth, label)
 
   result = {'side': 'torch', 'model': model, 'encoder': encoder, 'batch_size': batch_size,
             'size': size, 'precision': precision, 'model_build_s': build_s,

@@ -146,19 +146,69 @@ def depthwise_conv_taps(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
   return out.astype(x.dtype)
 
 
+def pointwise_conv_dot(x: jax.Array, kernel: jax.Array, strides: Sequence[int] = (1, 1),
+                       precision: Any = None) -> jax.Array:
+  """1x1 convolution without padding as one ``dot_general`` over the channels; equal to
+  ``lax.conv_general_dilated`` (NHWC / HWIO) up to summation order.
+
+  x: [B, H, W, Cin]; kernel: [1, 1, Cin, Cout] -> [B, ceil(H/sh), ceil(W/sw), Cout].
+
+  Why: XLA:CPU already turns a 1x1 convolution's forward pass into a dot, but not the
+  convolutions of its gradient; for EfficientNet's wide, small-resolution 1x1 layers
+  those are up to ~15x slower than the dots of this formulation (benchmarks/ops.py,
+  docs/benchmarks.md). GPUs/TPUs keep the native convolution.
+  """
+  sh, sw = tuple(strides)
+  if (sh, sw) != (1, 1):
+    x = jax.lax.slice(x, (0, 0, 0, 0), x.shape, (1, sh, sw, 1))
+  return jax.lax.dot_general(x, kernel[0, 0], (((3,), (0,)), ((), ())), precision=precision)
+
+
+_NHWC_HWIO = jax.lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
+
+
+def conv_formulation(lhs_shape: Sequence[int], rhs_shape: Sequence[int], padding: Any, *,
+                     lhs_dilation: Sequence[int] | None = None, dimension_numbers: Any = None,
+                     feature_group_count: int = 1, backend: str | None = None,
+                     **kwargs) -> str:
+  """Which formulation `_conv_general_dilated` uses for a convolution: 'taps'
+  (`depthwise_conv_taps`), 'dot' (`pointwise_conv_dot`) or 'native' (XLA's own).
+
+  The alternatives are chosen on the CPU backend only (``backend``: default
+  ``jax.default_backend()``), for 2-D NHWC / HWIO convolutions without input
+  dilation, string padding, an explicit output sharding or a preferred element type;
+  every other case, and every convolution on GPU/TPU, is 'native'.
+  """
+  backend = backend or jax.default_backend()
+  if (backend != 'cpu' or len(lhs_shape) != 4 or isinstance(padding, str)
+      or tuple(lhs_dilation or (1, 1)) != (1, 1) or kwargs.get('out_sharding') is not None
+      or kwargs.get('preferred_element_type') is not None
+      or jax.lax.conv_dimension_numbers(tuple(lhs_shape), tuple(rhs_shape),
+                                        dimension_numbers) != _NHWC_HWIO):
+    return 'native'
+  if (feature_group_count > 1 and feature_group_count == lhs_shape[-1] == rhs_shape[-1]
+      and rhs_shape[-2] == 1):
+    return 'taps'
+  if (feature_group_count == 1 and tuple(rhs_shape[:2]) == (1, 1)
+      and all(tuple(p) == (0, 0) for p in padding)):
+    return 'dot'
+  return 'native'
+
+
 def _conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                           rhs_dilation=None, dimension_numbers=None,
                           feature_group_count=1, precision=None, **kwargs):
-  # Drop-in for lax.conv_general_dilated inside nnx.Conv (NHWC / HWIO): routes
-  # depthwise convs to `depthwise_conv_taps` on the CPU backend, everything else
-  # (and every conv on GPU/TPU) to XLA's native convolution.
-  depthwise = (lhs.ndim == 4 and feature_group_count > 1
-               and feature_group_count == lhs.shape[-1] == rhs.shape[-1]
-               and rhs.shape[-2] == 1 and not isinstance(padding, str)
-               and tuple(lhs_dilation or (1, 1)) == (1, 1)
-               and 'preferred_element_type' not in kwargs)
-  if depthwise and jax.default_backend() == 'cpu':
+  # Drop-in for lax.conv_general_dilated inside nnx.Conv (NHWC / HWIO): on the CPU
+  # backend, depthwise convs go to `depthwise_conv_taps` and 1x1 convs to
+  # `pointwise_conv_dot` (`conv_formulation` decides); everything else, and every
+  # conv on GPU/TPU, to XLA's native convolution.
+  formulation = conv_formulation(lhs.shape, rhs.shape, padding, lhs_dilation=lhs_dilation,
+                                 dimension_numbers=dimension_numbers,
+                                 feature_group_count=feature_group_count, **kwargs)
+  if formulation == 'taps':
     return depthwise_conv_taps(lhs, rhs, window_strides, padding, rhs_dilation or (1, 1))
+  if formulation == 'dot':
+    return pointwise_conv_dot(lhs, rhs, window_strides, precision)
   return jax.lax.conv_general_dilated(
       lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
       rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
