@@ -2,7 +2,7 @@
 parameters, BatchNorm statistics, head outputs, loss and metrics.
 
 Dtypes of the EfficientNet-b4-shaped models are checked abstractly (`jax.eval_shape`:
-no compile); a toy 2-head model runs one real train step both ways.
+no compile); a toy model runs one real train step both ways.
 """
 
 import functools
@@ -77,11 +77,11 @@ def test_batch_norm_statistics_of_bf16_input_are_f32_and_exact():
 
 
 def test_bf16_train_step_state_loss_and_metrics_f32(toy_encoder):  # noqa: F811
-  mesh = parallel.make_mesh()
+  mesh = parallel.make_mesh(1)  # dtypes do not depend on the mesh; compiles faster
   batch = parallel.to_global(batch_of(0, n=8), mesh)
   results = {}
   for dtype in ('float32', 'bfloat16'):
-    config = tiny_config(dtype)
+    config = tiny_config(dtype, semantic_head=False)  # heads' dtypes: the test above
     model = steps_lib.create_model(config, 0)
     steps, state = steps_lib.build_steps(config, model, total_steps=10, mesh=mesh)
     new_state, metrics = steps.train_step(state, batch)
@@ -94,6 +94,5 @@ def test_bf16_train_step_state_loss_and_metrics_f32(toy_encoder):  # noqa: F811
     results[dtype] = jax.device_get(metrics)
   # Same initial weights and batch: bf16 changes the first loss only by rounding.
   f32, bf16 = results['float32'], results['bfloat16']
-  for key in ('loss_depth', 'loss_semantic'):
-    np.testing.assert_allclose(bf16[key], f32[key], rtol=0.02)
+  np.testing.assert_allclose(bf16['loss_depth'], f32['loss_depth'], rtol=0.02)
   assert f32['loss_depth'] != bf16['loss_depth']  # bf16 really computed something else
