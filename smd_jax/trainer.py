@@ -87,13 +87,20 @@ def build_model(config):
 
 def load_data(config, workdir: str) -> dict:
   """The data set's splits; built by process 0 (if needed) while the others wait."""
-  sources = None
+  sources, error = None, None
   if jax.process_index() == 0:
-    sources = input_pipeline.load_data_sources(config.data, workdir)
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices("smd_jax: data set ready")
-    if sources is None:  # each host opens what process 0 built (a shared data_dir)
-      sources = input_pipeline.load_data_sources(config.data, workdir, build=False)
+    try:
+      sources = input_pipeline.load_data_sources(config.data, workdir)
+    except UserError as e:
+      error = e
+  if jax.process_count() > 1:  # a collective: every process waits for process 0 here
+    ok = bool(multihost_utils.broadcast_one_to_all(np.int32(error is None)))
+    if error is None and not ok:
+      raise UserError("Process 0 could not prepare the data set; its log says why.")
+  if error is not None:
+    raise error
+  if sources is None:  # each host opens what process 0 built (a shared data_dir)
+    sources = input_pipeline.load_data_sources(config.data, workdir, build=False)
   if not len(sources.get("train", ())):
     raise UserError(f"The data set has no training examples (splits: "
                     f"{ {k: len(v) for k, v in sources.items()} }); check the raw frames "
