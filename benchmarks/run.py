@@ -1,7 +1,7 @@
 """One benchmark run, side by side on one machine: our Flax steps vs the PyTorch
 reference models, the input pipeline, the TFDS builder, and scaling with work.
 
-    python -m benchmarks.run --quick                 # small CPU-friendly run (~3 min)
+    python -m benchmarks.run --quick                 # small CPU run (7 min on 2 busy cores)
     python -m benchmarks.run --models unet deeplabv3 unet_2head --batch-size 8 --size 128
     python -m benchmarks.run --precision bf16 --batch-size 32 --size 256   # on a GPU
     python -m benchmarks.run --only scaling --scaling-batches 1 2 4 8 --scaling-sizes 128 256 384
