@@ -64,6 +64,7 @@ class _Server:
     self.drops_left = 0      # next N GETs of > drop_min bytes are cut in half
     self.drop_min = 20_000
     self.drop_fraction = 0.5  # of a dropped response's body that is sent
+    self.short_left = 0      # next N GETs honestly serve only the first half of the range
     self.lock = threading.Lock()
     server = self
 
@@ -117,6 +118,10 @@ class _Server:
           drop = server.drops_left > 0 and len(body) > server.drop_min
           if drop:
             server.drops_left -= 1
+          if server.short_left > 0 and len(body) > 1:  # a valid, shorter 206
+            server.short_left -= 1
+            body = body[:len(body) // 2]
+            end = start + len(body) - 1
         self.send_response(206)
         self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
         self.send_header("Content-Length", str(len(body)))
@@ -246,6 +251,15 @@ def test_dropped_connections_are_resumed(server, tmp_path):
     if method == "GET":
       starts.setdefault((path, end), []).append(start)
   assert sum(len(v) > 1 for v in starts.values()) >= 1
+
+
+def test_shorter_range_responses_are_completed(server, tmp_path):
+  # A server may answer a range with fewer bytes (and a matching Content-Range): the
+  # reader asks again for the rest, for directory reads and member data alike.
+  server.short_left = 8
+  _fetch(server, str(tmp_path / "out"))
+  assert server.short_left == 0
+  _assert_same_files(str(tmp_path / "out"))
 
 
 def test_partial_file_resumes_with_range(server, zips, tmp_path):

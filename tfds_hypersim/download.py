@@ -201,7 +201,7 @@ class _Http:
           self.count(len(chunk))
         if len(data) == end - start + 1:
           return data
-        client.drop(url)  # cut short: the server has hung up
+        self.drop(url)  # cut short: the server has hung up
       except (OSError, http.client.HTTPException) as e:
         self.drop(url)
         if attempt == _RETRIES - 1:
