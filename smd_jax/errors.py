@@ -78,3 +78,21 @@ def config_value(config_flag, argv: list[str]):
     return value
   except _CONFIG_ERRORS as e:
     raise UserError(_config_error(e, argv)) from e
+
+
+def run_command(run: Callable[..., int], define_flags: Callable[[], None]) -> None:
+  """The `python -m` entry of a command: its flags, quiet library logs, one-line errors.
+
+  `run(flag_values, positional_args)` returns the exit status.
+  """
+  from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
+
+  from smd_jax import summary  # pylint: disable=g-import-not-at-top
+
+  def main(argv):
+    logging.set_verbosity(logging.INFO)
+    summary.quiet_library_logs()
+    sys.exit(run(flags.FLAGS, argv[1:]))
+
+  define_flags()
+  app.run(main, flags_parser=parse_flags)

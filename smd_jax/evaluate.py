@@ -14,12 +14,10 @@ The second prints one table over several workdirs from their latest results
 
 from __future__ import annotations
 
-import sys
-
-from absl import app, flags, logging
+from absl import flags
 from ml_collections import config_flags
 
-from smd_jax import errors, report, summary
+from smd_jax import errors, report
 
 
 def define_flags(flag_values=flags.FLAGS) -> None:
@@ -71,12 +69,5 @@ def run(fv, args) -> int:
   return errors.report_user_errors(command)
 
 
-def main(argv):
-  logging.set_verbosity(logging.INFO)
-  summary.quiet_library_logs()
-  sys.exit(run(flags.FLAGS, argv[1:]))
-
-
 if __name__ == "__main__":
-  define_flags()
-  app.run(main, flags_parser=errors.parse_flags)
+  errors.run_command(run, define_flags)

@@ -15,11 +15,9 @@ How photos are resized and mapped back: `smd_jax.inference`.
 
 from __future__ import annotations
 
-import sys
+from absl import flags
 
-from absl import app, flags, logging
-
-from smd_jax import errors, inference, summary
+from smd_jax import errors, inference
 
 
 def define_flags(flag_values=flags.FLAGS) -> None:
@@ -62,12 +60,5 @@ def run(fv, args) -> int:
   return errors.report_user_errors(command)
 
 
-def main(argv):
-  logging.set_verbosity(logging.INFO)
-  summary.quiet_library_logs()
-  sys.exit(run(flags.FLAGS, argv[1:]))
-
-
 if __name__ == "__main__":
-  define_flags()
-  app.run(main, flags_parser=errors.parse_flags)
+  errors.run_command(run, define_flags)
