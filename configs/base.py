@@ -21,7 +21,11 @@ def get_config() -> config_dict.ConfigDict:
       resolution=256,
       split_scheme="semantic_md",  # or "official" (HyperSim v1 split); docs/data.md
       depth_type="distance",  # HyperSim's depth_meters (paper); "planar" = z-depth
-      num_threads=8,  # grain reader threads per process
+      num_threads=8,  # grain reader threads per process (per worker when num_workers > 0)
+      # Worker processes that read and decode batches (0: threads in the training
+      # process). Decoding holds the GIL, so threads stop scaling near one core;
+      # on a many-core host use workers. Same batches, same order for any value.
+      num_workers=0,
       prefetch_batches=2,
       # Procedural HyperSim-format frames written to <workdir>/data (no download).
       synthetic=dict(enabled=False, seed=0, num_frames=dict(train=0, validation=0, test=0)),

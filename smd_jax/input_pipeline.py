@@ -18,6 +18,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import grain
 import numpy as np
+from absl import flags
 from absl import logging
 
 from smd_jax.errors import UserError
@@ -41,7 +42,7 @@ def local_batch_size(global_batch_size: int, process_count: int) -> int:
 
 def train_dataset(source: Sequence[Mapping[str, Any]], *, global_batch_size: int, seed: int,
                   process_index: int = 0, process_count: int = 1, num_threads: int = 4,
-                  prefetch_batches: int = 2) -> grain.IterDataset:
+                  prefetch_batches: int = 2, num_workers: int = 0) -> grain.IterDataset:
   """Endless, shuffled (reshuffled every epoch), batched stream of local batches.
 
   Args:
@@ -49,6 +50,10 @@ def train_dataset(source: Sequence[Mapping[str, Any]], *, global_batch_size: int
     global_batch_size: examples per step over all processes.
     seed: shuffle seed; the same seed gives the same order on every run.
     process_index, process_count: this process's shard of the source.
+    num_threads: grain reader threads (in each worker process when `num_workers` > 0).
+    prefetch_batches: batches read ahead (per worker process when `num_workers` > 0).
+    num_workers: worker processes that read and decode batches; 0 reads in this
+      process. The batches and their order are the same for any value.
 
   Returns:
     An `IterDataset` whose iterator yields dicts of numpy arrays
@@ -56,6 +61,9 @@ def train_dataset(source: Sequence[Mapping[str, Any]], *, global_batch_size: int
     with b = global_batch_size / process_count. Its iterator state is
     checkpointable (`get_state`/`set_state`).
   """
+  if num_workers < 0:
+    raise UserError(f"data.num_workers={num_workers}: use 0 (read in the training process) "
+                    "or a number of worker processes.")
   batch = local_batch_size(global_batch_size, process_count)
   if not len(source):
     raise ValueError("The training split has no examples.")
@@ -67,8 +75,26 @@ def train_dataset(source: Sequence[Mapping[str, Any]], *, global_batch_size: int
   ds = ds.batch(batch, drop_remainder=True)[process_index::process_count]
   # grain runs at most prefetch_buffer_size reads at once: a smaller buffer than
   # num_threads would leave threads idle (docs/benchmarks.md, input pipeline).
-  return ds.to_iter_dataset(grain.ReadOptions(
+  ds = ds.to_iter_dataset(grain.ReadOptions(
       num_threads=num_threads, prefetch_buffer_size=max(prefetch_batches, num_threads)))
+  if not num_workers:
+    return ds
+  # Decoding (PNG, zlib, TFDS's feature code) holds the GIL, so threads alone top
+  # out near one core; processes do not. Worker w reads batches w, w+W, ... and
+  # grain interleaves them round-robin: the same batches in the same order as
+  # without workers. grain starts workers with "spawn", never fork, so they are
+  # safe next to JAX's threads in this process.
+  _mark_flags_parsed()
+  return ds.mp_prefetch(grain.MultiprocessingOptions(
+      num_workers=num_workers, per_worker_buffer_size=max(1, prefetch_batches)))
+
+
+def _mark_flags_parsed() -> None:
+  # grain reads its absl flags (worker profiling) when it starts workers; outside
+  # an absl app (tests, notebooks, benchmarks) nothing parsed them, and their
+  # defaults are what we want.
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
 
 
 _PAD_VALUES = {"depth": np.nan, "semantic": -1}  # both mean "invalid" everywhere

@@ -171,7 +171,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   train_ds = input_pipeline.train_dataset(
       sources["train"], global_batch_size=config.batch_size, seed=config.seed,
       process_index=jax.process_index(), process_count=jax.process_count(),
-      num_threads=config.data.num_threads, prefetch_batches=config.data.prefetch_batches)
+      num_threads=config.data.num_threads, prefetch_batches=config.data.prefetch_batches,
+      num_workers=config.data.get("num_workers", 0))
   train_iter = iter(train_ds)
 
   # Evaluated checkpoints store their metrics; the best by config.best_metric is kept.

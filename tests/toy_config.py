@@ -18,6 +18,7 @@ def get_config():
     config.model.decoder_channels = (8, 8, 8, 8, 8)
   config.data.resolution = 32
   config.data.num_threads = 1
+  config.data.num_workers = 0  # subprocess tests stay one process each
   config.data.synthetic.enabled = False
   config.data.manual_dir = os.path.normpath(DUMMY_DATA)
   config.batch_size = config.eval_batch_size = 8
