@@ -83,3 +83,60 @@ def test_nnx_convs_use_the_cpu_formulations_and_match_plain():
     pad = layers.torch_padding(k, s)
     want = plain_conv(x, conv.kernel[...], (s, s), ((pad, pad), (pad, pad)), groups=groups)
     np.testing.assert_allclose(conv(x), want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize('args,want', [
+    # DeepLabV3's ASPP at 8x8 features: rate 12 (and 24, 36) reads padding off the centre.
+    ((8, 3, 1, 12, (12, 12)), (1, 1, (0, 0))),
+    ((8, 3, 1, 36, (36, 36)), (1, 1, (0, 0))),
+    # EfficientNet 5x5 depthwise at dilation 4 on 8x8: the outer taps (offsets +-8) are dead.
+    ((8, 5, 1, 4, (8, 8)), (1, 3, (4, 4))),
+    # Rate 24 at 32x32: every tap reaches the image somewhere, nothing is dropped.
+    ((32, 3, 1, 24, (24, 24)), (0, 2, (24, 24))),
+    ((4, 3, 1, 1, (1, 1)), (0, 2, (1, 1))),
+    # Asymmetric padding, 4 outputs: tap rows start at -1, 2, 5; the last tap reads
+    # rows 5..8 only (all padding), and dropping it takes 3 off the high padding.
+    ((4, 3, 1, 3, (1, 5)), (0, 1, (1, 2))),
+    # 2 outputs, taps start at -3, 1, 5: both outer taps are dead, but dropping the first
+    # would need padding 3 - 4 < 0, so it is kept; the last one goes.
+    ((2, 3, 1, 4, (3, 5)), (0, 1, (3, 1))),
+])
+def test_live_taps_hand_computed(args, want):
+  assert layers.live_taps(*args) == want
+
+
+@pytest.mark.parametrize('case', [
+    # (x shape, kernel shape, stride, dilation, padding, groups)
+    ((2, 8, 8, 6), (3, 3, 6, 5), 1, 12, ((12, 12), (12, 12)), 1),   # ASPP rate 12 -> 1x1
+    ((2, 8, 8, 6), (3, 3, 6, 5), 1, 24, ((24, 24), (24, 24)), 1),
+    ((2, 8, 8, 6), (5, 5, 1, 6), 1, 4, ((8, 8), (8, 8)), 6),        # dilated depthwise
+    ((2, 6, 10, 4), (3, 3, 4, 3), 2, 6, ((6, 6), (6, 6)), 1),       # stride 2, non-square
+    ((2, 4, 2, 3), (3, 3, 3, 2), 1, (3, 4), ((1, 5), (3, 5)), 1),  # asymmetric padding
+])
+def test_trimmed_conv_equals_plain_conv_with_gradients(case):
+  shape_x, shape_w, stride, dilation, padding, groups = case
+  x, w = _data(shape_x, shape_w, jnp.float32, seed=1)
+  strides = (stride, stride)
+  dil = dilation if isinstance(dilation, tuple) else (dilation, dilation)
+  trimmed = lambda x, w: layers._conv_general_dilated(  # pylint: disable=protected-access
+      x, w, strides, padding, rhs_dilation=dil, dimension_numbers=DN,
+      feature_group_count=groups, precision=jax.lax.Precision.HIGHEST)
+  plain = lambda x, w: plain_conv(x, w, strides, padding, dil, groups)
+  np.testing.assert_allclose(trimmed(x, w), plain(x, w), atol=1e-4, rtol=1e-4)
+  loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))
+  got = jax.grad(loss(trimmed), argnums=(0, 1))(x, w)
+  want = jax.grad(loss(plain), argnums=(0, 1))(x, w)
+  for g, h in zip(got, want):
+    assert g.shape == h.shape
+    np.testing.assert_allclose(g, h, atol=1e-4, rtol=1e-4)
+
+
+def test_aspp_conv_at_8x8_runs_as_a_dot_on_cpu():
+  if jax.default_backend() != 'cpu':
+    pytest.skip('the dot formulation is CPU-only')
+  conv = layers.conv2d(16, 8, 3, dilation=12, rngs=nnx.Rngs(0))
+  x, _ = _data((2, 8, 8, 16), (1,), jnp.float32)
+  names = {e.primitive.name for e in jax.make_jaxpr(conv)(x).eqns}
+  assert 'dot_general' in names and 'conv_general_dilated' not in names, names
+  want = plain_conv(x, conv.kernel[...], (1, 1), ((12, 12), (12, 12)), (12, 12))
+  np.testing.assert_allclose(conv(x), want, atol=1e-4, rtol=1e-4)

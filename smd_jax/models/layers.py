@@ -167,6 +167,59 @@ def pointwise_conv_dot(x: jax.Array, kernel: jax.Array, strides: Sequence[int] =
 _NHWC_HWIO = jax.lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
 
 
+def _explicit_nhwc(lhs_shape: Sequence[int], rhs_shape: Sequence[int], padding: Any,
+                   lhs_dilation: Sequence[int] | None, dimension_numbers: Any,
+                   kwargs: dict) -> bool:
+  """A 2-D NHWC / HWIO convolution with explicit (lo, hi) padding, no input dilation,
+  no explicit output sharding and no preferred element type: the convolutions the
+  rewrites below understand (every other one goes to XLA untouched)."""
+  return (len(lhs_shape) == 4 and not isinstance(padding, str)
+          and tuple(lhs_dilation or (1, 1)) == (1, 1) and kwargs.get('out_sharding') is None
+          and kwargs.get('preferred_element_type') is None
+          and jax.lax.conv_dimension_numbers(tuple(lhs_shape), tuple(rhs_shape),
+                                             dimension_numbers) == _NHWC_HWIO)
+
+
+def live_taps(in_size: int, kernel_size: int, stride: int, dilation: int,
+              padding: tuple[int, int]) -> tuple[int, int, tuple[int, int]]:
+  """(first, last, new padding): the kernel taps along one spatial dim that read at
+  least one input pixel, and the padding that gives the same output with only them.
+
+  Tap a reads input rows ``a * dilation - lo + stride * i`` for the outputs i; a tap
+  whose rows all lie in the zero padding adds exactly zero to every output (and its
+  weight gradient is exactly zero). Such taps are common in atrous layers: at 8x8
+  features, DeepLabV3's ASPP 3x3 convs with rates 12/24/36 (padding = rate) read only
+  padding off the centre, and so do the outer taps of EfficientNet's 5x5 depthwise
+  convs at dilation 4 (smp's output stride 8); PyTorch and XLA still compute them,
+  over the padded input. Dead taps are dropped only where the new padding stays
+  >= 0 on both sides, so the output (size and values) is unchanged.
+  """
+  lo, hi = padding
+  out_size = (in_size + lo + hi - dilation * (kernel_size - 1) - 1) // stride + 1
+  first_row = [a * dilation - lo for a in range(kernel_size)]
+  live = [a for a, r in enumerate(first_row)
+          if r <= in_size - 1 and r + stride * (out_size - 1) >= 0]
+  if not live or out_size <= 0 or lo < 0 or hi < 0:
+    return 0, kernel_size - 1, (lo, hi)
+  first = min(live[0], lo // dilation)
+  last = max(live[-1], kernel_size - 1 - hi // dilation)
+  return first, last, (lo - first * dilation, hi - (kernel_size - 1 - last) * dilation)
+
+
+def trim_dead_taps(lhs_shape: Sequence[int], rhs: jax.Array, window_strides: Sequence[int],
+                   padding: Sequence[tuple[int, int]], rhs_dilation: Sequence[int] | None
+                   ) -> tuple[jax.Array, tuple[tuple[int, int], ...]]:
+  """NHWC / HWIO kernel and explicit padding without the taps that read only padding
+  (`live_taps` per spatial dim); the same convolution when nothing is dead."""
+  dilation = tuple(rhs_dilation or (1, 1))
+  spans = [live_taps(lhs_shape[1 + d], rhs.shape[d], window_strides[d], dilation[d],
+                     tuple(padding[d])) for d in range(2)]
+  (h0, h1, pad_h), (w0, w1, pad_w) = spans
+  if (h0, h1, w0, w1) != (0, rhs.shape[0] - 1, 0, rhs.shape[1] - 1):
+    rhs = rhs[h0:h1 + 1, w0:w1 + 1]
+  return rhs, (pad_h, pad_w)
+
+
 def conv_formulation(lhs_shape: Sequence[int], rhs_shape: Sequence[int], padding: Any, *,
                      lhs_dilation: Sequence[int] | None = None, dimension_numbers: Any = None,
                      feature_group_count: int = 1, backend: str | None = None,
@@ -180,11 +233,8 @@ def conv_formulation(lhs_shape: Sequence[int], rhs_shape: Sequence[int], padding
   every other case, and every convolution on GPU/TPU, is 'native'.
   """
   backend = backend or jax.default_backend()
-  if (backend != 'cpu' or len(lhs_shape) != 4 or isinstance(padding, str)
-      or tuple(lhs_dilation or (1, 1)) != (1, 1) or kwargs.get('out_sharding') is not None
-      or kwargs.get('preferred_element_type') is not None
-      or jax.lax.conv_dimension_numbers(tuple(lhs_shape), tuple(rhs_shape),
-                                        dimension_numbers) != _NHWC_HWIO):
+  if backend != 'cpu' or not _explicit_nhwc(lhs_shape, rhs_shape, padding, lhs_dilation,
+                                            dimension_numbers, kwargs):
     return 'native'
   if (feature_group_count > 1 and feature_group_count == lhs_shape[-1] == rhs_shape[-1]
       and rhs_shape[-2] == 1):
@@ -198,10 +248,14 @@ def conv_formulation(lhs_shape: Sequence[int], rhs_shape: Sequence[int], padding
 def _conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                           rhs_dilation=None, dimension_numbers=None,
                           feature_group_count=1, precision=None, **kwargs):
-  # Drop-in for lax.conv_general_dilated inside nnx.Conv (NHWC / HWIO): on the CPU
+  # Drop-in for lax.conv_general_dilated inside nnx.Conv (NHWC / HWIO). On every
+  # backend, kernel taps that read only padding are dropped first (`trim_dead_taps`:
+  # the same maths, less work; an atrous 3x3 may become a 1x1). Then, on the CPU
   # backend, depthwise convs go to `depthwise_conv_taps` and 1x1 convs to
   # `pointwise_conv_dot` (`conv_formulation` decides); everything else, and every
   # conv on GPU/TPU, to XLA's native convolution.
+  if _explicit_nhwc(lhs.shape, rhs.shape, padding, lhs_dilation, dimension_numbers, kwargs):
+    rhs, padding = trim_dead_taps(lhs.shape, rhs, window_strides, padding, rhs_dilation)
   formulation = conv_formulation(lhs.shape, rhs.shape, padding, lhs_dilation=lhs_dilation,
                                  dimension_numbers=dimension_numbers,
                                  feature_group_count=feature_group_count, **kwargs)
