@@ -210,6 +210,15 @@ def test_worker_iterator_state_round_trips_through_a_checkpoint(tfds_source, tmp
     fresh.close()
 
 
+def test_array_source_decodes_bit_equal_to_tfds(tfds_source):
+  fast = input_pipeline.array_source(tfds_source)
+  assert fast is not tfds_source and len(fast) == len(tfds_source)
+  assert_same_batches([fast[i] for i in range(len(fast))],
+                      [input_pipeline.select_arrays(tfds_source[i]) for i in range(len(fast))])
+  other = fake_source(3)
+  assert input_pipeline.array_source(other) is other  # not a TFDS source: left as it is
+
+
 def test_negative_num_workers_is_a_user_error():
   with pytest.raises(UserError, match="num_workers=-1"):
     input_pipeline.train_dataset(fake_source(4), global_batch_size=2, seed=0, num_workers=-1)
