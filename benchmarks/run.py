@@ -50,7 +50,10 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--pipeline-size', type=int, nargs='+', default=None)
   p.add_argument('--pipeline-frames', type=int, default=None)
   p.add_argument('--pipeline-batch-size', type=int, default=32)
-  p.add_argument('--pipeline-threads', type=int, nargs='+', default=None)
+  p.add_argument('--pipeline-threads', type=int, nargs='+', default=None,
+                 help='reader threads (per worker process where workers > 0)')
+  p.add_argument('--pipeline-workers', type=int, nargs='+', default=None,
+                 help='worker processes (data.num_workers); 0 = threads in this process')
   p.add_argument('--build-frames', type=int, default=None)
   p.add_argument('--build-size', type=int, default=256)
   p.add_argument('--build-workers', type=int, default=None)
@@ -73,6 +76,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                   repeats=3 if quick else 5, pipeline_size=[64] if quick else [64, 256],
                   pipeline_frames=48 if quick else 128,
                   pipeline_threads=[2] if quick else [1, 2, 4, 8],
+                  pipeline_workers=[0, 2] if quick else [0, 2, 4],
                   build_frames=4 if quick else 16, build_workers=os.cpu_count() or 1)
   for key, value in defaults.items():
     if getattr(args, key) is None:
@@ -115,12 +119,15 @@ def model_table(rows: list[dict]) -> str:
 
 
 def pipeline_table(rows: list[dict]) -> str:
-  lines = ['| size | batch | reader threads | samples/s | spread | decode, 1 thread (samples/s) '
-           '| load |', '| ---: | ---: | ---: | ---: | ---: | ---: | ---: |']
+  lines = ['| size | batch | worker processes | reader threads | samples/s | spread | '
+           'decode, 1 thread, TFDS / direct (samples/s) | start s | load |',
+           '| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |']
   for r in rows:
-    lines.append(f"| {r['size']} | {r['batch_size']} | {r['num_threads']} | "
-                 f"{r['samples_per_s']:.0f} | {r['spread']:.2f} | "
-                 f"{r['decode_one_thread_per_s']:.0f} | {_f(r.get('load'))} |")
+    lines.append(f"| {r['size']} | {r['batch_size']} | {r.get('num_workers', 0)} | "
+                 f"{r['num_threads']} | {r['samples_per_s']:.0f} | {r['spread']:.2f} | "
+                 f"{r['decode_one_thread_per_s']:.0f} / "
+                 f"{_f(r.get('fast_decode_one_thread_per_s'), 0)} | {_f(r.get('start_s'), 1)} | "
+                 f"{_f(r.get('load'))} |")
   return '\n'.join(lines)
 
 
@@ -179,11 +186,14 @@ def run_pipeline(args, log) -> list[dict]:
     for row in pipeline.benchmark(args.cache_dir, size=size, num_frames=args.pipeline_frames,
                                   batch_size=args.pipeline_batch_size,
                                   threads=tuple(args.pipeline_threads),
+                                  workers=tuple(args.pipeline_workers),
                                   batches=max(2, 256 // args.pipeline_batch_size),
                                   repeats=args.repeats):
       row['load'] = _load()
-      log(f"  {row['num_threads']} threads: {row['samples_per_s']:.0f} samples/s "
-          f"(decode on 1 thread {row['decode_one_thread_per_s']:.0f}/s)")
+      log(f"  {row['num_workers']} workers x {row['num_threads']} threads: "
+          f"{row['samples_per_s']:.0f} samples/s (decode on 1 thread: TFDS "
+          f"{row['decode_one_thread_per_s']:.0f}/s, direct "
+          f"{row['fast_decode_one_thread_per_s']:.0f}/s; load {row['load']})")
       rows.append(row)
   return rows
 
