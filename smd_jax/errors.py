@@ -74,7 +74,8 @@ def config_value(config_flag, argv: list[str]):
   """The value of a `config_flags` flag (loaded lazily), with one-line errors as above."""
   try:
     value = config_flag.value
-    value.to_dict  # pylint: disable=pointless-statement  # a file that failed to load raises here
+    if value is not None:  # an optional --config that was not given
+      value.to_dict  # pylint: disable=pointless-statement  # a file that failed to load raises here
     return value
   except _CONFIG_ERRORS as e:
     raise UserError(_config_error(e, argv)) from e

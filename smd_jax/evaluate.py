@@ -14,6 +14,8 @@ The second prints one table over several workdirs from their latest results
 
 from __future__ import annotations
 
+import sys
+
 from absl import flags
 from ml_collections import config_flags
 
@@ -58,7 +60,7 @@ def run(fv, args) -> int:
     if not fv.workdir:
       raise errors.UserError("--workdir is required.")
     result = report.evaluate_workdir(
-        fv.workdir, config=fv.config, checkpoint=fv.checkpoint, split=fv.split,
+        fv.workdir, config=errors.config_value(fv["config"], sys.argv), checkpoint=fv.checkpoint, split=fv.split,
         batch_size=fv.batch_size, max_examples=fv.max_examples, per_image=fv.per_image,
         num_images=fv.num_images, progress=True)
     print(result.table)

@@ -1,6 +1,8 @@
 """Bad input to training: one line that says what is wrong and what to do; workdir untouched."""
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -125,3 +127,16 @@ def test_incomplete_multi_process_flags():
     distributed.initialize("127.0.0.1:1234", None, None)
   with pytest.raises(errors.UserError, match=r"--process_id=2 must be in \[0, 2\)"):
     distributed.initialize("127.0.0.1:1234", 2, 2)
+
+
+@pytest.mark.parametrize("module", ["smd_jax.train", "smd_jax.evaluate"])
+def test_missing_config_file_is_one_line(module, tmp_path):
+  """A --config path that does not exist: one line naming it, exit status 1."""
+  missing = str(tmp_path / "no_such_config.py")
+  proc = subprocess.run([sys.executable, "-m", module, "--config", missing,
+                         "--workdir", str(tmp_path / "run")],
+                        capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 1, proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: Cannot load the config") and missing in last, last
