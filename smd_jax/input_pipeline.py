@@ -131,18 +131,75 @@ def train_dataset(source: Sequence[Mapping[str, Any]], *, global_batch_size: int
   ds = ds.batch(batch, drop_remainder=True)[process_index::process_count]
   # grain runs at most prefetch_buffer_size reads at once: a smaller buffer than
   # num_threads would leave threads idle (docs/benchmarks.md, input pipeline).
-  ds = ds.to_iter_dataset(grain.ReadOptions(
-      num_threads=num_threads, prefetch_buffer_size=max(prefetch_batches, num_threads)))
+  read = grain.ReadOptions(num_threads=num_threads,
+                           prefetch_buffer_size=max(prefetch_batches, num_threads))
   if not num_workers:
-    return ds
-  # Decoding (PNG, zlib, TFDS's feature code) holds the GIL, so threads alone top
-  # out near one core; processes do not. Worker w reads batches w, w+W, ... and
-  # grain interleaves them round-robin: the same batches in the same order as
-  # without workers. grain starts workers with "spawn", never fork, so they are
-  # safe next to JAX's threads in this process.
-  _mark_flags_parsed()
-  return ds.mp_prefetch(grain.MultiprocessingOptions(
+    return ds.to_iter_dataset(read)
+  return _WorkerBatches(ds, read, grain.MultiprocessingOptions(
       num_workers=num_workers, per_worker_buffer_size=max(1, prefetch_batches)))
+
+
+class _WorkerBatches(grain.IterDataset):
+  """`batches` read by worker processes, with the in-process pipeline's iterator state.
+
+  Decoding (PNG, zlib) holds the GIL, so threads alone top out near one core;
+  processes do not. Worker w reads batches w, w+W, ... and grain interleaves them
+  round-robin: the same batches in the same order as without workers. grain
+  starts workers with "spawn", never fork, so they are safe next to JAX's
+  threads in this process.
+
+  grain's own state for this (per-worker positions) differs from the in-process
+  one; ours is the in-process one, {"next_index": batches read}, so a checkpoint
+  resumes under any `num_workers`, older checkpoints included.
+  """
+
+  def __init__(self, batches: grain.MapDataset, read: grain.ReadOptions,
+               workers: grain.MultiprocessingOptions):
+    super().__init__(batches.to_iter_dataset(read))
+    self._batches, self._read, self._workers = batches, read, workers
+
+  def __iter__(self) -> grain.DatasetIterator:
+    return _WorkerBatchesIterator(self._batches, self._read, self._workers)
+
+
+class _WorkerBatchesIterator(grain.DatasetIterator):
+
+  def __init__(self, batches, read, workers):
+    super().__init__()
+    self._batches, self._read, self._workers = batches, read, workers
+    self._next_index = 0
+    self._it = None  # started on first use, so a restore starts workers once
+
+  def start_prefetch(self) -> None:
+    if self._it is None:
+      _mark_flags_parsed()
+      ds = self._batches[self._next_index:].to_iter_dataset(self._read)
+      self._it = iter(ds.mp_prefetch(self._workers))
+    self._it.start_prefetch()
+
+  def __next__(self):
+    self.start_prefetch()
+    batch = next(self._it)
+    self._next_index += 1
+    return batch
+
+  def get_state(self) -> dict[str, Any]:
+    return {"next_index": self._next_index}
+
+  def set_state(self, state: Mapping[str, Any]) -> None:
+    if set(state) != {"next_index"}:
+      raise UserError(f"Cannot resume the training data iterator from the state {state}.")
+    self.close_workers()
+    self._next_index = int(state["next_index"])
+
+  def close_workers(self) -> None:
+    if self._it is not None:
+      self._it.close()
+      self._it = None
+
+  def close(self) -> None:
+    self.close_workers()
+    super().close()
 
 
 def _mark_flags_parsed() -> None:

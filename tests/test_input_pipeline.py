@@ -182,32 +182,37 @@ def test_worker_processes_yield_the_same_batches(tfds_source):
 
 def test_worker_iterator_state_round_trips_through_a_checkpoint(tfds_source, tmp_path):
   # The trainer's path: Checkpointer.save(step, state, iterator), then restore
-  # into a fresh iterator of a new pipeline.
+  # into a fresh iterator of a new pipeline, with workers or without.
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from smd_jax import checkpoints  # pylint: disable=g-import-not-at-top
 
   kwargs = dict(global_batch_size=4, seed=2, num_threads=1)
-  want = take(iter(input_pipeline.train_dataset(tfds_source, **kwargs)), 9)
-  ds = input_pipeline.train_dataset(tfds_source, num_workers=2, **kwargs)
+  threads = iter(input_pipeline.train_dataset(tfds_source, **kwargs))
+  want = take(threads, 5)
+  state_without_workers = threads.get_state()
+  want += take(threads, 4)
   state = {"x": jnp.zeros(2)}
-  it = iter(ds)
+  it = iter(input_pipeline.train_dataset(tfds_source, num_workers=2, **kwargs))
   try:
     assert_same_batches(take(it, 5), want[:5])
+    # The same state as without workers: checkpoints move between num_workers values.
+    assert it.get_state() == state_without_workers
     ckpt = checkpoints.Checkpointer(str(tmp_path), save_interval_steps=1)
     assert ckpt.save(5, state, it)
     ckpt.close()
     assert_same_batches(take(it, 2), want[5:7])  # reading on does not change the saved position
   finally:
     it.close()
-  fresh = iter(input_pipeline.train_dataset(tfds_source, num_workers=2, **kwargs))
-  try:
-    ckpt = checkpoints.Checkpointer(str(tmp_path))
-    _, step = ckpt.restore(state, fresh)
-    ckpt.close()
-    assert step == 5
-    assert_same_batches(take(fresh, 4), want[5:9])
-  finally:
-    fresh.close()
+  for num_workers in (2, 0):
+    fresh = iter(input_pipeline.train_dataset(tfds_source, num_workers=num_workers, **kwargs))
+    try:
+      ckpt = checkpoints.Checkpointer(str(tmp_path))
+      _, step = ckpt.restore(state, fresh)
+      ckpt.close()
+      assert step == 5
+      assert_same_batches(take(fresh, 4), want[5:9])
+    finally:
+      fresh.close()
 
 
 def test_array_source_decodes_bit_equal_to_tfds(tfds_source):
