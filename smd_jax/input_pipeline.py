@@ -15,6 +15,7 @@ import io
 import json
 import os
 import re
+import weakref
 import zlib
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -168,18 +169,23 @@ class _WorkerBatchesIterator(grain.DatasetIterator):
     super().__init__()
     self._batches, self._read, self._workers = batches, read, workers
     self._next_index = 0
-    self._it = None  # started on first use, so a restore starts workers once
+    # grain's iterator over the worker processes, while they run. Started on first
+    # use, so that a restore starts workers once.
+    self._running: list[grain.DatasetIterator] = []
 
   def start_prefetch(self) -> None:
-    if self._it is None:
+    if not self._running:
       _mark_flags_parsed()
       ds = self._batches[self._next_index:].to_iter_dataset(self._read)
-      self._it = iter(ds.mp_prefetch(self._workers))
-    self._it.start_prefetch()
+      self._running.append(iter(ds.mp_prefetch(self._workers)))
+      # Also stopped at interpreter exit, while the modules it needs still exist:
+      # one left to shutdown leaks shared memory and prints tracebacks.
+      self._stop = weakref.finalize(self, _stop_workers, self._running)
+    self._running[0].start_prefetch()
 
   def __next__(self):
     self.start_prefetch()
-    batch = next(self._it)
+    batch = next(self._running[0])
     self._next_index += 1
     return batch
 
@@ -189,17 +195,19 @@ class _WorkerBatchesIterator(grain.DatasetIterator):
   def set_state(self, state: Mapping[str, Any]) -> None:
     if set(state) != {"next_index"}:
       raise UserError(f"Cannot resume the training data iterator from the state {state}.")
-    self.close_workers()
+    if self._running:
+      self._stop()
     self._next_index = int(state["next_index"])
 
-  def close_workers(self) -> None:
-    if self._it is not None:
-      self._it.close()
-      self._it = None
-
   def close(self) -> None:
-    self.close_workers()
+    if self._running:
+      self._stop()
     super().close()
+
+
+def _stop_workers(running: list) -> None:
+  while running:
+    running.pop().close()
 
 
 def _mark_flags_parsed() -> None:
