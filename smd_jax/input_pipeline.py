@@ -185,7 +185,10 @@ class _WorkerBatchesIterator(grain.DatasetIterator):
 
   def __next__(self):
     self.start_prefetch()
-    batch = next(self._running[0])
+    # Copied out of the workers' shared memory (~0.1 ms per MB): the segment is
+    # freed now, not whenever the last array aliasing it (a zero-copy JAX
+    # array, say) goes, which at interpreter exit leaks it with tracebacks.
+    batch = {k: np.array(v) for k, v in next(self._running[0]).items()}
     self._next_index += 1
     return batch
 
