@@ -23,8 +23,9 @@ def get_config() -> config_dict.ConfigDict:
       depth_type="distance",  # HyperSim's depth_meters (paper); "planar" = z-depth
       num_threads=8,  # grain reader threads per process (per worker when num_workers > 0)
       # Worker processes that read and decode batches (0: threads in the training
-      # process). Decoding holds the GIL, so threads stop scaling near one core;
-      # on a many-core host use workers. Same batches, same order for any value.
+      # process). Per-example Python holds the GIL, so threads stop scaling near
+      # one core; on a many-core host use workers. Same batches, same order and
+      # checkpoints for any value.
       num_workers=0,
       prefetch_batches=2,
       # Procedural HyperSim-format frames written to <workdir>/data (no download).

@@ -224,6 +224,10 @@ def test_array_source_decodes_bit_equal_to_tfds(tfds_source):
   assert input_pipeline.array_source(other) is other  # not a TFDS source: left as it is
 
 
-def test_negative_num_workers_is_a_user_error():
+def test_bad_num_workers_or_state_is_a_user_error():
   with pytest.raises(UserError, match="num_workers=-1"):
     input_pipeline.train_dataset(fake_source(4), global_batch_size=2, seed=0, num_workers=-1)
+  it = iter(input_pipeline.train_dataset(fake_source(4), global_batch_size=2, seed=0,
+                                         num_workers=2))  # no worker starts before next()
+  with pytest.raises(UserError, match="Cannot resume"):
+    it.set_state({"next_index_in_cycle": 1})
