@@ -1,6 +1,6 @@
 """Micro-benchmarks of alternative formulations of the step's hot operations.
 
-    python -m benchmarks.ops [--repeats 5]
+    python -m benchmarks.ops [--repeats 5] [--groups 1x1 depthwise bn kxk]
 
 Forward + backward (gradient w.r.t. input and kernel) of one layer, jitted, median of
 `--repeats` calls, on EfficientNet-b4 UNet shapes at batch 8, 64x64 input (the demo):
@@ -8,7 +8,12 @@ Forward + backward (gradient w.r.t. input and kernel) of one layer, jitted, medi
 * 1x1 convolution: XLA's convolution vs the same contraction as `dot_general`;
 * depthwise convolution: XLA's grouped convolution vs `layers.depthwise_conv_taps`;
 * BatchNorm statistics: E[x], E[x^2] in two reductions (ours) vs mean then centred
-  variance (two passes over x).
+  variance (two passes over x);
+* 3x3 convolution (UNet decoder shapes): XLA's convolution vs im2col (nine shifted
+  slices concatenated, one dot) and vs XLA's forward with the kernel gradient as nine
+  dots over batch and space (`custom_vjp`, no transposes);
+* atrous 3x3 (DeepLabV3's ASPP on an 8x8 map): XLA's convolution with the full kernel
+  vs `layers._conv_general_dilated`, which drops the taps that read only padding.
 
 Each pair is also checked equal (printed max |difference|). Markdown on stdout.
 """
@@ -42,6 +47,47 @@ def depthwise_taps(x, w, stride=1, pad=0):
   return layers.depthwise_conv_taps(x, w, (stride, stride), ((pad, pad), (pad, pad)))
 
 
+def conv3x3_im2col(x, w):
+  b, h, wd, c = x.shape
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  cols = jnp.concatenate([xp[:, i:i + h, j:j + wd] for i in range(3) for j in range(3)], -1)
+  return jax.lax.dot_general(cols, w.reshape(9 * c, -1), (((3,), (0,)), ((), ())))
+
+
+@jax.custom_vjp
+def conv3x3_dot_kernel_grad(x, w):
+  return conv_native(x, w, pad=1)
+
+
+def _dot_kernel_grad_fwd(x, w):
+  return conv_native(x, w, pad=1), (x, w)
+
+
+def _dot_kernel_grad_bwd(res, g):
+  x, w = res
+  gx, = jax.vjp(lambda x: conv_native(x, w, pad=1), x)[1](g)
+  _, h, wd, _ = x.shape
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  contract = (((0, 1, 2), (0, 1, 2)), ((), ()))
+  gw = jnp.stack([jnp.stack([jax.lax.dot_general(xp[:, i:i + h, j:j + wd], g, contract)
+                             for j in range(3)]) for i in range(3)])
+  return gx, gw
+
+
+conv3x3_dot_kernel_grad.defvjp(_dot_kernel_grad_fwd, _dot_kernel_grad_bwd)
+
+
+def atrous_full(x, w, rate):
+  return jax.lax.conv_general_dilated(x, w, (1, 1), ((rate, rate), (rate, rate)),
+                                      rhs_dilation=(rate, rate), dimension_numbers=DN)
+
+
+def atrous_trimmed(x, w, rate):
+  return layers._conv_general_dilated(  # pylint: disable=protected-access
+      x, w, (1, 1), ((rate, rate), (rate, rate)), rhs_dilation=(rate, rate),
+      dimension_numbers=DN)
+
+
 def bn_stats_moments(x):
   mean = jnp.mean(x, (0, 1, 2))
   return mean, jnp.maximum(jnp.mean(jnp.square(x), (0, 1, 2)) - jnp.square(mean), 0.0)
@@ -70,30 +116,54 @@ def _scalar(out):
   return sum(jnp.sum(jnp.sin(o)) for o in jax.tree.leaves(out))
 
 
+GROUPS = ('1x1', 'depthwise', 'bn', 'kxk')
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   p.add_argument('--repeats', type=int, default=5)
   p.add_argument('--batch-size', type=int, default=8)
+  p.add_argument('--groups', nargs='+', default=GROUPS, choices=GROUPS)
   args = p.parse_args(argv)
   rng = np.random.default_rng(0)
   b = args.batch_size
   r = lambda *s: jnp.asarray(rng.normal(size=s).astype(np.float32))
   rows = []
-  # (H, W, Cin, Cout) of b4 1x1 convs at a 64x64 input: expand / project / decoder-ish.
-  for h, cin, cout in ((32, 24, 144), (16, 192, 32), (8, 336, 56), (4, 960, 160),
-                       (2, 2688, 448)):
-    rows.append(time_pair(f'1x1 conv ({b},{h},{h},{cin})->{cout}: native \\| dot_general',
-                          (conv_native, conv1x1_dot), (r(b, h, h, cin), r(1, 1, cin, cout)),
-                          args.repeats))
-  for h, c, k, s in ((32, 144, 3, 1), (16, 336, 5, 1), (32, 144, 3, 2), (4, 1632, 5, 1)):
-    fn_native = lambda x, w, k=k, s=s, c=c: conv_native(x, w, s, c, (k - 1) // 2)
-    fn_taps = lambda x, w, k=k, s=s: depthwise_taps(x, w, s, (k - 1) // 2)
-    rows.append(time_pair(f'depthwise ({b},{h},{h},{c}) k{k} s{s}: native \\| taps',
-                          (fn_native, fn_taps), (r(b, h, h, c), r(k, k, 1, c)), args.repeats))
-  for h, c in ((32, 144), (16, 336), (64, 16)):
-    rows.append(time_pair(f'BN statistics ({b},{h},{h},{c}): E[x^2]-E[x]^2 \\| centred',
-                          (bn_stats_moments, bn_stats_centred), (r(b, h, h, c) + 1.0,),
-                          args.repeats))
+  if '1x1' in args.groups:
+    # (H, Cin, Cout) of b4 1x1 convs at a 64x64 input: expand / project / decoder-ish.
+    for h, cin, cout in ((32, 24, 144), (16, 192, 32), (8, 336, 56), (4, 960, 160),
+                         (2, 2688, 448)):
+      rows.append(time_pair(f'1x1 conv ({b},{h},{h},{cin})->{cout}: native \\| dot_general',
+                            (conv_native, conv1x1_dot), (r(b, h, h, cin), r(1, 1, cin, cout)),
+                            args.repeats))
+  if 'depthwise' in args.groups:
+    for h, c, k, s in ((32, 144, 3, 1), (16, 336, 5, 1), (32, 144, 3, 2), (4, 1632, 5, 1)):
+      fn_native = lambda x, w, k=k, s=s, c=c: conv_native(x, w, s, c, (k - 1) // 2)
+      fn_taps = lambda x, w, k=k, s=s: depthwise_taps(x, w, s, (k - 1) // 2)
+      rows.append(time_pair(f'depthwise ({b},{h},{h},{c}) k{k} s{s}: native \\| taps',
+                            (fn_native, fn_taps), (r(b, h, h, c), r(k, k, 1, c)), args.repeats))
+  if 'bn' in args.groups:
+    for h, c in ((32, 144), (16, 336), (64, 16)):
+      rows.append(time_pair(f'BN statistics ({b},{h},{h},{c}): E[x^2]-E[x]^2 \\| centred',
+                            (bn_stats_moments, bn_stats_centred), (r(b, h, h, c) + 1.0,),
+                            args.repeats))
+  if 'kxk' in args.groups:
+    native3 = lambda x, w: conv_native(x, w, pad=1)
+    # 3x3 convs of the UNet decoder at a 64x64 input: (H, Cin, Cout).
+    for h, cin, cout in ((4, 608, 256), (8, 312, 128), (16, 160, 64), (32, 80, 32),
+                         (64, 32, 16)):
+      shape = f'({b},{h},{h},{cin})->{cout}'
+      x, w = r(b, h, h, cin), 0.05 * r(3, 3, cin, cout)
+      rows.append(time_pair(f'3x3 conv {shape}: native \\| im2col',
+                            (native3, conv3x3_im2col), (x, w), args.repeats))
+      rows.append(time_pair(f'3x3 conv {shape}: native \\| kernel gradient as dots',
+                            (native3, conv3x3_dot_kernel_grad), (x, w), args.repeats))
+    for rate in (12, 24, 36):
+      fns = (lambda x, w, rate=rate: atrous_full(x, w, rate),
+             lambda x, w, rate=rate: atrous_trimmed(x, w, rate))
+      rows.append(time_pair(
+          f'ASPP 3x3 rate {rate} ({b},8,8,448)->256: full \\| dead taps dropped', fns,
+          (r(b, 8, 8, 448), 0.05 * r(3, 3, 448, 256)), args.repeats))
   print(f'backend {jax.default_backend()}, load {timing.load_average()}, '
         f'median of {args.repeats}, forward + backward\n')
   print('| operation: A \\| B | A (ms) | B (ms) | B / A | max abs diff |')
