@@ -249,6 +249,7 @@ def eval_batches(source: Sequence[Mapping[str, Any]], *, global_batch_size: int,
   steps need, even where its shard runs out first.
   """
   batch = local_batch_size(global_batch_size, process_count)
+  source = array_source(source)  # the training pipeline's decoder, bit-equal to TFDS's
   n = len(source) if max_examples is None else min(len(source), max_examples)
   indices = np.arange(n)[process_index::process_count]
   per_process = -(-n // process_count)
