@@ -21,26 +21,28 @@ import sys
 _CHILD = r"""
 import json, statistics, sys, time
 import numpy as np
-from smd_jax import parallel, steps as steps_lib
+
 import importlib.util
+
+from smd_jax.training import data_parallel, steps as steps_lib
 spec = importlib.util.spec_from_file_location("cfg", sys.argv[1])
 module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)
 config = module.get_config()
 batch, size, steps = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 config.batch_size = batch
-mesh = parallel.make_mesh()
+mesh = data_parallel.make_mesh()
 step_fns, state = steps_lib.build_steps(config, steps_lib.create_model(config, 0), 1000, mesh)
 rng = np.random.default_rng(0)
 data = {"image": rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8),
         "depth": rng.uniform(0.5, 14.0, (batch, size, size)).astype(np.float32),
         "semantic": rng.integers(-1, 41, (batch, size, size)).astype(np.int16)}
 t = time.perf_counter()
-state, m = step_fns.train_step(state, parallel.to_global(data, mesh)); m["loss"].block_until_ready()
+state, m = step_fns.train_step(state, data_parallel.to_global(data, mesh)); m["loss"].block_until_ready()
 compile_s = time.perf_counter() - t
 times = []
 for _ in range(steps):
   t = time.perf_counter()
-  state, m = step_fns.train_step(state, parallel.to_global(data, mesh)); m["loss"].block_until_ready()
+  state, m = step_fns.train_step(state, data_parallel.to_global(data, mesh)); m["loss"].block_until_ready()
   times.append(time.perf_counter() - t)
 print("RESULT " + json.dumps({"devices": mesh.devices.size, "compile_s": compile_s,
                               "step_s": statistics.median(times)}))

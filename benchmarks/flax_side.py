@@ -15,7 +15,8 @@ from flax import nnx
 
 from benchmarks import timing
 from configs import base
-from smd_jax import parallel, steps as steps_lib
+from smd_jax.training import data_parallel, steps as steps_lib
+
 
 # Benchmark model name -> what it changes in the paper's base config.
 MODELS = {
@@ -55,7 +56,7 @@ def benchmark(model: str, *, encoder: str = 'efficientnet_b4', batch_size: int, 
   """Compile times and median throughputs of the train and eval steps."""
   config = make_config(model, encoder=encoder, batch_size=batch_size, size=size,
                        precision=precision)
-  mesh = parallel.make_mesh()
+  mesh = data_parallel.make_mesh()
   start = time.perf_counter()
   net = steps_lib.create_model(config, config.seed)
   result = {'side': 'flax', 'model': model, 'encoder': encoder, 'batch_size': batch_size,
@@ -64,7 +65,7 @@ def benchmark(model: str, *, encoder: str = 'efficientnet_b4', batch_size: int, 
             'params': sum(x.size for x in jax.tree.leaves(nnx.state(net, nnx.Param)))}
   steps, state = steps_lib.build_steps(config, net, total_steps=1000, mesh=mesh)
   host_batch = random_batch(batch_size, size)
-  batch = parallel.to_global(host_batch, mesh)
+  batch = data_parallel.to_global(host_batch, mesh)
   if train:
     start = time.perf_counter()
     train_step = steps.train_step.lower(state, batch).compile()
@@ -79,7 +80,7 @@ def benchmark(model: str, *, encoder: str = 'efficientnet_b4', batch_size: int, 
     result.update(train_images_per_s=t.per_s, train_step_s=t.median_s, train_times=t.times)
     state = holder[0]
   if evaluate:
-    eval_batch = parallel.to_global({**host_batch, 'mask': np.ones(batch_size, bool)}, mesh)
+    eval_batch = data_parallel.to_global({**host_batch, 'mask': np.ones(batch_size, bool)}, mesh)
     start = time.perf_counter()
     eval_step = steps.eval_step.lower(state, eval_batch).compile()
     result['eval_compile_s'] = time.perf_counter() - start

@@ -1,10 +1,10 @@
-"""Input pipeline throughput: samples/s that `input_pipeline.train_dataset` yields from
+"""Input pipeline throughput: samples/s that `batching.train_dataset` yields from
 the array_record shards of a built HyperSim TFDS data set.
 
 The data set is the procedural one the demo builds (same builder, same features:
 PNG image, zlib float32 depth, zlib int16 labels), generated once into a cache
 folder and reused by later runs. Also times one example's read + decode on one
-thread, TFDS's (`source[i]`) and the pipeline's (`input_pipeline.array_source`),
+thread, TFDS's (`source[i]`) and the pipeline's (`datasets.array_source`),
 to tell decode cost from pipeline overhead.
 
 Rows cover reader threads in the training process (`num_workers` 0) and worker
@@ -26,7 +26,7 @@ import time
 
 from benchmarks import timing
 from configs import default
-from smd_jax import input_pipeline
+from smd_jax.data import batching, datasets
 
 
 PAPER_TRAIN_FRAMES = 19_399  # the Semantic-MD train split (DESIGN.md)
@@ -54,7 +54,7 @@ def data_config(size: int, num_frames: int):
 
 def train_source(cache_dir: str, size: int, num_frames: int):
   """The train split's random-access source, built into `cache_dir` if needed."""
-  sources = input_pipeline.load_data_sources(data_config(size, num_frames),
+  sources = datasets.load_data_sources(data_config(size, num_frames),
                                              os.path.join(cache_dir, f'frames{num_frames}'))
   return sources['train']
 
@@ -64,7 +64,7 @@ def decode_rate(source, count: int) -> float:
   count = min(count, len(source))
   start = time.perf_counter()
   for i in range(count):
-    input_pipeline.select_arrays(source[i])
+    datasets.select_arrays(source[i])
   return count / (time.perf_counter() - start)
 
 
@@ -77,14 +77,14 @@ def benchmark(cache_dir: str, *, size: int, num_frames: int, batch_size: int,
   source = train_source(cache_dir, size, num_frames)
   prepare_s = time.perf_counter() - start
   one_thread = decode_rate(source, 4 * batch_size)
-  fast = input_pipeline.array_source(source)
+  fast = datasets.array_source(source)
   fast_one_thread = decode_rate(fast, 4 * batch_size)
   rows = []
   for num_workers in workers:
     for num_threads in threads:
       prefetch = max(2, num_threads)
       start = time.perf_counter()
-      it = iter(input_pipeline.train_dataset(Tiled(fast, PAPER_TRAIN_FRAMES),
+      it = iter(batching.train_dataset(Tiled(fast, PAPER_TRAIN_FRAMES),
                                              global_batch_size=batch_size, seed=0,
                                              num_threads=num_threads, prefetch_batches=prefetch,
                                              num_workers=num_workers))

@@ -21,6 +21,8 @@ import re
 import sys
 import tempfile
 
+from smd_jax.training import data_parallel, steps as steps_lib
+
 _INSTRUCTION = re.compile(r'^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*)$')
 _COMPUTATION = re.compile(r'^\s*(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$')
 
@@ -102,15 +104,15 @@ def profile(model: str, *, batch_size: int, size: int, precision: str, steps: in
             encoder: str = 'efficientnet_b4') -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   from benchmarks import flax_side  # pylint: disable=g-import-not-at-top
-  from smd_jax import parallel, steps as steps_lib  # pylint: disable=g-import-not-at-top
+
   import time  # pylint: disable=g-import-not-at-top
 
   config = flax_side.make_config(model, encoder=encoder, batch_size=batch_size, size=size,
                                  precision=precision)
-  mesh = parallel.make_mesh()
+  mesh = data_parallel.make_mesh()
   built, state = steps_lib.build_steps(config, steps_lib.create_model(config, 0),
                                        total_steps=1000, mesh=mesh)
-  batch = parallel.to_global(flax_side.random_batch(batch_size, size), mesh)
+  batch = data_parallel.to_global(flax_side.random_batch(batch_size, size), mesh)
   compiled = built.train_step.lower(state, batch).compile()
   state, out = compiled(state, batch)
   jax.block_until_ready(out)

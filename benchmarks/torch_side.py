@@ -1,6 +1,6 @@
 """The PyTorch reference side: smp 0.3.3 / timm 0.9.2 models, eager PyTorch.
 
-The same work as our steps (smd_jax/steps.py) at the same batch, input size and
+The same work as our steps (smd_jax/training/steps.py) at the same batch, input size and
 precision: uint8 -> ImageNet-normalised float input, model, masked L1 on the sigmoid
 depth (+ 0.07 x cross-entropy over labelled pixels for the 2-head model), Adam
 update; eval is the forward pass in eval mode (running BatchNorm statistics) under

@@ -16,7 +16,8 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from smd_jax import parallel, steps as steps_lib
+from smd_jax.training import data_parallel, steps as steps_lib
+
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Config file.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps after warm-up.")
@@ -33,12 +34,12 @@ def random_batch(batch_size: int, size: int, seed: int = 0) -> dict[str, np.ndar
 def main(argv):
   del argv
   config = _CONFIG.value
-  mesh = parallel.make_mesh()
+  mesh = data_parallel.make_mesh()
   t0 = time.perf_counter()
   model = steps_lib.create_model(config, config.seed)
   build_s = time.perf_counter() - t0
   steps, state = steps_lib.build_steps(config, model, total_steps=1000, mesh=mesh)
-  batch = parallel.to_global(random_batch(config.batch_size, config.data.resolution), mesh)
+  batch = data_parallel.to_global(random_batch(config.batch_size, config.data.resolution), mesh)
   t0 = time.perf_counter()
   compiled = steps.train_step.lower(state, batch).compile()
   compile_s = time.perf_counter() - t0

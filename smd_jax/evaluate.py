@@ -9,7 +9,7 @@ The first form restores a checkpoint of the workdir (its config.json unless
 .md (the paper's columns, its published row, the depth breakdown), optionally a
 per-image CSV, and images/eval_<split>_<step>_grid.png; the table is printed.
 The second prints one table over several workdirs from their latest results
-(evaluating those that have none). Library code: `smd_jax.report`.
+(evaluating those that have none). Library code: `smd_jax.evaluation.report`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from smd_jax import errors, report
+from smd_jax import cli, errors
+from smd_jax.evaluation import report
 
 
 def define_flags(flag_values=flags.FLAGS) -> None:
@@ -60,7 +61,7 @@ def run(fv, args) -> int:
     if not fv.workdir:
       raise errors.UserError("--workdir is required.")
     result = report.evaluate_workdir(
-        fv.workdir, config=errors.config_value(fv["config"], sys.argv), checkpoint=fv.checkpoint, split=fv.split,
+        fv.workdir, config=cli.config_value(fv["config"], sys.argv), checkpoint=fv.checkpoint, split=fv.split,
         batch_size=fv.batch_size, max_examples=fv.max_examples, per_image=fv.per_image,
         num_images=fv.num_images, progress=True)
     print(result.table)
@@ -68,8 +69,8 @@ def run(fv, args) -> int:
       print(f"{kind}: {path}")
     return 0
 
-  return errors.report_user_errors(command)
+  return cli.report_user_errors(command)
 
 
 if __name__ == "__main__":
-  errors.run_command(run, define_flags)
+  cli.run_command(run, define_flags)

@@ -10,14 +10,15 @@ semantic head also write <stem>_semantic.png (NYU40 ids) and a coloured copy.
 A model trained with a semantic input needs --semantic (label maps named like
 the photos: PNG ids 1..40, 0 = unlabelled) or --semantic_workdir (a run with a
 semantic head, e.g. a 2-head model, whose prediction is fed in: two-stage).
-How photos are resized and mapped back: `smd_jax.inference`.
+How photos are resized and mapped back: `smd_jax.inference.predict_lib`.
 """
 
 from __future__ import annotations
 
 from absl import flags
 
-from smd_jax import errors, inference
+from smd_jax import cli, errors
+from smd_jax.inference import predict_lib
 
 
 def define_flags(flag_values=flags.FLAGS) -> None:
@@ -50,15 +51,15 @@ def run(fv, args) -> int:
     missing = [f"--{name}" for name in ("workdir", "input", "out") if not fv[name].value]
     if missing:
       raise errors.UserError(f"{', '.join(missing)} required.")
-    written = inference.predict_files(
+    written = predict_lib.predict_files(
         fv.workdir, fv.input, fv.out, checkpoint=fv.checkpoint, semantic=fv.semantic,
         semantic_workdir=fv.semantic_workdir, semantic_checkpoint=fv.semantic_checkpoint,
         batch_size=fv.batch_size, write_npy=fv.npy, progress=True)
     print(f"Wrote depth for {len(written)} image(s) to {fv.out}.")
     return 0
 
-  return errors.report_user_errors(command)
+  return cli.report_user_errors(command)
 
 
 if __name__ == "__main__":
-  errors.run_command(run, define_flags)
+  cli.run_command(run, define_flags)

@@ -61,7 +61,7 @@ class DepthTask:
 
 
 def example_mask(batch, shape) -> jax.Array:
-  """[B,H,W] bool: True on real examples (evaluation pads batches, see input_pipeline)."""
+  """[B,H,W] bool: True on real examples (evaluation pads batches, see data.batching)."""
   mask = batch.get("mask")
   if mask is None:
     return jnp.ones(shape, bool)
@@ -161,6 +161,20 @@ class DepthEdgeTask(ClassificationTask):
 
 TASKS = {"depth": DepthTask, "semantic": SemanticTask, "contours": ContourTask,
          "depth_edges": DepthEdgeTask}
+
+
+def accumulate_sums(totals: dict | None, sums: dict) -> dict:
+  """Adds one batch's grouped sums ({task or region: {name: array}}) to float64 totals."""
+  totals = totals or {}
+  return {name: metrics.accumulate(totals.get(name), s) for name, s in sums.items()}
+
+
+def finalize_all(tasks: dict[str, Task], totals: dict) -> dict[str, float]:
+  """Summed metric sums of every task -> flat {"<task>/<metric>": value}."""
+  out = {}
+  for name, task in tasks.items():
+    out.update({f"{name}/{k}": v for k, v in task.finalize(totals[name]).items()})
+  return out
 
 
 def build_tasks(task_configs) -> dict[str, Task]:

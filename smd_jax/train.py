@@ -1,6 +1,6 @@
 """Train (and evaluate) one config: python -m smd_jax.train --config CFG --workdir DIR.
 
-Thin command-line wrapper over `smd_jax.trainer.train_and_evaluate`. Any config
+Thin command-line wrapper over `smd_jax.training.trainer.train_and_evaluate`. Any config
 field can be overridden, e.g. --config.batch_size=16 --config.data.data_dir=/data.
 
 Several processes (GPU nodes without a cluster manager): start the same command
@@ -18,7 +18,9 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from smd_jax import distributed, errors, summary, trainer
+from smd_jax import cli
+from smd_jax.training import multihost, trainer
+
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config file.",
                                           lock_config=True)
@@ -34,7 +36,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def run(config, workdir: str) -> int:
-  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+  multihost.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                          auto=_JAX_DISTRIBUTED.value)
   results = trainer.train_and_evaluate(config, workdir)
   if results.get("preempted"):
@@ -51,10 +53,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.INFO)
-  summary.quiet_library_logs()
-  sys.exit(errors.report_user_errors(
-      lambda: run(errors.config_value(_CONFIG, sys.argv), _WORKDIR.value)))
+  cli.quiet_library_logs()
+  sys.exit(cli.report_user_errors(
+      lambda: run(cli.config_value(_CONFIG, sys.argv), _WORKDIR.value)))
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=errors.parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -6,10 +6,12 @@ import sys
 
 import pytest
 
-from smd_jax import checkpoints, distributed, errors, input_pipeline, parallel, steps as steps_lib, trainer
+
+from smd_jax import errors
+from smd_jax.data import datasets
 from smd_jax.models import registry
-from tests import subprocess_runs as runs
-from tests import toy_config
+from smd_jax.training import checkpoints, data_parallel, multihost, steps as steps_lib, trainer
+from tests import subprocess_runs as runs, toy_config
 from tests.toy_models import ToyEncoder
 
 
@@ -27,7 +29,7 @@ def built_data(tmp_path_factory):
   data_dir = str(tmp_path_factory.mktemp("built") / "tfds")
   data = toy_config.get_config().data
   data.data_dir = data_dir
-  input_pipeline.load_data_sources(data, workdir="unused")
+  datasets.load_data_sources(data, workdir="unused")
   return data_dir
 
 
@@ -84,7 +86,7 @@ def test_bad_model_or_batch_settings(config, tmp_path, field, value, pattern):
 
 def _workdir_with_checkpoint(config, workdir):
   """A workdir as training leaves it: config.json and checkpoint 3 of `config`'s model."""
-  mesh = parallel.make_mesh()
+  mesh = data_parallel.make_mesh()
   _, state = steps_lib.build_steps(config, steps_lib.create_model(config, 0), 10, mesh)
   trainer.write_config(config, workdir)
   ckpt = checkpoints.Checkpointer(workdir, save_interval_steps=1, async_save=False)
@@ -124,9 +126,9 @@ def test_command_line_errors_are_one_line(tmp_path):
 
 def test_incomplete_multi_process_flags():
   with pytest.raises(errors.UserError, match="need all of --coordinator_address"):
-    distributed.initialize("127.0.0.1:1234", None, None)
+    multihost.initialize("127.0.0.1:1234", None, None)
   with pytest.raises(errors.UserError, match=r"--process_id=2 must be in \[0, 2\)"):
-    distributed.initialize("127.0.0.1:1234", 2, 2)
+    multihost.initialize("127.0.0.1:1234", 2, 2)
 
 
 @pytest.mark.parametrize("module", ["smd_jax.train", "smd_jax.evaluate"])

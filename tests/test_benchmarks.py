@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from benchmarks import flax_side, pipeline, profile_step, run, timing
+from smd_jax.training import steps as steps_lib
 
 
 def test_repeat_times_only_the_timed_calls():
@@ -71,7 +72,7 @@ def test_torch_loss_equals_our_loss():
   depth + 0.07 CE equals steps.total_loss of the 2-head config on the same logits."""
   torch = pytest.importorskip('torch')
   from benchmarks import torch_side
-  from smd_jax import steps as steps_lib, tasks as tasks_lib
+  from smd_jax import tasks as tasks_lib
 
   batch = flax_side.random_batch(2, 8, seed=3)
   rng = np.random.default_rng(0)

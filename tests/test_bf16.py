@@ -12,8 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from smd_jax import parallel, steps as steps_lib
+
 from smd_jax.models import build_model, efficientnet, layers
+from smd_jax.training import data_parallel, steps as steps_lib
 from tests.test_no_recompile import tiny_config, toy_encoder  # noqa: F401 (fixture)
 from tests.test_paper_configs import batch_of
 
@@ -77,8 +78,8 @@ def test_batch_norm_statistics_of_bf16_input_are_f32_and_exact():
 
 
 def test_bf16_train_step_state_loss_and_metrics_f32(toy_encoder):  # noqa: F811
-  mesh = parallel.make_mesh(1)  # dtypes do not depend on the mesh; compiles faster
-  batch = parallel.to_global(batch_of(0, n=8), mesh)
+  mesh = data_parallel.make_mesh(1)  # dtypes do not depend on the mesh; compiles faster
+  batch = data_parallel.to_global(batch_of(0, n=8), mesh)
   results = {}
   for dtype in ('float32', 'bfloat16'):
     config = tiny_config(dtype, semantic_head=False)  # heads' dtypes: the test above

@@ -7,7 +7,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from smd_jax import checkpoints, steps
+from smd_jax.training import checkpoints, steps
 
 
 class Tiny(nnx.Module):

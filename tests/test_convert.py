@@ -25,8 +25,7 @@ from flax import nnx
 from safetensors import numpy as st_numpy
 
 from smd_jax import convert
-from smd_jax.convert import __main__ as cli
-from smd_jax.convert import core, fidelity, io, names
+from smd_jax.convert import __main__ as cli, core, fidelity, io, names
 from smd_jax.models import build_model, efficientnet, registry
 from tests import torch_reference
 

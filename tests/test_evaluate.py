@@ -18,9 +18,12 @@ from flax import nnx
 from PIL import Image
 
 from configs import base
-from smd_jax import (checkpoints, evaluate, experiments, input_pipeline, paper, parallel, report,
-                     restore, semantics, trainer)
+from smd_jax import evaluate, paper, semantics
+from smd_jax.data import batching, datasets
+from smd_jax.evaluation import report
+from smd_jax.inference import trained_run
 from smd_jax.models import registry
+from smd_jax.training import checkpoints, data_parallel, trainer
 from tests import toy_config
 from tests.toy_models import ToyEncoder
 
@@ -98,18 +101,18 @@ def numpy_depth_metrics(pred, gt):
 def reference(loaded, source):
   """Per-pixel predictions of the whole split in one padded batch of 16, then NumPy metrics."""
   n = len(source)
-  examples = [input_pipeline.select_arrays(source[i]) for i in range(n)]
-  batch = input_pipeline.pad_batch(examples, 16, examples[0])
+  examples = [datasets.select_arrays(source[i]) for i in range(n)]
+  batch = batching.pad_batch(examples, 16, examples[0])
   mesh = loaded.mesh
-  depth = parallel.fetch(loaded.steps.predict_step(loaded.state, parallel.to_global(batch, mesh)))
+  depth = data_parallel.fetch(loaded.steps.predict_step(loaded.state, data_parallel.to_global(batch, mesh)))
 
   @jax.jit
   def semantic_logits(state, batch):
     net = nnx.merge(loaded.steps.eval_graph, state.params, state.model_state, copy=True)
     return net(semantics.model_inputs(batch, loaded.config.semantic_transform))["semantic"]
 
-  labels = np.argmax(parallel.fetch(semantic_logits(loaded.state,
-                                                    parallel.to_global(batch, mesh))), -1)
+  labels = np.argmax(data_parallel.fetch(semantic_logits(loaded.state,
+                                                    data_parallel.to_global(batch, mesh))), -1)
   gt = np.clip(batch["depth"][:n], 0, 15.0)
   valid = np.isfinite(gt) & (gt > 0)
   pred = depth[:n]
@@ -141,7 +144,7 @@ def reference(loaded, source):
 def test_evaluate_matches_numpy_over_the_whole_split(run):
   workdir, config, trained = run
   got = report.evaluate_workdir(workdir, per_image=True)
-  loaded = restore.load(workdir)
+  loaded = trained_run.load(workdir)
   source = report.load_split(loaded.config, workdir, "validation")
   assert len(source) == 11 and got.results["num_examples"] == 11
   want, per_image = reference(loaded, source)
@@ -271,7 +274,7 @@ def test_command_line_and_one_line_errors(run, tmp_path, capsys):
     assert cli(*args) == 1, args
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err, err
-  with pytest.raises(restore.UserError, match="does not match checkpoint 2.*shape"):
-    restore.load(workdir, config=mismatched, checkpoint=2)
+  with pytest.raises(trained_run.UserError, match="does not match checkpoint 2.*shape"):
+    trained_run.load(workdir, config=mismatched, checkpoint=2)
   assert sorted(os.listdir(workdir)) == before  # nothing written or damaged
-  assert experiments.final_results(workdir)["step"] == 2
+  assert report.final_results(workdir)["step"] == 2

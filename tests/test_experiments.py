@@ -5,13 +5,15 @@ import os
 
 import pytest
 
-from smd_jax import experiments, paper
+from smd_jax import paper
+from smd_jax.evaluation import report, tables
+from smd_jax.training import sweep
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs", "paper")
 
 
 def test_overrides_and_demo_preset_apply(tmp_path):
-  config = experiments.prepare_config(
+  config = sweep.prepare_config(
       os.path.join(CONFIGS, "unet_1hot40.py"), str(tmp_path), "demo",
       ["num_train_steps=7", "optimizer.learning_rate=0.5", "model.encoder=efficientnet_b2"])
   assert config.num_train_steps == 7 and config.optimizer.learning_rate == 0.5
@@ -25,12 +27,12 @@ def test_overrides_and_demo_preset_apply(tmp_path):
 @pytest.mark.parametrize("bad, error", [("num_train_step=3", KeyError), ("no_equals", ValueError)])
 def test_bad_overrides_raise(bad, error, tmp_path):
   with pytest.raises(error):
-    experiments.prepare_config(os.path.join(CONFIGS, "unet_l1.py"), str(tmp_path), None, [bad])
+    sweep.prepare_config(os.path.join(CONFIGS, "unet_l1.py"), str(tmp_path), None, [bad])
 
 
 def test_missing_config_file_is_reported(tmp_path):
   with pytest.raises(FileNotFoundError, match="nope.py"):
-    experiments.load_config(str(tmp_path / "nope.py"))
+    sweep.load_config_file(str(tmp_path / "nope.py"))
 
 
 def test_table_has_ours_and_the_published_row(tmp_path):
@@ -41,11 +43,11 @@ def test_table_has_ours_and_the_published_row(tmp_path):
         {"step": step, "depth/rmse": rmse, "depth/rme": 0.3, "depth/log10": 0.1,
          "depth/delta1": 0.6, "depth/delta2": 0.8, "depth/delta3": 0.9,
          "semantic/miou": 0.25, "semantic/pixel_accuracy": None}))
-  config = experiments.load_config(os.path.join(CONFIGS, "unet_2head.py"))
-  results = {"unet_2head": experiments.final_results(str(workdir)), "unet_l1": None}
+  config = sweep.load_config_file(os.path.join(CONFIGS, "unet_2head.py"))
+  results = {"unet_2head": report.final_results(str(workdir)), "unet_l1": None}
   configs = {"unet_2head": config,
-             "unet_l1": experiments.load_config(os.path.join(CONFIGS, "unet_l1.py"))}
-  lines = experiments.markdown_table(results, configs).splitlines()
+             "unet_l1": sweep.load_config_file(os.path.join(CONFIGS, "unet_l1.py"))}
+  lines = tables.markdown_table(results, configs).splitlines()
   assert lines[0].split("|")[4].strip() == "RMSE ↓"
   # Extra columns only where some run has the metric.
   assert "sem. mIoU" in lines[0] and "sem. acc" not in lines[0] and "contour F1" not in lines[0]

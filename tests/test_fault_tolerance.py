@@ -17,10 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from smd_jax import errors, losses, parallel, steps as steps_lib, trainer
+from smd_jax import errors, losses
 from smd_jax.models import registry
-from tests import subprocess_runs as runs
-from tests import toy_config
+from smd_jax.training import data_parallel, steps as steps_lib, trainer
+from tests import subprocess_runs as runs, toy_config
 from tests.toy_models import ToyEncoder
 
 pytestmark = pytest.mark.timeout(900)
@@ -130,21 +130,21 @@ def _batch(depth_m, seed=0, n=8, size=32):
 
 
 def test_nonfinite_step_leaves_the_state_unchanged(toy):
-  mesh = parallel.make_mesh()
+  mesh = data_parallel.make_mesh()
   steps, state = steps_lib.build_steps(toy, steps_lib.create_model(toy, 0), 10, mesh)
-  state, m = steps.train_step(state, parallel.to_global(_batch(3.0), mesh))
+  state, m = steps.train_step(state, data_parallel.to_global(_batch(3.0), mesh))
   assert not bool(m["nonfinite"]) and np.isfinite(float(m["loss"]))
-  before = parallel.fetch(state)
-  state, m = steps.train_step(state, parallel.to_global(_batch(20.0), mesh))  # clamped to 1
+  before = data_parallel.fetch(state)
+  state, m = steps.train_step(state, data_parallel.to_global(_batch(20.0), mesh))  # clamped to 1
   assert bool(m["nonfinite"]) and np.isnan(float(m["loss"]))
-  after = parallel.fetch(state)
+  after = data_parallel.fetch(state)
   assert int(after.step) == int(before.step) + 1
   for name in ("params", "model_state", "opt_state"):
     for a, b in zip(jax.tree.leaves(getattr(before, name)), jax.tree.leaves(getattr(after, name))):
       np.testing.assert_array_equal(a, b)
-  state, m = steps.train_step(state, parallel.to_global(_batch(3.0, seed=1), mesh))
+  state, m = steps.train_step(state, data_parallel.to_global(_batch(3.0, seed=1), mesh))
   assert not bool(m["nonfinite"])  # the next good batch trains again
-  changed = parallel.fetch(state.params)
+  changed = data_parallel.fetch(state.params)
   assert any(not np.array_equal(a, b) for a, b in
              zip(jax.tree.leaves(before.params), jax.tree.leaves(changed)))
 
@@ -162,7 +162,7 @@ def test_training_stops_after_several_nonfinite_steps_in_a_row(toy, tmp_path, mo
   assert "last checkpoint is step 3" in message
   # What was saved is finite: skipped steps never changed the (initial) parameters.
   saved = runs.load_checkpoint(workdir, 3)
-  init = parallel.fetch(steps_lib.build_steps(toy, steps_lib.create_model(toy, toy.seed), 10,
-                                              parallel.make_mesh(1))[1].params)
+  init = data_parallel.fetch(steps_lib.build_steps(toy, steps_lib.create_model(toy, toy.seed), 10,
+                                              data_parallel.make_mesh(1))[1].params)
   for a, b in zip(jax.tree.leaves(saved["params"]), jax.tree.leaves(init)):
     np.testing.assert_array_equal(a, b)

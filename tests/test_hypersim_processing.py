@@ -7,8 +7,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from tfds_hypersim import metadata
-from tfds_hypersim import processing
+from tfds_hypersim import metadata, processing
 
 
 def _gray(values):

@@ -3,8 +3,10 @@
 import numpy as np
 import pytest
 
-from smd_jax import input_pipeline
+
+from smd_jax.data import batching, datasets
 from smd_jax.errors import UserError
+from smd_jax.training import checkpoints
 
 
 def fake_source(n, size=4):
@@ -24,7 +26,7 @@ def ids(batch):
 
 def test_train_batches_shapes_and_epoch_coverage():
   src = fake_source(12)
-  it = iter(input_pipeline.train_dataset(src, global_batch_size=4, seed=0, num_threads=0))
+  it = iter(batching.train_dataset(src, global_batch_size=4, seed=0, num_threads=0))
   batches = [next(it) for _ in range(6)]  # two epochs
   assert set(batches[0]) == {"image", "depth", "semantic"}
   assert batches[0]["image"].shape == (4, 4, 4, 3) and batches[0]["image"].dtype == np.uint8
@@ -37,7 +39,7 @@ def test_train_batches_shapes_and_epoch_coverage():
 
 def test_same_seed_same_order_other_seed_differs():
   src = fake_source(16)
-  first = lambda seed: ids(next(iter(input_pipeline.train_dataset(
+  first = lambda seed: ids(next(iter(batching.train_dataset(
       src, global_batch_size=8, seed=seed, num_threads=0))))
   assert first(3) == first(3)
   assert first(3) != first(4)
@@ -48,8 +50,8 @@ def test_processes_split_the_same_global_batches(process_count):
   # Global batch t over P processes = process 0's local batch t, then process 1's, ...:
   # exactly the batch a single process reads, with each process reading its own part.
   src = fake_source(20)
-  single = iter(input_pipeline.train_dataset(src, global_batch_size=8, seed=0, num_threads=0))
-  shards = [iter(input_pipeline.train_dataset(src, global_batch_size=8, seed=0, process_index=p,
+  single = iter(batching.train_dataset(src, global_batch_size=8, seed=0, num_threads=0))
+  shards = [iter(batching.train_dataset(src, global_batch_size=8, seed=0, process_index=p,
                                               process_count=process_count, num_threads=0))
             for p in range(process_count)]
   for _ in range(6):  # past the end of the first epoch (20 examples)
@@ -61,7 +63,7 @@ def test_processes_split_the_same_global_batches(process_count):
 
 def test_iterator_state_resumes_exactly():
   src = fake_source(10)
-  ds = input_pipeline.train_dataset(src, global_batch_size=2, seed=1, num_threads=0)
+  ds = batching.train_dataset(src, global_batch_size=2, seed=1, num_threads=0)
   it = iter(ds)
   for _ in range(7):
     next(it)
@@ -74,14 +76,14 @@ def test_iterator_state_resumes_exactly():
 
 def test_batch_errors_are_clear():
   with pytest.raises(ValueError, match="not divisible"):
-    input_pipeline.local_batch_size(6, 4)
+    batching.local_batch_size(6, 4)
   with pytest.raises(ValueError, match="no examples"):
-    input_pipeline.train_dataset(fake_source(0), global_batch_size=4, seed=0, process_index=1,
+    batching.train_dataset(fake_source(0), global_batch_size=4, seed=0, process_index=1,
                                  process_count=2)
 
 
 def test_split_smaller_than_batch_still_batches():
-  it = iter(input_pipeline.train_dataset(fake_source(3), global_batch_size=8, seed=0))
+  it = iter(batching.train_dataset(fake_source(3), global_batch_size=8, seed=0))
   assert sorted(set(ids(next(it)))) == [0, 1, 2]
 
 
@@ -90,7 +92,7 @@ def test_eval_batches_cover_every_example_once_with_padding(process_count):
   src = fake_source(7)
   per_process = []
   for p in range(process_count):
-    batches = list(input_pipeline.eval_batches(src, global_batch_size=4, process_index=p,
+    batches = list(batching.eval_batches(src, global_batch_size=4, process_index=p,
                                                process_count=process_count))
     per_process.append(batches)
     for b in batches:
@@ -103,7 +105,7 @@ def test_eval_batches_cover_every_example_once_with_padding(process_count):
 
 
 def test_max_examples_limits_eval():
-  batches = list(input_pipeline.eval_batches(fake_source(9), global_batch_size=4, max_examples=5))
+  batches = list(batching.eval_batches(fake_source(9), global_batch_size=4, max_examples=5))
   assert sum(int(b["mask"].sum()) for b in batches) == 5
 
 
@@ -115,12 +117,12 @@ def test_synthetic_generation_runs_once_and_refuses_other_config(tmp_path, monke
   monkeypatch.setattr(synthetic, "generate", lambda out, num_frames, seed: calls.append(num_frames))
   cfg = config_dict.ConfigDict({"seed": 0, "num_frames": {"train": 4, "validation": 2, "test": 0}})
   raw = str(tmp_path / "raw")
-  input_pipeline.generate_synthetic(raw, cfg)
-  input_pipeline.generate_synthetic(raw, cfg)
+  datasets.generate_synthetic(raw, cfg)
+  datasets.generate_synthetic(raw, cfg)
   assert calls == [{"test": 0, "train": 4, "validation": 2}]  # second call reuses the frames
   cfg.num_frames.train = 8
   with pytest.raises(ValueError, match="new --workdir"):
-    input_pipeline.generate_synthetic(raw, cfg)
+    datasets.generate_synthetic(raw, cfg)
 
 
 # --------------------------------------------------------------------------
@@ -170,8 +172,8 @@ def take(it, n):
 def test_worker_processes_yield_the_same_batches(tfds_source):
   # 10 batches of 4 from 16 examples: past two epoch ends (reshuffled).
   kwargs = dict(global_batch_size=4, seed=5, num_threads=1)
-  want = take(iter(input_pipeline.train_dataset(tfds_source, **kwargs)), 10)
-  it = iter(input_pipeline.train_dataset(tfds_source, num_workers=2, **kwargs))
+  want = take(iter(batching.train_dataset(tfds_source, **kwargs)), 10)
+  it = iter(batching.train_dataset(tfds_source, num_workers=2, **kwargs))
   try:
     got = take(it, 10)
   finally:
@@ -184,15 +186,15 @@ def test_worker_iterator_state_round_trips_through_a_checkpoint(tfds_source, tmp
   # The trainer's path: Checkpointer.save(step, state, iterator), then restore
   # into a fresh iterator of a new pipeline, with workers or without.
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from smd_jax import checkpoints  # pylint: disable=g-import-not-at-top
+
 
   kwargs = dict(global_batch_size=4, seed=2, num_threads=1)
-  threads = iter(input_pipeline.train_dataset(tfds_source, **kwargs))
+  threads = iter(batching.train_dataset(tfds_source, **kwargs))
   want = take(threads, 5)
   state_without_workers = threads.get_state()
   want += take(threads, 4)
   state = {"x": jnp.zeros(2)}
-  it = iter(input_pipeline.train_dataset(tfds_source, num_workers=2, **kwargs))
+  it = iter(batching.train_dataset(tfds_source, num_workers=2, **kwargs))
   try:
     assert_same_batches(take(it, 5), want[:5])
     # The same state as without workers: checkpoints move between num_workers values.
@@ -204,7 +206,7 @@ def test_worker_iterator_state_round_trips_through_a_checkpoint(tfds_source, tmp
   finally:
     it.close()
   for num_workers in (2, 0):
-    fresh = iter(input_pipeline.train_dataset(tfds_source, num_workers=num_workers, **kwargs))
+    fresh = iter(batching.train_dataset(tfds_source, num_workers=num_workers, **kwargs))
     try:
       ckpt = checkpoints.Checkpointer(str(tmp_path))
       _, step = ckpt.restore(state, fresh)
@@ -216,18 +218,18 @@ def test_worker_iterator_state_round_trips_through_a_checkpoint(tfds_source, tmp
 
 
 def test_array_source_decodes_bit_equal_to_tfds(tfds_source):
-  fast = input_pipeline.array_source(tfds_source)
+  fast = datasets.array_source(tfds_source)
   assert fast is not tfds_source and len(fast) == len(tfds_source)
   assert_same_batches([fast[i] for i in range(len(fast))],
-                      [input_pipeline.select_arrays(tfds_source[i]) for i in range(len(fast))])
+                      [datasets.select_arrays(tfds_source[i]) for i in range(len(fast))])
   other = fake_source(3)
-  assert input_pipeline.array_source(other) is other  # not a TFDS source: left as it is
+  assert datasets.array_source(other) is other  # not a TFDS source: left as it is
 
 
 def test_bad_num_workers_or_state_is_a_user_error():
   with pytest.raises(UserError, match="num_workers=-1"):
-    input_pipeline.train_dataset(fake_source(4), global_batch_size=2, seed=0, num_workers=-1)
-  it = iter(input_pipeline.train_dataset(fake_source(4), global_batch_size=2, seed=0,
+    batching.train_dataset(fake_source(4), global_batch_size=2, seed=0, num_workers=-1)
+  it = iter(batching.train_dataset(fake_source(4), global_batch_size=2, seed=0,
                                          num_workers=2))  # no worker starts before next()
   with pytest.raises(UserError, match="Cannot resume"):
     it.set_state({"next_index_in_cycle": 1})

@@ -20,8 +20,8 @@ import pytest
 from flax import nnx
 
 from smd_jax.models import DenseModel, build_model, layers, registry
-from tests import torch_copy, torch_reference
 from smd_jax.models.efficientnet import InvertedResidual
+from tests import torch_copy, torch_reference
 
 # name -> (encoder params, UNet + 1-output head params, feature channels, blocks/stage)
 REFERENCE = {

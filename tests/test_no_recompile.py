@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 
 from configs import base
-from smd_jax import evaluation, parallel, steps as steps_lib
+
+from smd_jax.evaluation import passes
 from smd_jax.models import registry
+from smd_jax.training import data_parallel, steps as steps_lib
 from tests.test_paper_configs import ToyEncoder, batch_of
 
 
@@ -85,19 +87,19 @@ def test_log_capture_sees_a_compile():
 
 def test_train_and_eval_steps_compile_once(toy_encoder):
   config = tiny_config(semantic_head=False)  # one head: half the compile time
-  mesh = parallel.make_mesh()  # the 8 simulated devices: batches sharded, as in training
+  mesh = data_parallel.make_mesh()  # the 8 simulated devices: batches sharded, as in training
   model = steps_lib.create_model(config, 0)
   steps, state = steps_lib.build_steps(config, model, total_steps=10, mesh=mesh)
-  train = lambda state, seed: steps.train_step(state, parallel.to_global(batch_of(seed, n=8), mesh))
+  train = lambda state, seed: steps.train_step(state, data_parallel.to_global(batch_of(seed, n=8), mesh))
   source = fake_source(11)  # 11 = 8 + 3: the second eval batch is padded (mask False x 5)
   state, _ = train(state, 0)  # first calls compile
-  evaluation.evaluate(steps, state, source, global_batch_size=8, mesh=mesh)
+  passes.evaluate(steps, state, source, global_batch_size=8, mesh=mesh)
 
   with compile_log() as names:
     for seed in range(1, 4):
       state, metrics = train(state, seed)
       assert np.isfinite(float(metrics["loss"]))
-    results = evaluation.evaluate(steps, state, source, global_batch_size=8, mesh=mesh)
+    results = passes.evaluate(steps, state, source, global_batch_size=8, mesh=mesh)
     jax.block_until_ready(state)
   assert np.isfinite(results["depth/rmse"])
   step_compiles = [n for n in names if "train_step" in n or "eval_step" in n]

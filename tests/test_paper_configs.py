@@ -16,15 +16,15 @@ import jax
 import numpy as np
 import pytest
 
-from smd_jax import experiments, metrics, paper, parallel, steps as steps_lib
+from smd_jax import metrics, paper
 from smd_jax.models import efficientnet, registry, resnet
+from smd_jax.training import data_parallel, steps as steps_lib, sweep
 from tests.toy_models import ToyEncoder  # noqa: F401  (also imported from here by other tests)
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "configs", "paper")
 CONFIG_FILES = sorted(p for p in glob.glob(os.path.join(CONFIG_DIR, "*.py"))
                       if not p.endswith("__init__.py"))
 NAMES = [os.path.splitext(os.path.basename(p))[0] for p in CONFIG_FILES]
-
 
 
 # Table 2's encoder rows: the same encoder classes at toy width and depth.
@@ -63,29 +63,29 @@ def batch_of(seed, size=32, n=4):
 def test_every_published_row_has_a_config():
   assert set(NAMES) == set(paper.PUBLISHED)
   for path, name in zip(CONFIG_FILES, NAMES):
-    assert experiments.load_config(path).paper_row == name
+    assert sweep.load_config_file(path).paper_row == name
 
 
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=NAMES)
 def test_config_trains_and_evaluates(path, monkeypatch):
-  config = shrink(experiments.load_config(path), monkeypatch)
-  mesh = parallel.make_mesh(2)
+  config = shrink(sweep.load_config_file(path), monkeypatch)
+  mesh = data_parallel.make_mesh(2)
   model = steps_lib.create_model(config, seed=0)
   steps, state = steps_lib.build_steps(config, model, total_steps=4, mesh=mesh)
   for seed in range(2):
-    state, out = steps.train_step(state, parallel.to_global(batch_of(seed), mesh))
-    out = parallel.fetch(out)
+    state, out = steps.train_step(state, data_parallel.to_global(batch_of(seed), mesh))
+    out = data_parallel.fetch(out)
     assert np.isfinite(out["loss"]), (seed, out["loss"])
     for name in config.tasks:
       assert np.isfinite(out[f"loss_{name}"]), name
     # L = L_depth + sum_i lambda_i L_i with the config's weights.
     weighted = sum(config.tasks[n].weight * out[f"loss_{n}"] for n in config.tasks)
     np.testing.assert_allclose(out["loss"], weighted, rtol=1e-5)
-  assert int(parallel.fetch(state.step)) == 2
+  assert int(data_parallel.fetch(state.step)) == 2
 
   batch = batch_of(7)
   batch["mask"] = np.array([True, True, True, False])  # a padded evaluation batch
-  sums = steps.eval_step(state, parallel.to_global(batch, mesh))
+  sums = steps.eval_step(state, data_parallel.to_global(batch, mesh))
   for name, task in steps.tasks.items():
     values = task.finalize(metrics.accumulate(None, sums[name]))
     assert values and all(np.isfinite(v) for v in values.values()), (name, values)

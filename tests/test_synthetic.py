@@ -6,9 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
-from tfds_hypersim import metadata
-from tfds_hypersim import processing
-from tfds_hypersim import synthetic
+from tfds_hypersim import metadata, processing, synthetic
 
 NUM_FRAMES = {"train": 3, "validation": 1, "test": 1}
 SEED = 5

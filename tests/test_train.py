@@ -15,8 +15,9 @@ import pytest
 from PIL import Image
 
 from configs import default
-from smd_jax import parallel, steps as steps_lib, trainer
+
 from smd_jax.models import efficientnet, registry
+from smd_jax.training import data_parallel, steps as steps_lib, trainer
 
 DUMMY_DATA = os.path.join(os.path.dirname(__file__), "..", "tfds_hypersim", "dummy_data")
 
@@ -45,14 +46,14 @@ def random_batch(seed, batch=8, size=32):
 
 
 def run_steps(config, num_devices, batches):
-  mesh = parallel.make_mesh(num_devices)
+  mesh = data_parallel.make_mesh(num_devices)
   model = steps_lib.create_model(config, seed=0)
   steps, state = steps_lib.build_steps(config, model, total_steps=10, mesh=mesh)
   losses = []
   for b in batches:
-    state, m = steps.train_step(state, parallel.to_global(b, mesh))
+    state, m = steps.train_step(state, data_parallel.to_global(b, mesh))
     losses.append(float(m["loss"]))
-  return losses, parallel.fetch(state.params), parallel.fetch(state.model_state)
+  return losses, data_parallel.fetch(state.params), data_parallel.fetch(state.model_state)
 
 
 def test_eight_devices_match_one_device(tiny_config):
@@ -76,7 +77,7 @@ def test_eight_devices_match_one_device(tiny_config):
 
 def test_batch_size_must_divide_devices(tiny_config):
   with pytest.raises(ValueError, match="not divisible by the 8 devices"):
-    parallel.check_batch_size(12, parallel.make_mesh(8))
+    data_parallel.check_batch_size(12, data_parallel.make_mesh(8))
 
 
 def test_train_and_evaluate_on_dummy_data_and_resume(tiny_config, tmp_path):

@@ -17,8 +17,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from absl import app  # noqa: E402
 
-from smd_jax import errors, steps as steps_lib, train  # noqa: E402
+from smd_jax import cli, train
 from smd_jax.models import registry  # noqa: E402
+from smd_jax.training import steps as steps_lib
 from tests.toy_models import ToyEncoder  # noqa: E402
 
 registry.ENCODERS["toy"] = ToyEncoder
@@ -47,4 +48,4 @@ if __name__ == "__main__":
     steps_lib.build_steps = _slowed(steps_lib.build_steps,
                                     int(os.environ["SMD_TEST_SLOW_FROM_STEP"]),
                                     os.environ.get("SMD_TEST_MARKER"))
-  app.run(train.main, flags_parser=errors.parse_flags)
+  app.run(train.main, flags_parser=cli.parse_flags)

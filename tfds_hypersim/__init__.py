@@ -18,8 +18,6 @@ tfds_hypersim.download`: the builder's files out of HyperSim's remote zips).
 """
 
 from tfds_hypersim import hypersim_dataset_builder
-from tfds_hypersim.hypersim_dataset_builder import Builder
-from tfds_hypersim.hypersim_dataset_builder import HypersimConfig
-from tfds_hypersim.hypersim_dataset_builder import hypersim_config
+from tfds_hypersim.hypersim_dataset_builder import Builder, hypersim_config, HypersimConfig
 
 __all__ = ["Builder", "HypersimConfig", "hypersim_config"]

@@ -51,8 +51,7 @@ from collections.abc import Iterable, Sequence
 
 import tqdm
 
-from tfds_hypersim import metadata
-from tfds_hypersim import processing
+from tfds_hypersim import metadata, processing
 
 # HyperSim's published location of the per-scene zips (the URLs in Apple's
 # ml-hypersim code/python/tools/dataset_download_images.py). The one place it is set.

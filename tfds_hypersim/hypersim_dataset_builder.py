@@ -28,8 +28,7 @@ import numpy as np
 import PIL.Image
 import tensorflow_datasets as tfds
 
-from tfds_hypersim import metadata
-from tfds_hypersim import processing
+from tfds_hypersim import metadata, processing
 
 KNOWN_BROKEN = "known_broken"  # skip reason: trajectory in metadata.KNOWN_BROKEN
 

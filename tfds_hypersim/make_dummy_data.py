@@ -16,8 +16,7 @@ import json
 import os
 import shutil
 
-from tfds_hypersim import processing
-from tfds_hypersim import synthetic
+from tfds_hypersim import processing, synthetic
 
 SEED = 1
 NUM_FRAMES = {"train": 4, "validation": 1, "test": 1}

@@ -77,8 +77,7 @@ from collections.abc import Iterable
 import h5py
 import numpy as np
 
-from tfds_hypersim import metadata
-from tfds_hypersim import processing
+from tfds_hypersim import metadata, processing
 
 H, W = processing.HEIGHT, processing.WIDTH
 FOCAL = processing.FOCAL_PX

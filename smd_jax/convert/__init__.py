@@ -30,9 +30,9 @@ from smd_jax.convert.io import load_converted, read_state_dict, save_converted
 from smd_jax.convert.names import SEMANTIC_MD_TASKS
 
 __all__ = [
-    'AssignReport', 'ConversionError', 'Converted', 'ENCODER_SOURCES', 'MODEL_SOURCES',
-    'SEMANTIC_MD_TASKS', 'SOURCES', 'assign', 'convert_encoder', 'convert_model',
-    'convert_state_dict', 'infer_arch', 'infer_model_config', 'load_converted',
-    'load_pretrained', 'load_state_dict', 'maybe_init_from', 'name_map', 'read_state_dict',
-    'save_converted', 'stem_path',
+    "AssignReport", "ConversionError", "Converted", "ENCODER_SOURCES", "MODEL_SOURCES",
+    "SEMANTIC_MD_TASKS", "SOURCES", "assign", "convert_encoder", "convert_model",
+    "convert_state_dict", "infer_arch", "infer_model_config", "load_converted",
+    "load_pretrained", "load_state_dict", "maybe_init_from", "name_map", "read_state_dict",
+    "save_converted", "stem_path",
 ]

@@ -31,8 +31,8 @@ from smd_jax.convert.core import (AssignReport, ConversionError, Converted, Path
 from smd_jax.models import registry
 from smd_jax.models.model import RGB_CHANNELS
 
-ENCODER_SOURCES = ('timm', 'torchvision')
-MODEL_SOURCES = ('smp', 'semantic_md')
+ENCODER_SOURCES = ("timm", "torchvision")
+MODEL_SOURCES = ("smp", "semantic_md")
 SOURCES = ENCODER_SOURCES + MODEL_SOURCES
 
 
@@ -41,14 +41,14 @@ def name_map(source: str, arch: str | None = None,
   """The name map of a source (``arch`` is needed for encoder sources)."""
   if source in ENCODER_SOURCES:
     if arch is None:
-      raise ValueError(f'--from {source} needs the encoder name (--arch)')
+      raise ValueError(f"--from {source} needs the encoder name (--arch)")
     return names.timm_encoder(arch)
-  if source == 'smp':
-    return names.smp_model((tasks or {}).get('depth', 'depth'))
-  if source == 'semantic_md':
+  if source == "smp":
+    return names.smp_model((tasks or {}).get("depth", "depth"))
+  if source == "semantic_md":
     merged = {**names.SEMANTIC_MD_TASKS, **(tasks or {})}
-    return names.semantic_md(merged, single_task=merged.get('depth', 'depth'))
-  raise ValueError(f'Unknown source {source!r}; known: {list(SOURCES)}')
+    return names.semantic_md(merged, single_task=merged.get("depth", "depth"))
+  raise ValueError(f"Unknown source {source!r}; known: {list(SOURCES)}")
 
 
 def _shapes(variables) -> dict[Path, tuple[int, ...]]:
@@ -67,19 +67,19 @@ def infer_arch(encoder_arrays: Mapping[Path, np.ndarray]) -> str:
   want = {p: tuple(a.shape) for p, a in encoder_arrays.items()}
   for arch in sorted(registry.ENCODERS):
     try:
-      stem = (names.STEM[names.family(arch)], 'kernel')
+      stem = (names.STEM[names.family(arch)], "kernel")
     except ValueError:
       continue
     if stem not in want:  # another family
       continue
     if _encoder_shapes(arch, want[stem][2]) == want:
       return arch
-  raise ConversionError('The encoder weights match none of the registered encoders '
-                        f'{sorted(registry.ENCODERS)}; pass --arch to see the differences')
+  raise ConversionError("The encoder weights match none of the registered encoders "
+                        f"{sorted(registry.ENCODERS)}; pass --arch to see the differences")
 
 
 def convert_encoder(state_dict: Mapping[str, np.ndarray], arch: str | None = None, *,
-                    source: str = 'timm', in_channels: int = RGB_CHANNELS, seed: int = 0
+                    source: str = "timm", in_channels: int = RGB_CHANNELS, seed: int = 0
                     ) -> tuple[nnx.Module, AssignReport, str]:
   """A timm / torchvision ImageNet state dict -> (our encoder holding the weights, the
   report, the encoder name).
@@ -89,15 +89,15 @@ def convert_encoder(state_dict: Mapping[str, np.ndarray], arch: str | None = Non
   (timm's N(0, sqrt(2 / fan_out)) for EfficientNet, kaiming-normal for ResNet).
   """
   if arch is None:
-    probe = convert_state_dict(state_dict, names.timm_encoder('efficientnet'))
-    if not any(p[:2] == ('encoder', 'conv_stem') for p in probe.arrays):
-      probe = convert_state_dict(state_dict, names.timm_encoder('resnet'))
-    arch = infer_arch(probe.sub(('encoder',)).arrays)
-  converted = convert_state_dict(state_dict, name_map(source, arch)).sub(('encoder',))
-  encoder = registry.lookup(registry.ENCODERS, arch, 'encoder')(
+    probe = convert_state_dict(state_dict, names.timm_encoder("efficientnet"))
+    if not any(p[:2] == ("encoder", "conv_stem") for p in probe.arrays):
+      probe = convert_state_dict(state_dict, names.timm_encoder("resnet"))
+    arch = infer_arch(probe.sub(("encoder",)).arrays)
+  converted = convert_state_dict(state_dict, name_map(source, arch)).sub(("encoder",))
+  encoder = registry.lookup(registry.ENCODERS, arch, "encoder")(
       in_channels=in_channels, rngs=nnx.Rngs(seed))
   report = assign(encoder, converted, widen=stem_path(encoder),
-                  what=f'{source} weights for {arch}')
+                  what=f"{source} weights for {arch}")
   return encoder, report, arch
 
 
@@ -111,40 +111,40 @@ def infer_model_config(converted: Converted, arch: str,
   """
   activations = dict(activations or {})
   arrays = converted.arrays
-  tasks = sorted({p[1] for p in arrays if p[0] == 'heads'})
+  tasks = sorted({p[1] for p in arrays if p[0] == "heads"})
   if not tasks:
-    raise ConversionError('No heads in the weights (expected segmentation_head.* or '
-                          'head_<task>.*): is this a whole smp / semantic_md model?')
+    raise ConversionError("No heads in the weights (expected segmentation_head.* or "
+                          "head_<task>.*): is this a whole smp / semantic_md model?")
   heads, decoders = {}, {}
   for task in tasks:
-    kernel = arrays.get(('heads', task, 'conv', 'kernel'))
+    kernel = arrays.get(("heads", task, "conv", "kernel"))
     if kernel is None:
-      raise ConversionError(f'The head of task {task!r} has no conv weight')
-    heads[task] = {'num_outputs': int(kernel.shape[-1]),
-                   'activation': activations.get(
-                       task, 'sigmoid' if task == 'depth' else 'identity')}
-    if ('decoders', task, 'blocks', 0, 'conv1', 'conv', 'kernel') in arrays:
-      count = 1 + max(p[3] for p in arrays if p[:3] == ('decoders', task, 'blocks'))
-      decoders[task] = ('unet', tuple(
-          int(arrays[('decoders', task, 'blocks', i, 'conv2', 'conv', 'kernel')].shape[-1])
+      raise ConversionError(f"The head of task {task!r} has no conv weight")
+    heads[task] = {"num_outputs": int(kernel.shape[-1]),
+                   "activation": activations.get(
+                       task, "sigmoid" if task == "depth" else "identity")}
+    if ("decoders", task, "blocks", 0, "conv1", "conv", "kernel") in arrays:
+      count = 1 + max(p[3] for p in arrays if p[:3] == ("decoders", task, "blocks"))
+      decoders[task] = ("unet", tuple(
+          int(arrays[("decoders", task, "blocks", i, "conv2", "conv", "kernel")].shape[-1])
           for i in range(count)))
-    elif ('decoders', task, 'conv', 'kernel') in arrays:
-      decoders[task] = ('deeplabv3',
-                        int(arrays[('decoders', task, 'conv', 'kernel')].shape[-1]))
+    elif ("decoders", task, "conv", "kernel") in arrays:
+      decoders[task] = ("deeplabv3",
+                        int(arrays[("decoders", task, "conv", "kernel")].shape[-1]))
     else:
-      raise ConversionError(f'No UNet or DeepLabV3 decoder for task {task!r} in the weights')
+      raise ConversionError(f"No UNet or DeepLabV3 decoder for task {task!r} in the weights")
   if len(set(decoders.values())) != 1:
-    raise ConversionError(f'The tasks have different decoders: {decoders}')
+    raise ConversionError(f"The tasks have different decoders: {decoders}")
   decoder, decoder_channels = next(iter(decoders.values()))
-  config = {'encoder': arch, 'decoder': decoder, 'decoder_channels': decoder_channels,
-            'heads': heads, 'dtype': 'float32', 'input_block': None}
-  if any(p[0] == 'input_block' for p in arrays):
-    config['input_block'] = 'semantic_conv'
-    config['in_channels'] = RGB_CHANNELS + int(
-        arrays[('input_block', 'conv_in', 'kernel')].shape[2])
+  config = {"encoder": arch, "decoder": decoder, "decoder_channels": decoder_channels,
+            "heads": heads, "dtype": "float32", "input_block": None}
+  if any(p[0] == "input_block" for p in arrays):
+    config["input_block"] = "semantic_conv"
+    config["in_channels"] = RGB_CHANNELS + int(
+        arrays[("input_block", "conv_in", "kernel")].shape[2])
   else:
-    stem = ('encoder', names.STEM[names.family(arch)], 'kernel')
-    config['in_channels'] = int(arrays[stem].shape[2]) if stem in arrays else RGB_CHANNELS
+    stem = ("encoder", names.STEM[names.family(arch)], "kernel")
+    config["in_channels"] = int(arrays[stem].shape[2]) if stem in arrays else RGB_CHANNELS
   return config
 
 
@@ -154,17 +154,17 @@ def build(model_config: Mapping[str, Any], seed: int = 0) -> nnx.Module:
 
 
 def convert_model(state_dict: Mapping[str, np.ndarray], arch: str | None = None, *,
-                  source: str = 'semantic_md', tasks: Mapping[str, str] | None = None,
+                  source: str = "semantic_md", tasks: Mapping[str, str] | None = None,
                   activations: Mapping[str, str] | None = None, seed: int = 0
                   ) -> tuple[nnx.Module, AssignReport, dict[str, Any]]:
   """A whole smp / semantic_md model -> (our model holding every weight, report,
   its model config); ``tasks`` renames tasks, ``activations`` as `infer_model_config`."""
   converted = convert_state_dict(state_dict, name_map(source, tasks=tasks))
   if arch is None:
-    arch = infer_arch(converted.sub(('encoder',)).arrays)
+    arch = infer_arch(converted.sub(("encoder",)).arrays)
   model_config = infer_model_config(converted, arch, activations)
   model = build(model_config, seed)
-  report = assign(model, converted, what=f'{source} weights')
+  report = assign(model, converted, what=f"{source} weights")
   return model, report, model_config
 
 
@@ -187,12 +187,12 @@ def load_pretrained(model: nnx.Module, directory: str, *, encoder: str | None = 
   (the config's encoder name) gives a clearer error for weights of another encoder.
   """
   arrays, meta = io.load_converted(directory)
-  what = f'init_from {directory}'
-  if encoder is not None and meta.get('arch') not in (None, encoder):
+  what = f"init_from {directory}"
+  if encoder is not None and meta.get("arch") not in (None, encoder):
     raise ConversionError(f'{what} holds {meta["arch"]} weights, but the model\'s encoder '
-                          f'is {encoder}')
+                          f"is {encoder}")
   converted = Converted(arrays, {p: dotted(p) for p in arrays})
-  scope = ('encoder',) if meta.get('scope') == 'encoder' else ()
+  scope = ("encoder",) if meta.get("scope") == "encoder" else ()
   return assign(model, converted, scope=scope, widen=stem_path(model), what=what)
 
 
@@ -200,14 +200,14 @@ def maybe_init_from(model: nnx.Module, config, workdir: str) -> AssignReport | N
   """`load_pretrained` of ``config.init_from`` into ``model``, when it is set and
   ``workdir`` holds no checkpoint yet (a run that has one resumes from it instead).
   Returns the report, or None when nothing was loaded."""
-  directory = config.get('init_from')
+  directory = config.get("init_from")
   if not directory:
     return None
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  checkpoints = os.path.join(os.path.abspath(workdir), 'checkpoints')  # checkpoints.Checkpointer
+  checkpoints = os.path.join(os.path.abspath(workdir), "checkpoints")  # checkpoints.Checkpointer
   if os.path.isdir(checkpoints) and ocp.utils.checkpoint_steps(checkpoints):
-    logging.info('%s has checkpoints: resuming, not loading init_from %s', workdir, directory)
+    logging.info("%s has checkpoints: resuming, not loading init_from %s", workdir, directory)
     return None
-  report = load_pretrained(model, directory, encoder=config.model.get('encoder'))
-  logging.info('Initialised from %s: %s.', directory, report.summary())
+  report = load_pretrained(model, directory, encoder=config.model.get("encoder"))
+  logging.info("Initialised from %s: %s.", directory, report.summary())
   return report

@@ -42,7 +42,7 @@ class ConversionError(ValueError):
 
 
 def dotted(path: Path) -> str:
-  return '.'.join(str(p) for p in path)
+  return ".".join(str(p) for p in path)
 
 
 def _indices(path: Iterable[str]) -> Path:
@@ -67,7 +67,7 @@ class Converted:
   ignored: list[str] = dataclasses.field(default_factory=list)
   unknown: list[str] = dataclasses.field(default_factory=list)
 
-  def sub(self, prefix: Sequence) -> 'Converted':
+  def sub(self, prefix: Sequence) -> "Converted":
     """The entries under ``prefix``, with paths relative to it (e.g. the encoder's
     arrays for a bare encoder module)."""
     n = len(prefix)
@@ -77,18 +77,18 @@ class Converted:
                      list(self.unknown))
 
   def num_params(self) -> int:
-    return sum(int(a.size) for p, a in self.arrays.items() if p[-1] not in ('mean', 'var'))
+    return sum(int(a.size) for p, a in self.arrays.items() if p[-1] not in ("mean", "var"))
 
 
 def _leaf(leaf: str, value: np.ndarray) -> tuple[str, np.ndarray] | None:
   """(our leaf, value in our layout); None to ignore; UnknownName otherwise."""
-  if leaf == 'weight' and value.ndim == 4:
-    return 'kernel', np.ascontiguousarray(value.transpose(2, 3, 1, 0))  # OIHW -> HWIO
-  if leaf == 'weight' and value.ndim == 1:
-    return 'scale', value  # BatchNorm
-  if leaf in ('bias', 'running_mean', 'running_var'):
-    return {'bias': 'bias', 'running_mean': 'mean', 'running_var': 'var'}[leaf], value
-  if leaf == 'num_batches_tracked':
+  if leaf == "weight" and value.ndim == 4:
+    return "kernel", np.ascontiguousarray(value.transpose(2, 3, 1, 0))  # OIHW -> HWIO
+  if leaf == "weight" and value.ndim == 1:
+    return "scale", value  # BatchNorm
+  if leaf in ("bias", "running_mean", "running_var"):
+    return {"bias": "bias", "running_mean": "mean", "running_var": "var"}[leaf], value
+  if leaf == "num_batches_tracked":
     return None
   raise names_lib.UnknownName(leaf)
 
@@ -98,7 +98,7 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray],
   """Renames and re-lays-out a PyTorch state dict (values numpy arrays)."""
   out = Converted({}, {})
   for name, value in state_dict.items():
-    *module_path, leaf = name.split('.')
+    *module_path, leaf = name.split(".")
     value = np.asarray(value)
     try:
       if not module_path:
@@ -116,7 +116,7 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray],
     our_leaf, array = converted
     path = _indices((*target, our_leaf))
     if path in out.arrays:
-      raise ConversionError(f'{name} and {out.sources[path]} both map to {dotted(path)}')
+      raise ConversionError(f"{name} and {out.sources[path]} both map to {dotted(path)}")
     # A copy: a torch tensor's .numpy() shares its memory, and jnp.asarray may too, so
     # without it a model could alias (and see later in-place updates of) torch buffers.
     out.arrays[path] = np.array(array, np.float32)
@@ -131,10 +131,10 @@ def model_variables(module: nnx.Module) -> dict[Path, nnx.Variable]:
 
 def stem_path(module: nnx.Module) -> Path | None:
   """Path of the encoder's first conv kernel in a `DenseModel` or a bare encoder."""
-  encoder, prefix = (module.encoder, ('encoder',)) if hasattr(module, 'encoder') else (module, ())
+  encoder, prefix = (module.encoder, ("encoder",)) if hasattr(module, "encoder") else (module, ())
   for attr in names_lib.STEM.values():
     if hasattr(encoder, attr):
-      return (*prefix, attr, 'kernel')
+      return (*prefix, attr, "kernel")
   return None
 
 
@@ -149,13 +149,13 @@ class AssignReport:
   ignored: list[str]
 
   def summary(self) -> str:
-    text = f'{len(self.loaded)} arrays loaded'
+    text = f"{len(self.loaded)} arrays loaded"
     if self.widened is not None:
-      text += f', {dotted(self.widened)} widened (new input channels keep their init)'
+      text += f", {dotted(self.widened)} widened (new input channels keep their init)"
     if self.kept:
-      text += f', {len(self.kept)} model arrays kept as initialised'
+      text += f", {len(self.kept)} model arrays kept as initialised"
     if self.ignored:
-      text += f', {len(self.ignored)} state-dict entries ignored'
+      text += f", {len(self.ignored)} state-dict entries ignored"
     return text
 
 
@@ -164,13 +164,13 @@ def _listing(label: str, items: list[str]) -> str:
   if len(items) > MAX_LISTED:
     groups: dict[str, int] = {}
     for item in items:
-      path = item.split(' -> ')[-1].split(' ')[0].split('.')
-      key = '.'.join(path[:2]) + ('.*' if len(path) > 2 else '')
+      path = item.split(" -> ")[-1].split(" ")[0].split(".")
+      key = ".".join(path[:2]) + (".*" if len(path) > 2 else "")
       groups[key] = groups.get(key, 0) + 1
-    items = [f'{key} ({n})' for key, n in groups.items()]
-  shown = ', '.join(items[:MAX_LISTED])
-  more = f' (+{len(items) - MAX_LISTED} more)' if len(items) > MAX_LISTED else ''
-  return f'{label}: {shown}{more}'
+    items = [f"{key} ({n})" for key, n in groups.items()]
+  shown = ", ".join(items[:MAX_LISTED])
+  more = f" (+{len(items) - MAX_LISTED} more)" if len(items) > MAX_LISTED else ""
+  return f"{label}: {shown}{more}"
 
 
 def _shape(x) -> tuple[int, ...]:
@@ -178,7 +178,7 @@ def _shape(x) -> tuple[int, ...]:
 
 
 def assign(module: nnx.Module, converted: Converted, *, scope: Sequence = (),
-           widen: Path | None = None, what: str = 'weights') -> AssignReport:
+           widen: Path | None = None, what: str = "weights") -> AssignReport:
   """Writes ``converted`` into ``module``'s variables in place, or raises.
 
   Args:
@@ -200,7 +200,7 @@ def assign(module: nnx.Module, converted: Converted, *, scope: Sequence = (),
   unexpected, mismatched, widened = [], [], None
   for path, array in converted.arrays.items():
     source = converted.sources.get(path, dotted(path))
-    label = source if source == dotted(path) else f'{source} -> {dotted(path)}'
+    label = source if source == dotted(path) else f"{source} -> {dotted(path)}"
     if path not in variables:
       unexpected.append(label)
       continue
@@ -211,22 +211,22 @@ def assign(module: nnx.Module, converted: Converted, *, scope: Sequence = (),
         and array.shape[3] == want[3] and array.shape[2] < want[2]):
       widened = path
       continue
-    mismatched.append(f'{label} {array.shape} vs model {want}')
+    mismatched.append(f"{label} {array.shape} vs model {want}")
   missing = [dotted(p) for p in variables
              if tuple(p[:len(scope)]) == scope and p not in converted.arrays]
-  problems = [(f'{len(converted.unknown)} unknown', 'unknown names', converted.unknown),
-              (f'{len(unexpected)} unexpected', 'not in the model', unexpected),
-              (f'{len(mismatched)} mismatched', 'shape mismatch', mismatched),
-              (f'{len(missing)} missing', 'missing (in the model, not in the weights)',
+  problems = [(f"{len(converted.unknown)} unknown", "unknown names", converted.unknown),
+              (f"{len(unexpected)} unexpected", "not in the model", unexpected),
+              (f"{len(mismatched)} mismatched", "shape mismatch", mismatched),
+              (f"{len(missing)} missing", "missing (in the model, not in the weights)",
                missing)]
   problems = [p for p in problems if p[2]]
   if problems:
     if sum(len(items) for _, _, items in problems) == 1:
       (_, label, items), = problems
-      raise ConversionError(f'{what} do not fit the model: {label}: {items[0]}')
-    head = ', '.join(count for count, _, _ in problems)
+      raise ConversionError(f"{what} do not fit the model: {label}: {items[0]}")
+    head = ", ".join(count for count, _, _ in problems)
     lines = [_listing(label, items) for _, label, items in problems]
-    raise ConversionError(f'{what} do not fit the model ({head}):\n  ' + '\n  '.join(lines))
+    raise ConversionError(f"{what} do not fit the model ({head}):\n  " + "\n  ".join(lines))
 
   for path, array in converted.arrays.items():
     variable = variables[path]

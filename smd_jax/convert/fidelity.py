@@ -41,8 +41,8 @@ CALIBRATION_SHAPE = (8, 128, 128)
 MEAN_NOISE = 0.1
 VAR_FACTOR = (0.8, 1.25)
 VAR_FLOOR = 0.1
-SMP_ENCODERS = {'efficientnet_b2': 'tu-efficientnet_b2', 'efficientnet_b3': 'tu-efficientnet_b3',
-                'efficientnet_b4': 'tu-efficientnet_b4', 'resnet50': 'resnet50'}
+SMP_ENCODERS = {"efficientnet_b2": "tu-efficientnet_b2", "efficientnet_b3": "tu-efficientnet_b3",
+                "efficientnet_b4": "tu-efficientnet_b4", "resnet50": "resnet50"}
 
 
 @dataclasses.dataclass
@@ -139,7 +139,7 @@ def _torch_train_mode(torch, module) -> None:
   module.train()
   for m in module.modules():  # deterministic: dropout / drop path off
     if isinstance(m, torch.nn.modules.dropout._DropoutNd) or type(m).__name__ in (
-        'DropPath', 'StochasticDepth'):
+        "DropPath", "StochasticDepth"):
       m.eval()
 
 
@@ -169,7 +169,7 @@ def _jit_forward(model: nnx.Module):
 
 def _num_params(module: nnx.Module) -> int:
   return sum(int(np.prod(v.get_value().shape)) for p, v in model_variables(module).items()
-             if p[-1] not in ('mean', 'var'))
+             if p[-1] not in ("mean", "var"))
 
 
 def _torch_run(torch, reference, forward: Callable, x: np.ndarray, dtype):
@@ -184,9 +184,9 @@ def _diffs(name, got, want) -> tuple[float, float]:
   """Largest |got - want| over the features and over the outputs."""
   (features, outputs), (want_features, want_outputs) = got, want
   if len(features) != len(want_features):
-    raise AssertionError(f'{name}: {len(features)} features vs {len(want_features)}')
+    raise AssertionError(f"{name}: {len(features)} features vs {len(want_features)}")
   if set(outputs) != set(want_outputs):
-    raise AssertionError(f'{name}: outputs {sorted(outputs)} vs {sorted(want_outputs)}')
+    raise AssertionError(f"{name}: outputs {sorted(outputs)} vs {sorted(want_outputs)}")
   return (max(_max_diff(f, w) for f, w in zip(features, want_features)),
           max([_max_diff(outputs[t], w) for t, w in want_outputs.items()], default=0.0))
 
@@ -222,13 +222,13 @@ def measure(name: str, reference_name: str, torch, reference, torch_forward: Cal
     truth = _torch_run(torch, exact, torch_forward, x, torch.float64)
     features, outputs, _ = forward(x)
     feature_diff, output_diff = _diffs(name, (features, outputs), want)
-    out['eval_features'] = max(out['eval_features'], feature_diff)
-    out['eval_outputs'] = max(out['eval_outputs'], output_diff)
-    out['reference_eval_error'] = max(out['reference_eval_error'], *_diffs(name, want, truth))
-    out['exact_eval_error'] = max(out['exact_eval_error'],
+    out["eval_features"] = max(out["eval_features"], feature_diff)
+    out["eval_outputs"] = max(out["eval_outputs"], output_diff)
+    out["reference_eval_error"] = max(out["reference_eval_error"], *_diffs(name, want, truth))
+    out["exact_eval_error"] = max(out["exact_eval_error"],
                                   *_diffs(name, (features, outputs), truth))
-    out['feature_scale'] = max([out['feature_scale']] + [np.max(np.abs(f)) for f in want[0]])
-    out['output_scale'] = max([out['output_scale']] + [np.max(np.abs(o))
+    out["feature_scale"] = max([out["feature_scale"]] + [np.max(np.abs(f)) for f in want[0]])
+    out["output_scale"] = max([out["output_scale"]] + [np.max(np.abs(o))
                                                        for o in want[1].values()])
 
   for module in (reference, exact):
@@ -243,8 +243,8 @@ def measure(name: str, reference_name: str, torch, reference, torch_forward: Cal
   exact_train_error = max(_diffs(name, (features, outputs), truth))
   want_stats = convert(_numpy_state_dict(reference)).arrays
   got_stats = dict(nnx.to_flat_state(stats))
-  if set(got_stats) != {p for p in want_stats if p[-1] in ('mean', 'var')}:
-    raise AssertionError(f'{name}: BatchNorm statistics of both sides differ in names')
+  if set(got_stats) != {p for p in want_stats if p[-1] in ("mean", "var")}:
+    raise AssertionError(f"{name}: BatchNorm statistics of both sides differ in names")
   train_stats = max(_relative_diff(v.get_value(), want_stats[p]) for p, v in got_stats.items())
   reference.eval()
   model.eval()
@@ -270,8 +270,8 @@ def timm_reference(arch: str, seed: int = 0):
   classifier = timm.create_model(arch)
   loaded = classifier.load_state_dict(features.state_dict(), strict=False)
   head = names.CLASSIFIER_MODULES[names.family(arch)]
-  if loaded.unexpected_keys or any(k.split('.')[0] not in head for k in loaded.missing_keys):
-    raise AssertionError(f'timm {arch}: features_only and classifier layouts differ: {loaded}')
+  if loaded.unexpected_keys or any(k.split(".")[0] not in head for k in loaded.missing_keys):
+    raise AssertionError(f"timm {arch}: features_only and classifier layouts differ: {loaded}")
   return features, classifier
 
 
@@ -290,11 +290,11 @@ def encoder_fidelity(arch: str, *, shapes=SHAPES, train_shape=None, seed: int = 
     state_dict = io.read_state_dict(weights_file)
   else:
     state_dict = _numpy_state_dict(classifier)
-  encoder, _, _ = converters.convert_encoder(state_dict, arch, source='timm')
+  encoder, _, _ = converters.convert_encoder(state_dict, arch, source="timm")
   name_map = names.timm_encoder(arch)
   return measure(arch, f"timm.create_model('{arch}')", torch, features,
                  lambda m, x: (m(x), {}), encoder,
-                 lambda sd: convert_state_dict(sd, name_map).sub(('encoder',)),
+                 lambda sd: convert_state_dict(sd, name_map).sub(("encoder",)),
                  shapes=shapes, train_shape=train_shape, seed=seed)
 
 
@@ -302,7 +302,7 @@ def _smp_forward(m, x):
   # smp SegmentationModel.forward, keeping the features (smp's first, the input
   # itself at stride 1, is not one of ours).
   features = m.encoder(x)
-  return features[1:], {'depth': m.segmentation_head(m.decoder(*features))}
+  return features[1:], {"depth": m.segmentation_head(m.decoder(*features))}
 
 
 def smp_fidelity(encoder: str, decoder: str, *, shapes=SHAPES, train_shape=None,
@@ -310,14 +310,14 @@ def smp_fidelity(encoder: str, decoder: str, *, shapes=SHAPES, train_shape=None,
   """``smp.Unet`` / ``smp.DeepLabV3`` (1 output, logits) -> our 1-task model."""
   torch, _, smp = import_reference()
   torch.manual_seed(seed)
-  cls = {'unet': smp.Unet, 'deeplabv3': smp.DeepLabV3}[decoder]
+  cls = {"unet": smp.Unet, "deeplabv3": smp.DeepLabV3}[decoder]
   reference = cls(SMP_ENCODERS[encoder], encoder_weights=None, classes=1)
   calibrate_batch_norm(torch, reference, _smp_forward,
                        _inputs(CALIBRATION_SHAPE, 3, seed))
-  model, _, _ = converters.convert_model(_numpy_state_dict(reference), encoder, source='smp',
-                                         activations={'depth': 'identity'})
+  model, _, _ = converters.convert_model(_numpy_state_dict(reference), encoder, source="smp",
+                                         activations={"depth": "identity"})
   name_map = names.smp_model()
-  return measure(f'{decoder} {encoder}',
+  return measure(f"{decoder} {encoder}",
                  f"smp.{cls.__name__}('{SMP_ENCODERS[encoder]}')", torch, reference,
                  _smp_forward, model, lambda sd: convert_state_dict(sd, name_map),
                  shapes=shapes, train_shape=train_shape, seed=seed)
@@ -338,17 +338,17 @@ def semantic_md_multitask(torch, smp, encoder: str, tasks: Mapping[str, int]):
       self.encoder = smp.encoders.get_encoder(SMP_ENCODERS[encoder], in_channels=3, depth=5,
                                               weights=None)
       for task, classes in tasks.items():
-        setattr(self, f'decoder_{task}', UnetDecoder(
+        setattr(self, f"decoder_{task}", UnetDecoder(
             encoder_channels=self.encoder.out_channels, decoder_channels=(256, 128, 64, 32, 16),
             n_blocks=5, use_batchnorm=True, center=False, attention_type=None))
-        setattr(self, f'head_{task}', SegmentationHead(16, classes, activation=None,
+        setattr(self, f"head_{task}", SegmentationHead(16, classes, activation=None,
                                                        kernel_size=3))
 
     def forward(self, x):
       features = self.encoder(x)
       return features[1:], {
-          names.SEMANTIC_MD_TASKS.get(t, t): getattr(self, f'head_{t}')(
-              getattr(self, f'decoder_{t}')(*features)) for t in self.tasks}
+          names.SEMANTIC_MD_TASKS.get(t, t): getattr(self, f"head_{t}")(
+              getattr(self, f"decoder_{t}")(*features)) for t in self.tasks}
 
   return MultiTaskUnet()
 
@@ -358,17 +358,17 @@ def semantic_md_fidelity(encoder: str, tasks: Mapping[str, int] | None = None, *
   """A semantic_md multi-task UNet (default: the 2-head depth + 40-class semantics)
   -> our multi-task model, converted from its state dict."""
   torch, _, smp = import_reference()
-  tasks = dict(tasks or {'depth': 1, 'semantic': 40})
+  tasks = dict(tasks or {"depth": 1, "semantic": 40})
   torch.manual_seed(seed)
   reference = semantic_md_multitask(torch, smp, encoder, tasks)
   forward = lambda m, x: m(x)
   calibrate_batch_norm(torch, reference, forward, _inputs(CALIBRATION_SHAPE, 3, seed))
   model, _, _ = converters.convert_model(_numpy_state_dict(reference), encoder,
-                                         source='semantic_md',
-                                         activations={names.SEMANTIC_MD_TASKS.get(t, t): 'identity'
+                                         source="semantic_md",
+                                         activations={names.SEMANTIC_MD_TASKS.get(t, t): "identity"
                                                       for t in tasks})
   name_map = names.semantic_md()
-  return measure(f'{len(tasks)}-head unet {encoder}',
+  return measure(f"{len(tasks)}-head unet {encoder}",
                  f'semantic_md {len(tasks)}-head ({", ".join(tasks)})', torch, reference,
                  forward, model, lambda sd: convert_state_dict(sd, name_map),
                  shapes=shapes, train_shape=train_shape, seed=seed)

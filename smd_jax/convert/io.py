@@ -15,7 +15,7 @@ Output (`save_converted` / `load_converted`): a directory with
 * ``state/``: an Orbax checkpoint (``StandardCheckpointer``) of ``{'params': tree,
   'model_state': tree}``, the trees nested dicts of float32 arrays keyed by our
   module path (list indices as strings), Params and BatchNorm statistics apart as in
-  `smd_jax.steps.TrainState`;
+  `smd_jax.training.steps.TrainState`;
 * ``smd_jax_convert.json``: what it holds (source, encoder, scope 'encoder' or
   'model', the model config for whole models, input file and sha256, ignored names).
 
@@ -34,11 +34,11 @@ import numpy as np
 
 from smd_jax.convert.core import Path, dotted
 
-STATE_DIR = 'state'
-METADATA_FILE = 'smd_jax_convert.json'
-FORMAT = 'smd_jax.convert/1'
-TORCH_SUFFIXES = ('.pth', '.pt', '.bin', '.ckpt')
-_WRAPPERS = ('state_dict', 'model_state_dict', 'model')
+STATE_DIR = "state"
+METADATA_FILE = "smd_jax_convert.json"
+FORMAT = "smd_jax.convert/1"
+TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+_WRAPPERS = ("state_dict", "model_state_dict", "model")
 
 
 def _unwrap(obj: Any) -> Mapping[str, Any]:
@@ -47,10 +47,10 @@ def _unwrap(obj: Any) -> Mapping[str, Any]:
       obj = obj[key]
       break
   if not isinstance(obj, Mapping):
-    raise ValueError(f'Expected a state dict (name -> tensor), got {type(obj).__name__}')
+    raise ValueError(f"Expected a state dict (name -> tensor), got {type(obj).__name__}")
   names = list(obj)
-  if names and all(n.startswith('module.') for n in names):
-    obj = {n[len('module.'):]: v for n, v in obj.items()}
+  if names and all(n.startswith("module.") for n in names):
+    obj = {n[len("module."):]: v for n, v in obj.items()}
   return obj
 
 
@@ -60,14 +60,14 @@ def _torch_load(path: str) -> Mapping[str, Any]:
   except ImportError as e:
     raise ImportError(
         f'Reading {path} needs PyTorch: install the torch extra (pip install -e ".[torch]" '
-        f'or tools/install_torch_reference.sh), or convert the file to .safetensors '
+        f"or tools/install_torch_reference.sh), or convert the file to .safetensors "
         f'(safetensors.torch.save_file(torch.load(path), "weights.safetensors")) and '
-        f'pass that.') from e
-  obj = _unwrap(torch.load(path, map_location='cpu', weights_only=True))
+        f"pass that.") from e
+  obj = _unwrap(torch.load(path, map_location="cpu", weights_only=True))
   out = {}
   for name, tensor in obj.items():
-    if not hasattr(tensor, 'detach'):
-      raise ValueError(f'{path}: entry {name!r} is a {type(tensor).__name__}, not a tensor')
+    if not hasattr(tensor, "detach"):
+      raise ValueError(f"{path}: entry {name!r} is a {type(tensor).__name__}, not a tensor")
     tensor = tensor.detach().cpu()
     if tensor.is_floating_point():
       tensor = tensor.float()
@@ -78,32 +78,32 @@ def _torch_load(path: str) -> Mapping[str, Any]:
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
   """name -> numpy array (floating point as float32) from a weights file."""
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'No weights file {path}')
+    raise FileNotFoundError(f"No weights file {path}")
   suffix = os.path.splitext(path)[1].lower()
-  if suffix == '.safetensors':
+  if suffix == ".safetensors":
     try:
       from safetensors import numpy as st_numpy  # pylint: disable=g-import-not-at-top
     except ImportError as e:
-      raise ImportError(f'Reading {path} needs the safetensors package: pip install '
-                        f'safetensors (or the torch / test extra)') from e
+      raise ImportError(f"Reading {path} needs the safetensors package: pip install "
+                        f"safetensors (or the torch / test extra)") from e
     try:
       obj = dict(_unwrap(st_numpy.load_file(path)))
     except TypeError as e:  # e.g. bfloat16, which numpy lacks
-      raise ValueError(f'{path}: safetensors.numpy cannot read it ({e}); save it as '
-                       f'float32') from e
+      raise ValueError(f"{path}: safetensors.numpy cannot read it ({e}); save it as "
+                       f"float32") from e
   elif suffix in TORCH_SUFFIXES:
     obj = _torch_load(path)
   else:
-    raise ValueError(f'Unknown weights format {suffix!r} of {path}: expected .safetensors '
-                     f'or one of {TORCH_SUFFIXES}')
+    raise ValueError(f"Unknown weights format {suffix!r} of {path}: expected .safetensors "
+                     f"or one of {TORCH_SUFFIXES}")
   return {name: (np.asarray(v, np.float32) if np.issubdtype(np.asarray(v).dtype, np.floating)
                  else np.asarray(v)) for name, v in obj.items()}
 
 
 def sha256(path: str) -> str:
   digest = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for chunk in iter(lambda: f.read(1 << 20), b''):
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
       digest.update(chunk)
   return digest.hexdigest()
 
@@ -131,7 +131,7 @@ def _flatten(tree: Mapping, prefix: tuple = ()) -> dict[Path, np.ndarray]:
 
 def is_batch_stat(path: Path) -> bool:
   """BatchNorm running statistics (our leaves ``mean`` / ``var``)."""
-  return path[-1] in ('mean', 'var')
+  return path[-1] in ("mean", "var")
 
 
 def save_converted(out_dir: str, arrays: Mapping[Path, np.ndarray],
@@ -143,18 +143,18 @@ def save_converted(out_dir: str, arrays: Mapping[Path, np.ndarray],
   out_dir = os.path.abspath(out_dir)
   os.makedirs(out_dir, exist_ok=True)
   state = os.path.join(out_dir, STATE_DIR)
-  tree = {'params': _nest({p: a for p, a in arrays.items() if not is_batch_stat(p)}),
-          'model_state': _nest({p: a for p, a in arrays.items() if is_batch_stat(p)})}
+  tree = {"params": _nest({p: a for p, a in arrays.items() if not is_batch_stat(p)}),
+          "model_state": _nest({p: a for p, a in arrays.items() if is_batch_stat(p)})}
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(state, tree, force=True)
   checkpointer.wait_until_finished()
   checkpointer.close()
-  meta = {'format': FORMAT,
-          'created': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+  meta = {"format": FORMAT,
+          "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
           **metadata}
-  with open(os.path.join(out_dir, METADATA_FILE), 'w') as f:
+  with open(os.path.join(out_dir, METADATA_FILE), "w") as f:
     json.dump(meta, f, indent=2, sort_keys=True)
-    f.write('\n')
+    f.write("\n")
   return out_dir
 
 
@@ -162,11 +162,11 @@ def read_metadata(directory: str) -> dict:
   path = os.path.join(directory, METADATA_FILE)
   if not os.path.isfile(path):
     raise FileNotFoundError(
-        f'{directory} is not a converted checkpoint (no {METADATA_FILE}); write one with '
-        f'python -m smd_jax.convert')
+        f"{directory} is not a converted checkpoint (no {METADATA_FILE}); write one with "
+        f"python -m smd_jax.convert")
   with open(path) as f:
     meta = json.load(f)
-  if meta.get('format') != FORMAT:
+  if meta.get("format") != FORMAT:
     raise ValueError(f'{path}: format {meta.get("format")!r}, expected {FORMAT!r}')
   return meta
 
@@ -179,9 +179,9 @@ def load_converted(directory: str) -> tuple[dict[Path, np.ndarray], dict]:
   checkpointer = ocp.StandardCheckpointer()
   tree = checkpointer.restore(os.path.join(directory, STATE_DIR))
   checkpointer.close()
-  arrays = {**_flatten(tree.get('params', {})), **_flatten(tree.get('model_state', {}))}
+  arrays = {**_flatten(tree.get("params", {})), **_flatten(tree.get("model_state", {}))}
   return arrays, meta
 
 
-__all__ = ['METADATA_FILE', 'STATE_DIR', 'dotted', 'load_converted', 'read_metadata',
-           'read_state_dict', 'save_converted', 'sha256']
+__all__ = ["METADATA_FILE", "STATE_DIR", "dotted", "load_converted", "read_metadata",
+           "read_state_dict", "save_converted", "sha256"]

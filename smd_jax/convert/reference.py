@@ -21,12 +21,10 @@ here calls them.
 from __future__ import annotations
 
 _TORCHVISION_SCHEMAS = (
-    'nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor',
-    'qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor',
+    "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+    "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
 )
 _library = None  # kept alive: dropping the Library object unregisters the schemas
-
-VERSIONS = {'torch': '2.13.0', 'timm': '0.9.2', 'segmentation_models_pytorch': '0.3.3'}
 
 
 def _define_torchvision_schemas(torch) -> None:
@@ -38,7 +36,7 @@ def _define_torchvision_schemas(torch) -> None:
     return  # the compiled operators loaded
   except (AttributeError, RuntimeError):
     pass
-  _library = torch.library.Library('torchvision', 'DEF')
+  _library = torch.library.Library("torchvision", "DEF")
   for schema in _TORCHVISION_SCHEMAS:
     _library.define(schema)
 
@@ -52,6 +50,6 @@ def import_reference():
     import timm  # pylint: disable=g-import-not-at-top
   except Exception as e:  # pylint: disable=broad-except
     raise ImportError(
-        'PyTorch reference (torch, timm==0.9.2, segmentation-models-pytorch==0.3.3) not '
-        f'available: {e!r}; see tools/install_torch_reference.sh') from e
+        "PyTorch reference (torch, timm==0.9.2, segmentation-models-pytorch==0.3.3) not "
+        f"available: {e!r}; see tools/install_torch_reference.sh") from e
   return torch, timm, smp

@@ -12,7 +12,7 @@ from smd_jax.models.semantic_conv import SemanticConv
 from smd_jax.models.unet import UnetDecoder
 
 __all__ = [
-    'ACTIVATIONS', 'DECODERS', 'DeepLabV3Decoder', 'DenseModel', 'EfficientNet', 'ENCODERS',
-    'INPUT_BLOCKS', 'ResNet', 'SegmentationHead', 'SemanticConv', 'UnetDecoder',
-    'build_model',
+    "ACTIVATIONS", "DECODERS", "DeepLabV3Decoder", "DenseModel", "EfficientNet", "ENCODERS",
+    "INPUT_BLOCKS", "ResNet", "SegmentationHead", "SemanticConv", "UnetDecoder",
+    "build_model",
 ]

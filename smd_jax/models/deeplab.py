@@ -37,7 +37,7 @@ ASPP_DROPOUT = 0.5
 
 # smp ``initialize_decoder`` (run on every smp decoder): kaiming_uniform_(fan_in, relu)
 # convs, zero bias, BN 1/0.
-_kaiming_uniform = variance_scaling(2.0, 'fan_in', 'uniform')
+_kaiming_uniform = variance_scaling(2.0, "fan_in", "uniform")
 
 
 class ConvBNReLU(nnx.Module):
@@ -115,7 +115,7 @@ class DeepLabV3Decoder(nnx.Module):
                rngs: nnx.Rngs):
     if not isinstance(decoder_channels, int):
       if len(decoder_channels) != 1:
-        raise ValueError(f'DeepLabV3 takes one decoder width, got {decoder_channels}')
+        raise ValueError(f"DeepLabV3 takes one decoder width, got {decoder_channels}")
       (decoder_channels,) = decoder_channels
     self.aspp = ASPP(encoder_channels[-1], decoder_channels, atrous_rates, dtype=dtype,
                      rngs=rngs)

@@ -44,27 +44,27 @@ class StageDef(NamedTuple):
 
 # EfficientNet-B0 (timm ``_gen_efficientnet`` arch_def), all blocks with SE ratio 0.25.
 EFFICIENTNET_STAGES: tuple[StageDef, ...] = (
-    StageDef('ds', 1, 3, 1, 1, 16),
-    StageDef('ir', 2, 3, 2, 6, 24),
-    StageDef('ir', 2, 5, 2, 6, 40),
-    StageDef('ir', 3, 3, 2, 6, 80),
-    StageDef('ir', 3, 5, 1, 6, 112),
-    StageDef('ir', 4, 5, 2, 6, 192),
-    StageDef('ir', 1, 3, 1, 6, 320),
+    StageDef("ds", 1, 3, 1, 1, 16),
+    StageDef("ir", 2, 3, 2, 6, 24),
+    StageDef("ir", 2, 5, 2, 6, 40),
+    StageDef("ir", 3, 3, 2, 6, 80),
+    StageDef("ir", 3, 5, 1, 6, 112),
+    StageDef("ir", 4, 5, 2, 6, 192),
+    StageDef("ir", 1, 3, 1, 6, 320),
 )
 STEM_CHANNELS = 32
 SE_RATIO = 0.25
 
 # name -> (width multiplier, depth multiplier); timm efficientnet.py / EfficientNet paper.
 EFFICIENTNET_PARAMS: dict[str, tuple[float, float]] = {
-    'efficientnet_b0': (1.0, 1.0),
-    'efficientnet_b1': (1.0, 1.1),
-    'efficientnet_b2': (1.1, 1.2),
-    'efficientnet_b3': (1.2, 1.4),
-    'efficientnet_b4': (1.4, 1.8),
-    'efficientnet_b5': (1.6, 2.2),
-    'efficientnet_b6': (1.8, 2.6),
-    'efficientnet_b7': (2.0, 3.1),
+    "efficientnet_b0": (1.0, 1.0),
+    "efficientnet_b1": (1.0, 1.1),
+    "efficientnet_b2": (1.1, 1.2),
+    "efficientnet_b3": (1.2, 1.4),
+    "efficientnet_b4": (1.4, 1.8),
+    "efficientnet_b5": (1.6, 2.2),
+    "efficientnet_b6": (1.8, 2.6),
+    "efficientnet_b7": (2.0, 3.1),
 }
 
 
@@ -91,18 +91,18 @@ def scale_depth(repeats: int, multiplier: float) -> int:
 def _conv_init(groups: int = 1) -> nnx.Initializer:
   # timm ``_init_weight_goog``: N(0, sqrt(2 / fan_out)), fan_out = k*k*out / groups.
   # variance_scaling's fan_out is k*k*out; multiplying the scale by groups divides it.
-  return variance_scaling(2.0 * groups, 'fan_out', 'normal')
+  return variance_scaling(2.0 * groups, "fan_out", "normal")
 
 
 # PyTorch's default Conv2d init (kaiming_uniform_(a=sqrt(5)): U(+-sqrt(1 / fan_in)),
 # fan_in = k*k*in/groups); what a torchvision MBConv built outside a model gets.
-_torch_default_init = variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
+_torch_default_init = variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
 def _inits(init: str, groups: int = 1) -> nnx.Initializer:
-  if init == 'timm':
+  if init == "timm":
     return _conv_init(groups)
-  if init == 'torch':
+  if init == "torch":
     return _torch_default_init
   raise ValueError(f"init must be 'timm' or 'torch', got {init!r}")
 
@@ -115,10 +115,10 @@ class SqueezeExcite(nnx.Module):
   defaults: biases U(+-1/sqrt(fan_in))).
   """
 
-  def __init__(self, channels: int, reduced_channels: int, *, init: str = 'timm',
+  def __init__(self, channels: int, reduced_channels: int, *, init: str = "timm",
                dtype: Dtype | None = None, rngs: nnx.Rngs):
     reduce_bias = expand_bias = None
-    if init == 'torch':
+    if init == "torch":
       reduce_bias = uniform_init(1.0 / math.sqrt(channels))
       expand_bias = uniform_init(1.0 / math.sqrt(reduced_channels))
     self.conv_reduce = conv2d(channels, reduced_channels, 1, use_bias=True,
@@ -181,7 +181,7 @@ class InvertedResidual(nnx.Module):
 
   def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int,
                expansion: float, *, dilation: int = 1, se_ratio: float = SE_RATIO,
-               drop_path_rate: float = 0.0, init: str = 'timm',
+               drop_path_rate: float = 0.0, init: str = "timm",
                dtype: Dtype | None = None, rngs: nnx.Rngs):
     mid = make_divisible(in_channels * expansion)
     self.has_skip = stride == 1 and in_channels == out_channels
@@ -241,7 +241,7 @@ class EfficientNet(nnx.Module):
                drop_path_rate: float = 0.0, output_stride: int = 32,
                dtype: Dtype | None = None, rngs: nnx.Rngs):
     if output_stride not in (8, 16, 32):
-      raise ValueError(f'output_stride must be 8, 16 or 32, got {output_stride}')
+      raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
     stem = round_channels(stem_channels, width_multiplier)
     self.conv_stem = conv2d(in_channels, stem, 3, 2, kernel_init=_conv_init(),
                             dtype=dtype, rngs=rngs)
@@ -267,12 +267,12 @@ class EfficientNet(nnx.Module):
             reduction *= stride
         kw = dict(se_ratio=se_ratio, dilation=block_dilation, dtype=dtype, rngs=rngs,
                   drop_path_rate=drop_path_rate * block_idx / total_blocks)
-        if stage.block == 'ds':
+        if stage.block == "ds":
           block = DepthwiseSeparableConv(chs, out, stage.kernel, stride, **kw)
-        elif stage.block == 'ir':
+        elif stage.block == "ir":
           block = InvertedResidual(chs, out, stage.kernel, stride, stage.expansion, **kw)
         else:
-          raise ValueError(f'Unknown block type {stage.block!r}')
+          raise ValueError(f"Unknown block type {stage.block!r}")
         stage_blocks.append(block)
         chs = out
         block_idx += 1
@@ -306,18 +306,18 @@ class EfficientNet(nnx.Module):
 def efficientnet(name: str, **kwargs) -> EfficientNet:
   """Build ``efficientnet_b0`` .. ``efficientnet_b7`` by name (kwargs as EfficientNet)."""
   if name not in EFFICIENTNET_PARAMS:
-    raise ValueError(f'Unknown EfficientNet {name!r}; known: {sorted(EFFICIENTNET_PARAMS)}')
+    raise ValueError(f"Unknown EfficientNet {name!r}; known: {sorted(EFFICIENTNET_PARAMS)}")
   width, depth = EFFICIENTNET_PARAMS[name]
   return EfficientNet(width, depth, **kwargs)
 
 
 def efficientnet_b2(**kwargs) -> EfficientNet:
-  return efficientnet('efficientnet_b2', **kwargs)
+  return efficientnet("efficientnet_b2", **kwargs)
 
 
 def efficientnet_b3(**kwargs) -> EfficientNet:
-  return efficientnet('efficientnet_b3', **kwargs)
+  return efficientnet("efficientnet_b3", **kwargs)
 
 
 def efficientnet_b4(**kwargs) -> EfficientNet:
-  return efficientnet('efficientnet_b4', **kwargs)
+  return efficientnet("efficientnet_b4", **kwargs)

@@ -37,10 +37,10 @@ BN_MOMENTUM = 0.9
 _CHUNK = 1 << 16
 
 
-@functools.partial(jax.jit, static_argnames=('distribution',))
+@functools.partial(jax.jit, static_argnames=("distribution",))
 def _standard_chunk(key: jax.Array, index: jax.Array, distribution: str) -> jax.Array:
   key = jax.random.fold_in(key, index)
-  if distribution == 'normal':
+  if distribution == "normal":
     return jax.random.normal(key, (_CHUNK,), jnp.float32)
   return jax.random.uniform(key, (_CHUNK,), jnp.float32, -1.0, 1.0)
 
@@ -53,17 +53,17 @@ def variance_scaling(scale: float, mode: str, distribution: str) -> nnx.Initiali
   ``kaiming_uniform_`` / ``xavier_uniform_``). ``mode``: 'fan_in' | 'fan_out' |
   'fan_avg', with fan = receptive field size times in (per group) / out features.
   """
-  if distribution not in ('normal', 'uniform'):
-    raise ValueError(f'distribution must be normal or uniform, got {distribution!r}')
-  if mode not in ('fan_in', 'fan_out', 'fan_avg'):
-    raise ValueError(f'mode must be fan_in, fan_out or fan_avg, got {mode!r}')
+  if distribution not in ("normal", "uniform"):
+    raise ValueError(f"distribution must be normal or uniform, got {distribution!r}")
+  if mode not in ("fan_in", "fan_out", "fan_avg"):
+    raise ValueError(f"mode must be fan_in, fan_out or fan_avg, got {mode!r}")
 
   def init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
     receptive = math.prod(shape[:-2])
     fan_in, fan_out = receptive * shape[-2], receptive * shape[-1]
-    fan = {'fan_in': fan_in, 'fan_out': fan_out, 'fan_avg': (fan_in + fan_out) / 2}[mode]
+    fan = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2}[mode]
     # Multiplier of a standard draw: N(0, 1) -> std; U(-1, 1) (variance 1/3) -> bound.
-    multiplier = math.sqrt(scale / fan) * (math.sqrt(3.0) if distribution == 'uniform' else 1.0)
+    multiplier = math.sqrt(scale / fan) * (math.sqrt(3.0) if distribution == "uniform" else 1.0)
     return _scaled_draws(key, shape, distribution, multiplier, dtype)
 
   return init
@@ -102,7 +102,7 @@ def uniform_init(bound: float) -> nnx.Initializer:
   `variance_scaling`."""
 
   def init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
-    return _scaled_draws(key, shape, 'uniform', bound, dtype)
+    return _scaled_draws(key, shape, "uniform", bound, dtype)
 
   return init
 
@@ -174,8 +174,8 @@ def _explicit_nhwc(lhs_shape: Sequence[int], rhs_shape: Sequence[int], padding: 
   no explicit output sharding and no preferred element type: the convolutions the
   rewrites below understand (every other one goes to XLA untouched)."""
   return (len(lhs_shape) == 4 and not isinstance(padding, str)
-          and tuple(lhs_dilation or (1, 1)) == (1, 1) and kwargs.get('out_sharding') is None
-          and kwargs.get('preferred_element_type') is None
+          and tuple(lhs_dilation or (1, 1)) == (1, 1) and kwargs.get("out_sharding") is None
+          and kwargs.get("preferred_element_type") is None
           and jax.lax.conv_dimension_numbers(tuple(lhs_shape), tuple(rhs_shape),
                                              dimension_numbers) == _NHWC_HWIO)
 
@@ -233,16 +233,16 @@ def conv_formulation(lhs_shape: Sequence[int], rhs_shape: Sequence[int], padding
   every other case, and every convolution on GPU/TPU, is 'native'.
   """
   backend = backend or jax.default_backend()
-  if backend != 'cpu' or not _explicit_nhwc(lhs_shape, rhs_shape, padding, lhs_dilation,
+  if backend != "cpu" or not _explicit_nhwc(lhs_shape, rhs_shape, padding, lhs_dilation,
                                             dimension_numbers, kwargs):
-    return 'native'
+    return "native"
   if (feature_group_count > 1 and feature_group_count == lhs_shape[-1] == rhs_shape[-1]
       and rhs_shape[-2] == 1):
-    return 'taps'
+    return "taps"
   if (feature_group_count == 1 and tuple(rhs_shape[:2]) == (1, 1)
       and all(tuple(p) == (0, 0) for p in padding)):
-    return 'dot'
-  return 'native'
+    return "dot"
+  return "native"
 
 
 def _conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
@@ -259,9 +259,9 @@ def _conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   formulation = conv_formulation(lhs.shape, rhs.shape, padding, lhs_dilation=lhs_dilation,
                                  dimension_numbers=dimension_numbers,
                                  feature_group_count=feature_group_count, **kwargs)
-  if formulation == 'taps':
+  if formulation == "taps":
     return depthwise_conv_taps(lhs, rhs, window_strides, padding, rhs_dilation or (1, 1))
-  if formulation == 'dot':
+  if formulation == "dot":
     return pointwise_conv_dot(lhs, rhs, window_strides, precision)
   return jax.lax.conv_general_dilated(
       lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
@@ -293,7 +293,7 @@ def conv2d(
   """
   pad = torch_padding(kernel_size, stride, dilation)
   if kernel_init is None:  # torch's default conv init: kaiming_uniform_(a=sqrt(5))
-    kernel_init = variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
+    kernel_init = variance_scaling(1.0 / 3.0, "fan_in", "uniform")
   return nnx.Conv(
       in_channels,
       out_channels,
@@ -454,8 +454,8 @@ def canonical_dtype(dtype: str | Dtype | None) -> Dtype | None:
   if dtype is None:
     return None
   if isinstance(dtype, str):
-    known = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+    known = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
     if dtype not in known:
-      raise ValueError(f'Unknown dtype {dtype!r}; known: {sorted(known)}')
+      raise ValueError(f"Unknown dtype {dtype!r}; known: {sorted(known)}")
     return known[dtype]
   return jnp.dtype(dtype).type

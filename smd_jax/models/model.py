@@ -31,7 +31,7 @@ class DenseModel(nnx.Module):
   def __init__(self, encoder: nnx.Module, decoders: Mapping[str, nnx.Module],
                heads: Mapping[str, nnx.Module], input_block: nnx.Module | None = None):
     if set(decoders) != set(heads):
-      raise ValueError(f'decoders {sorted(decoders)} and heads {sorted(heads)} differ')
+      raise ValueError(f"decoders {sorted(decoders)} and heads {sorted(heads)} differ")
     self.input_block = input_block
     self.encoder = encoder
     self.decoders = nnx.Dict(dict(decoders))
@@ -48,7 +48,7 @@ class DenseModel(nnx.Module):
   def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
     stride = max(self.encoder.reductions)
     if x.ndim != 4 or x.shape[1] % stride or x.shape[2] % stride:
-      raise ValueError(f'Expected [B, H, W, C] with H, W multiples of {stride}, '
-                       f'got shape {x.shape}')
+      raise ValueError(f"Expected [B, H, W, C] with H, W multiples of {stride}, "
+                       f"got shape {x.shape}")
     features = self.encoder(self.encoder_inputs(x))
     return {task: self.heads[task](self.decoders[task](features)) for task in self.tasks}

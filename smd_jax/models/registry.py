@@ -31,28 +31,28 @@ from smd_jax.models.layers import canonical_dtype
 from smd_jax.models.model import RGB_CHANNELS, DenseModel
 
 ENCODERS: dict[str, Callable[..., nnx.Module]] = {
-    'efficientnet_b2': efficientnet.efficientnet_b2,
-    'efficientnet_b3': efficientnet.efficientnet_b3,
-    'efficientnet_b4': efficientnet.efficientnet_b4,
-    'resnet50': resnet.resnet50,
+    "efficientnet_b2": efficientnet.efficientnet_b2,
+    "efficientnet_b3": efficientnet.efficientnet_b3,
+    "efficientnet_b4": efficientnet.efficientnet_b4,
+    "resnet50": resnet.resnet50,
 }
 
 DECODERS: dict[str, Callable[..., nnx.Module]] = {
-    'unet': unet.UnetDecoder,
-    'deeplabv3': deeplab.DeepLabV3Decoder,
+    "unet": unet.UnetDecoder,
+    "deeplabv3": deeplab.DeepLabV3Decoder,
 }
 
 INPUT_BLOCKS: dict[str, Callable[..., nnx.Module]] = {
-    'semantic_conv': semantic_conv.semantic_conv,
+    "semantic_conv": semantic_conv.semantic_conv,
 }
 
-__all__ = ['ACTIVATIONS', 'DECODERS', 'ENCODERS', 'INPUT_BLOCKS', 'build_model', 'lookup']
+__all__ = ["ACTIVATIONS", "DECODERS", "ENCODERS", "INPUT_BLOCKS", "build_model", "lookup"]
 
 
 def lookup(registry: Mapping[str, Callable[..., Any]], name: str, kind: str):
   """registry[name], or ValueError naming the known entries."""
   if name not in registry:
-    raise ValueError(f'Unknown {kind} {name!r}; known {kind}s: {sorted(registry)}')
+    raise ValueError(f"Unknown {kind} {name!r}; known {kind}s: {sorted(registry)}")
   return registry[name]
 
 
@@ -80,39 +80,39 @@ def build_model(model_config: Any, *, rngs: nnx.Rngs) -> DenseModel:
     decoder_channels: optional decoder widths (UNet: a sequence; DeepLabV3: an int
       or a 1-sequence).
   """
-  encoder_fn = lookup(ENCODERS, _field(model_config, 'encoder'), 'encoder')
-  decoder_fn = lookup(DECODERS, _field(model_config, 'decoder'), 'decoder')
-  block_name = _field(model_config, 'input_block')
-  block_fn = lookup(INPUT_BLOCKS, block_name, 'input block') if block_name else None
-  dtype = canonical_dtype(_field(model_config, 'dtype', 'float32'))
-  heads_config = _field(model_config, 'heads')
+  encoder_fn = lookup(ENCODERS, _field(model_config, "encoder"), "encoder")
+  decoder_fn = lookup(DECODERS, _field(model_config, "decoder"), "decoder")
+  block_name = _field(model_config, "input_block")
+  block_fn = lookup(INPUT_BLOCKS, block_name, "input block") if block_name else None
+  dtype = canonical_dtype(_field(model_config, "dtype", "float32"))
+  heads_config = _field(model_config, "heads")
   if not heads_config:
-    raise ValueError('model_config.heads must name at least one task')
+    raise ValueError("model_config.heads must name at least one task")
   for task in heads_config:  # fail before the (slow) construction
-    lookup(ACTIVATIONS, _field(heads_config[task], 'activation', 'identity'), 'activation')
-  in_channels = int(_field(model_config, 'in_channels', RGB_CHANNELS))
+    lookup(ACTIVATIONS, _field(heads_config[task], "activation", "identity"), "activation")
+  in_channels = int(_field(model_config, "in_channels", RGB_CHANNELS))
 
   input_block = None
   encoder_in_channels = in_channels
   if block_fn is not None:
     extra = in_channels - RGB_CHANNELS
     if extra < 1:
-      raise ValueError(f'input_block {block_name!r} needs semantic channels after RGB: '
-                       f'in_channels must be > {RGB_CHANNELS}, got {in_channels}')
+      raise ValueError(f"input_block {block_name!r} needs semantic channels after RGB: "
+                       f"in_channels must be > {RGB_CHANNELS}, got {in_channels}")
     input_block = block_fn(extra, dtype=dtype, rngs=rngs)
     encoder_in_channels = RGB_CHANNELS + input_block.out_channels
 
-  output_stride = getattr(decoder_fn, 'output_stride', 32)
+  output_stride = getattr(decoder_fn, "output_stride", 32)
   encoder = encoder_fn(in_channels=encoder_in_channels,
-                       drop_path_rate=float(_field(model_config, 'drop_path_rate', 0.0)),
+                       drop_path_rate=float(_field(model_config, "drop_path_rate", 0.0)),
                        output_stride=output_stride, dtype=dtype, rngs=rngs)
   if max(encoder.reductions) != output_stride:
     raise ValueError(f'{_field(model_config, "decoder")} needs encoder output stride '
-                     f'{output_stride}, got reductions {encoder.reductions}')
+                     f"{output_stride}, got reductions {encoder.reductions}")
   decoder_kwargs = {}
-  decoder_channels = _field(model_config, 'decoder_channels')
+  decoder_channels = _field(model_config, "decoder_channels")
   if decoder_channels is not None:
-    decoder_kwargs['decoder_channels'] = (
+    decoder_kwargs["decoder_channels"] = (
         decoder_channels if isinstance(decoder_channels, int) else tuple(decoder_channels))
   decoders, heads = {}, {}
   for task in sorted(heads_config):
@@ -120,8 +120,8 @@ def build_model(model_config: Any, *, rngs: nnx.Rngs) -> DenseModel:
     decoders[task] = decoder_fn(encoder.out_channels, dtype=dtype, rngs=rngs,
                                 **decoder_kwargs)
     heads[task] = SegmentationHead(
-        decoders[task].out_channels, int(_field(head_config, 'num_outputs')),
-        _field(head_config, 'activation', 'identity'),
-        kernel_size=getattr(decoder_fn, 'head_kernel_size', 3),
-        upsampling=getattr(decoder_fn, 'head_upsampling', 1), dtype=dtype, rngs=rngs)
+        decoders[task].out_channels, int(_field(head_config, "num_outputs")),
+        _field(head_config, "activation", "identity"),
+        kernel_size=getattr(decoder_fn, "head_kernel_size", 3),
+        upsampling=getattr(decoder_fn, "head_upsampling", 1), dtype=dtype, rngs=rngs)
   return DenseModel(encoder, decoders, heads, input_block=input_block)

@@ -41,7 +41,7 @@ STEM_CHANNELS = 64
 LAYER_DILATIONS = {32: (1, 1), 16: (1, 2), 8: (2, 4)}
 
 # torchvision ResNet init: kaiming_normal_(mode='fan_out', nonlinearity='relu').
-_conv_init = variance_scaling(2.0, 'fan_out', 'normal')
+_conv_init = variance_scaling(2.0, "fan_out", "normal")
 
 
 class Bottleneck(nnx.Module):
@@ -104,8 +104,8 @@ class ResNet(nnx.Module):
                drop_path_rate: float = 0.0, output_stride: int = 32,
                dtype: Dtype | None = None, rngs: nnx.Rngs):
     if output_stride not in LAYER_DILATIONS:
-      raise ValueError(f'output_stride must be one of {sorted(LAYER_DILATIONS)}, '
-                       f'got {output_stride}')
+      raise ValueError(f"output_stride must be one of {sorted(LAYER_DILATIONS)}, "
+                       f"got {output_stride}")
     self.conv1 = conv2d(in_channels, STEM_CHANNELS, 7, 2, kernel_init=_conv_init,
                         dtype=dtype, rngs=rngs)
     self.bn1 = batch_norm(STEM_CHANNELS, dtype=dtype, rngs=rngs)
@@ -127,7 +127,7 @@ class ResNet(nnx.Module):
                                  drop_path_rate=rate, dtype=dtype, rngs=rngs))
         chs = width * BOTTLENECK_EXPANSION
         block_idx += 1
-      setattr(self, f'layer{i + 1}', nnx.List(blocks))
+      setattr(self, f"layer{i + 1}", nnx.List(blocks))
       out_channels.append(chs)
       reductions.append(reduction)
     self.num_layers = len(layers)
@@ -142,7 +142,7 @@ class ResNet(nnx.Module):
     features = [x]
     x = max_pool_3x3_s2(x)
     for i in range(self.num_layers):
-      for block in getattr(self, f'layer{i + 1}'):
+      for block in getattr(self, f"layer{i + 1}"):
         x = block(x)
       features.append(x)
     return features

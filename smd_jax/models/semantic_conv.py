@@ -53,7 +53,7 @@ class SemanticConv(nnx.Module):
                stochastic_depth: float = STOCHASTIC_DEPTH, dtype: Dtype | None = None,
                rngs: nnx.Rngs):
     if in_channels < 1:
-      raise ValueError(f'SemanticConv needs >= 1 input channel, got {in_channels}')
+      raise ValueError(f"SemanticConv needs >= 1 input channel, got {in_channels}")
     self.conv_in = conv2d(in_channels, hidden_channels, 3, dtype=dtype, rngs=rngs)
     self.bn_in = batch_norm(hidden_channels, dtype=dtype, rngs=rngs)
     # torchvision SE squeeze = max(1, in // 4); InvertedResidual reduces to
@@ -61,7 +61,7 @@ class SemanticConv(nnx.Module):
     se_ratio = max(1, hidden_channels // 4) / hidden_channels
     self.mbconv = InvertedResidual(hidden_channels, hidden_channels, 3, 1, expand_ratio,
                                    se_ratio=se_ratio, drop_path_rate=stochastic_depth,
-                                   init='torch', dtype=dtype, rngs=rngs)
+                                   init="torch", dtype=dtype, rngs=rngs)
     self.conv_out = conv2d(hidden_channels, out_channels, 1, dtype=dtype, rngs=rngs)
     self.bn_out = batch_norm(out_channels, dtype=dtype, rngs=rngs)
     self.in_channels = in_channels

@@ -24,7 +24,7 @@ from smd_jax.models.layers import (Dtype, batch_norm, conv2d, upsample_nearest_2
 UNET_DECODER_CHANNELS = (256, 128, 64, 32, 16)
 
 # smp ``initialize_decoder``: kaiming_uniform_(fan_in, relu), zero bias, BN 1/0.
-_kaiming_uniform = variance_scaling(2.0, 'fan_in', 'uniform')
+_kaiming_uniform = variance_scaling(2.0, "fan_in", "uniform")
 
 
 class Conv2dReLU(nnx.Module):
@@ -84,8 +84,8 @@ class UnetDecoder(nnx.Module):
                dtype: Dtype | None = None, rngs: nnx.Rngs):
     if len(encoder_channels) != len(decoder_channels):
       raise ValueError(
-          f'UNet needs one decoder block per encoder feature, got '
-          f'{len(encoder_channels)} features and decoder_channels={decoder_channels}')
+          f"UNet needs one decoder block per encoder feature, got "
+          f"{len(encoder_channels)} features and decoder_channels={decoder_channels}")
     deep_first = list(encoder_channels)[::-1]
     in_chs = [deep_first[0]] + list(decoder_channels[:-1])
     skip_chs = deep_first[1:] + [0]

@@ -10,10 +10,13 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from smd_jax import (checkpoints, convert, distributed, evaluation, input_pipeline, metrics,
-                     parallel, restore, steps as steps_lib, visualize)
+from smd_jax import convert, output_files, tasks as tasks_lib
+from smd_jax.data import batching, datasets
 from smd_jax.errors import UserError
-from smd_jax.summary import MetricWriter
+from smd_jax.evaluation import figures, passes
+from smd_jax.inference import trained_run
+from smd_jax.training import checkpoints, data_parallel, multihost, steps as steps_lib
+from smd_jax.training.metric_writer import MetricWriter
 
 
 def num_train_steps(config, train_size: int) -> int:
@@ -28,18 +31,18 @@ def _finalize_train_metrics(history: list[dict], tasks) -> dict[str, float]:
   Steps whose update was skipped (non-finite loss or gradient) are counted in
   `nonfinite_steps` and left out of the means.
   """
-  fetched = [parallel.fetch(h) for h in history]
+  fetched = [data_parallel.fetch(h) for h in history]
   good = [h for h in fetched if not h["nonfinite"]] or fetched
   out = {k: float(np.mean([h[k] for h in good]))
          for k in good[0] if k == "loss" or k.startswith("loss_") or k == "grad_norm"}
   out["nonfinite_steps"] = float(sum(bool(h["nonfinite"]) for h in fetched))
   out["learning_rate"] = float(fetched[-1]["learning_rate"])
-  for name, task in tasks.items():
-    sums = None  # float64 host sums; some are arrays (confusion matrices)
-    for h in good:
-      sums = metrics.accumulate(sums, {k.split("/", 1)[1]: v for k, v in h.items()
-                                       if k.startswith(f"{name}/")})
-    out.update({f"{name}/{k}": v for k, v in task.finalize(sums).items()})
+  totals = None  # float64 host sums; some are arrays (confusion matrices)
+  for h in good:
+    totals = tasks_lib.accumulate_sums(totals, {
+        name: {k.split("/", 1)[1]: v for k, v in h.items() if k.startswith(f"{name}/")}
+        for name in tasks})
+  out.update(tasks_lib.finalize_all(tasks, totals))
   return out
 
 
@@ -53,7 +56,7 @@ class NonFiniteGuard:
     self.total = 0
 
   def check(self, step: int, step_metrics, last_checkpoint: int | None) -> None:
-    if not bool(parallel.fetch(step_metrics["nonfinite"])):
+    if not bool(data_parallel.fetch(step_metrics["nonfinite"])):
       self.in_a_row = 0
       return
     self.in_a_row += 1
@@ -72,9 +75,8 @@ class NonFiniteGuard:
 
 def write_config(config, workdir: str) -> None:
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    output_files.write_text(os.path.join(workdir, "config.json"),
+                            config.to_json_best_effort(indent=2, sort_keys=True))
 
 
 def build_model(config):
@@ -90,7 +92,7 @@ def load_data(config, workdir: str) -> dict:
   sources, error = None, None
   if jax.process_index() == 0:
     try:
-      sources = input_pipeline.load_data_sources(config.data, workdir)
+      sources = datasets.load_data_sources(config.data, workdir)
     except UserError as e:
       error = e
   if jax.process_count() > 1:  # a collective: every process waits for process 0 here
@@ -100,7 +102,7 @@ def load_data(config, workdir: str) -> dict:
   if error is not None:
     raise error
   if sources is None:  # each host opens what process 0 built (a shared data_dir)
-    sources = input_pipeline.load_data_sources(config.data, workdir, build=False)
+    sources = datasets.load_data_sources(config.data, workdir, build=False)
   if not len(sources.get("train", ())):
     raise UserError(f"The data set has no training examples (splits: "
                     f"{ {k: len(v) for k, v in sources.items()} }); check the raw frames "
@@ -116,9 +118,9 @@ def check_checkpoint_fits(workdir: str, state) -> None:
   try:
     step = ckpt.latest_step()
     if step is not None:
-      restore.check_matches(ckpt, step, state, "the given config",
+      trained_run.check_matches(ckpt, step, state, "the given config",
                             parts=("params", "model_state", "opt_state"))
-  except restore.UserError as e:
+  except trained_run.UserError as e:
     raise UserError(f"{e} Use a new --workdir, or train with the config this workdir was "
                     f"written with ({os.path.join(workdir, 'config.json')}).") from e
   finally:
@@ -129,12 +131,12 @@ def write_final_outputs(workdir: str, split: str, step: int, results, panels, gr
   """eval_<split>_<step>.json and the pictures of the final evaluation (process 0 only)."""
   if jax.process_index() != 0:
     return
-  evaluation.write_json(os.path.join(workdir, f"eval_{split}_{step}.json"), results)
+  output_files.write_json(os.path.join(workdir, f"eval_{split}_{step}.json"), results)
   images = os.path.join(workdir, "images")
-  evaluation.save_png(os.path.join(images, f"{split}_{step}.png"), visualize.stack_rows(panels))
-  evaluation.save_png(os.path.join(images, f"{split}_{step}_grid.png"), grid)
+  output_files.write_png(os.path.join(images, f"{split}_{step}.png"), figures.stack_rows(panels))
+  output_files.write_png(os.path.join(images, f"{split}_{step}_grid.png"), grid)
   for i, panel in enumerate(panels):
-    evaluation.save_png(os.path.join(images, f"{split}_{step}_{i}.png"), panel)
+    output_files.write_png(os.path.join(images, f"{split}_{step}_{i}.png"), panel)
 
 
 def train_and_evaluate(config, workdir: str) -> dict[str, float]:
@@ -151,10 +153,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   Returns:
     The final validation metrics (plus the constant baseline's RMSE).
   """
-  mesh = parallel.make_mesh()
+  mesh = data_parallel.make_mesh()
   for name in ("batch_size", "eval_batch_size"):
     try:
-      parallel.check_batch_size(config[name], mesh)
+      data_parallel.check_batch_size(config[name], mesh)
     except ValueError as e:
       raise UserError(str(e).replace("batch_size=", f"{name}=")) from e
   model = build_model(config)
@@ -168,7 +170,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
 
   write_config(config, workdir)
   writer = MetricWriter(workdir)
-  train_ds = input_pipeline.train_dataset(
+  train_ds = batching.train_dataset(
       sources["train"], global_batch_size=config.batch_size, seed=config.seed,
       process_index=jax.process_index(), process_count=jax.process_count(),
       num_threads=config.data.num_threads, prefetch_batches=config.data.prefetch_batches,
@@ -179,11 +181,11 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   ckpt = checkpoints.Checkpointer(
       workdir, max_to_keep=config.keep_checkpoints,
       save_interval_steps=config.checkpoint_every_steps,
-      best_metric=(config.get("best_metric", None) or "depth/rmse") if eval_split else None)
+      best_metric=checkpoints.best_metric(config) if eval_split else None)
   try:  # whatever happens, pending async saves complete and the logs are closed
     if ckpt.latest_step() is not None:
       state, _ = ckpt.restore(state, train_iter)
-    start = int(parallel.fetch(state.step))
+    start = int(data_parallel.fetch(state.step))
     logging.info("Training %d steps (from step %d), global batch %d on %d device(s) in %d "
                  "process(es).", total_steps, start, config.batch_size, mesh.devices.size,
                  jax.process_count())
@@ -192,7 +194,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     semantic_input = config.semantic_transform != "none"
 
     def log_figure(step):  # the figure grid of the first validation examples, to TensorBoard
-      panels, grid = evaluation.prediction_figures(
+      panels, grid = figures.prediction_figures(
           steps, state, sources[eval_split], num_images=config.num_images,
           batch_size=config.eval_batch_size, mesh=mesh, max_depth=max_depth,
           semantic_input=semantic_input)
@@ -201,9 +203,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
 
     guard = NonFiniteGuard(config.get("max_nonfinite_steps", 5), ckpt.directory)
     history, t_report, previous = [], time.time(), None
-    with distributed.PreemptionWatch() as preemption:
+    with multihost.PreemptionWatch() as preemption:
       for step in range(start + 1, total_steps + 1):
-        batch = parallel.to_global(next(train_iter), mesh)
+        batch = data_parallel.to_global(next(train_iter), mesh)
         state, step_metrics = steps.train_step(state, batch)
         if previous is not None:  # the step before: done by now, this one is in flight
           guard.check(*previous, ckpt.latest_step())
@@ -228,7 +230,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         eval_metrics = None
         if eval_split and config.eval_every_steps > 0 and step % config.eval_every_steps == 0 \
             and step != total_steps:
-          eval_metrics = evaluation.evaluate(
+          eval_metrics = passes.evaluate(
               steps, state, sources[eval_split], global_batch_size=config.eval_batch_size,
               mesh=mesh, max_examples=config.max_eval_examples)
           writer.scalars(step, eval_metrics, prefix=f"{eval_split}/")
@@ -242,10 +244,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
 
     results = {"step": total_steps}
     if eval_split:
-      results.update(evaluation.evaluate(
+      results.update(passes.evaluate(
           steps, state, sources[eval_split], global_batch_size=config.eval_batch_size,
           mesh=mesh, max_examples=config.max_eval_examples))
-      base_rmse, base_depth = evaluation.constant_baseline(sources[eval_split], max_depth,
+      base_rmse, base_depth = passes.constant_baseline(sources[eval_split], max_depth,
                                                            config.max_eval_examples)
       results.update({"constant_baseline/rmse": base_rmse, "constant_baseline/depth": base_depth})
       writer.scalars(total_steps, {k: v for k, v in results.items() if k != "step"},

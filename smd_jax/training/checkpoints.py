@@ -48,6 +48,14 @@ HIGHER_IS_BETTER = ("delta1", "delta2", "delta3", "miou", "pixel_accuracy", "f1"
                     "recall")
 
 
+DEFAULT_BEST_METRIC = "depth/rmse"
+
+
+def best_metric(config) -> str:
+  """The metric that picks the best checkpoint: `config.best_metric`, else depth RMSE."""
+  return config.get("best_metric", None) or DEFAULT_BEST_METRIC
+
+
 def best_mode(metric: str) -> str:
   """'max' for metrics where larger is better (by their last name part), else 'min'."""
   return "max" if metric.rsplit("/", 1)[-1] in HIGHER_IS_BETTER else "min"
@@ -89,7 +97,7 @@ class Checkpointer:
           self.directory, options=options, item_handlers={"state": ocp.StandardCheckpointHandler()})
       return
     # Every K steps. Preemption saves are the training loop's (forced, see
-    # smd_jax.distributed.PreemptionWatch), so that one place decides when to stop.
+    # multihost.PreemptionWatch), so that one place decides when to stop.
     save_policy = policies.FixedIntervalPolicy(save_interval_steps)
     keep = dict(max_to_keep=max_to_keep)
     if best_metric is not None:
@@ -157,7 +165,7 @@ class Checkpointer:
     None when no kept checkpoint has a value of it (e.g. no evaluation during
     training, or checkpoints written before keep-best).
     """
-    metric = metric or self.best_metric or "depth/rmse"
+    metric = metric or self.best_metric or DEFAULT_BEST_METRIC
     sign = -1.0 if best_mode(metric) == "max" else 1.0
     scored = []
     for step in self.all_steps():

@@ -1,7 +1,7 @@
 """Evaluate a trained workdir on a whole split and write paper-style results.
 
 The library side of `python -m smd_jax.evaluate`. `evaluate_workdir` restores
-a checkpoint (`smd_jax.restore`), runs `evaluation.analyse` over the split on all
+a checkpoint (`inference.trained_run`), runs `passes.analyse` over the split on all
 devices and writes, in the workdir:
 
   eval_<split>_<step>.json             every metric (task metrics, breakdown, constant baseline)
@@ -14,19 +14,28 @@ devices and writes, in the workdir:
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import glob
+import json
+import math
 import os
+import re
 from typing import Any, Sequence
 
 import jax
 from absl import logging
 
-from smd_jax import breakdown, evaluation, experiments, input_pipeline, restore
+from smd_jax import metrics, output_files
+from smd_jax.data import datasets
+from smd_jax.evaluation import breakdown, figures, passes, tables
+from smd_jax.inference import trained_run
+
 
 # Columns of the comparison table after the paper's: the boundary claim, then the heads.
 COMPARE_COLUMNS = ((f"{breakdown.PREFIX}/{breakdown.NEAR}/rmse", "RMSE near contours"),
                    (f"{breakdown.PREFIX}/{breakdown.OFF}/rmse", "RMSE off contours"),
-                   *experiments.EXTRA_COLUMNS)
+                   *tables.EXTRA_COLUMNS)
 
 
 @dataclasses.dataclass
@@ -43,11 +52,11 @@ def run_name(workdir: str) -> str:
 
 def load_split(config, workdir: str, split: str) -> Sequence:
   try:
-    sources = input_pipeline.load_data_sources(config.data, workdir)
+    sources = datasets.load_data_sources(config.data, workdir)
   except (FileNotFoundError, ValueError) as e:
-    raise restore.UserError(str(e).splitlines()[0]) from e
+    raise trained_run.UserError(str(e).splitlines()[0]) from e
   if split not in sources:
-    raise restore.UserError(f"The data set has no {split!r} split (splits: "
+    raise trained_run.UserError(f"The data set has no {split!r} split (splits: "
                             f"{', '.join(sorted(sources))}).")
   return sources[split]
 
@@ -55,13 +64,13 @@ def load_split(config, workdir: str, split: str) -> Sequence:
 def markdown(name: str, config, results: dict[str, Any], split: str) -> str:
   """The results file's Markdown: the paper's columns (and row), then the breakdown."""
   title = f"# {name}: {split} split, step {results.get('step')}"
-  lines = [title, "", experiments.markdown_table({name: results}, {name: config},
+  lines = [title, "", tables.markdown_table({name: results}, {name: config},
                                                   published=split == "validation")]
   if any(k.startswith(breakdown.PREFIX + "/") for k in results):
     lines += ["Depth breakdown: metres of ground truth (last bin includes 15 m), and pixels "
               f"within {breakdown.CONTOUR_RADIUS} px of a semantic contour or not; "
               "`pixels` = share of the valid pixels.", "",
-              breakdown.markdown_table(results)]
+              tables.breakdown_table(results)]
   if results.get("constant_baseline/rmse") is not None:
     lines.append(f"Best constant depth ({results['constant_baseline/depth']:.2f} m): RMSE "
                  f"{results['constant_baseline/rmse']:.3f} m.\n")
@@ -85,21 +94,21 @@ def evaluate_workdir(workdir: str, *, config=None, checkpoint: str | int = "late
     num_images: examples in the figure grid (default `config.num_images`; at
       most one batch); 0 = no grid.
   """
-  loaded = restore.load(workdir, config=config, checkpoint=checkpoint, mesh=mesh)
+  loaded = trained_run.load(workdir, config=config, checkpoint=checkpoint, mesh=mesh)
   config, mesh = loaded.config, loaded.mesh
   batch_size = int(batch_size or config.eval_batch_size)
   if batch_size % mesh.devices.size or batch_size % jax.process_count():
-    raise restore.UserError(f"The batch size {batch_size} is not a multiple of the "
+    raise trained_run.UserError(f"The batch size {batch_size} is not a multiple of the "
                             f"{mesh.devices.size} devices.")
   if max_examples is None:
     max_examples = config.get("max_eval_examples", None)
   source = load_split(config, workdir, split)
   transform = config.semantic_transform
-  step_fn = evaluation.make_analysis_step(loaded.steps, transform, mesh)
-  results, image_rows = evaluation.analyse(
+  step_fn = passes.make_analysis_step(loaded.steps, mesh)
+  results, image_rows = passes.analyse(
       step_fn, loaded.state, loaded.steps.tasks, source, global_batch_size=batch_size, mesh=mesh,
       max_examples=max_examples, progress=progress)
-  base_rmse, base_depth = evaluation.constant_baseline(source, loaded.max_depth, max_examples)
+  base_rmse, base_depth = passes.constant_baseline(source, loaded.max_depth, max_examples)
   results = {"step": loaded.step, "split": split, "checkpoint": str(checkpoint),
              "num_examples": len(image_rows), **results,
              "constant_baseline/rmse": base_rmse, "constant_baseline/depth": base_depth}
@@ -108,11 +117,11 @@ def evaluate_workdir(workdir: str, *, config=None, checkpoint: str | int = "late
   num_images = config.get("num_images", 4) if num_images is None else num_images
   num_images = min(int(num_images), batch_size)
   if num_images > 0:
-    batch = evaluation.first_batch(source, num_images, batch_size)
-    outputs_fn = evaluation.make_outputs_fn(loaded.steps, transform, mesh)
-    out = evaluation.global_outputs(outputs_fn, loaded.state, batch, mesh)
-    head = evaluation.semantic_head(loaded.steps.tasks)
-    grid = evaluation.figure(batch, out["depth"], max_depth=loaded.max_depth,
+    batch = passes.first_batch(source, num_images, batch_size)
+    outputs_fn = passes.make_outputs_fn(loaded.steps, mesh)
+    out = passes.global_outputs(outputs_fn, loaded.state, batch, mesh)
+    head = passes.semantic_head(loaded.steps.tasks)
+    grid = figures.figure(batch, out["depth"], max_depth=loaded.max_depth,
                              semantic_input=transform != "none",
                              semantic_pred=out[head] if head else None,
                              rows=batch["mask"].nonzero()[0])
@@ -123,16 +132,14 @@ def evaluate_workdir(workdir: str, *, config=None, checkpoint: str | int = "late
   if write and jax.process_index() == 0:
     stem = os.path.join(workdir, f"eval_{split}_{loaded.step}")
     paths["json"], paths["markdown"] = stem + ".json", stem + ".md"
-    evaluation.write_json(paths["json"], results)
-    with open(paths["markdown"] + ".tmp", "w") as f:
-      f.write(table)
-    os.replace(paths["markdown"] + ".tmp", paths["markdown"])
+    output_files.write_json(paths["json"], results)
+    output_files.write_text(paths["markdown"], table)
     if per_image:
       paths["csv"] = stem + "_per_image.csv"
-      evaluation.write_per_image_csv(paths["csv"], image_rows, source)
+      write_per_image_csv(paths["csv"], image_rows, source)
     if grid is not None:
       paths["grid"] = os.path.join(workdir, "images", f"eval_{split}_{loaded.step}_grid.png")
-      evaluation.save_png(paths["grid"], grid)
+      output_files.write_png(paths["grid"], grid)
   logging.info("%s %s step %d: RMSE %.4f m over %d examples.", name, split, loaded.step,
                results["depth/rmse"], len(image_rows))
   return Report(results=results, per_image=image_rows, paths=paths, table=table)
@@ -150,11 +157,50 @@ def compare(workdirs: Sequence[str], *, split: str = "validation", evaluate_miss
   for workdir in workdirs:
     name = os.path.normpath(workdir)
     if name in results:
-      raise restore.UserError(f"{workdir} is listed twice.")
-    configs[name] = restore.load_config(workdir)
-    results[name] = experiments.final_results(workdir, split)
+      raise trained_run.UserError(f"{workdir} is listed twice.")
+    configs[name] = trained_run.load_run_config(workdir)
+    results[name] = final_results(workdir, split)
     if results[name] is None and evaluate_missing:
       logging.info("No %s results in %s: evaluating its latest checkpoint.", split, workdir)
       results[name] = evaluate_workdir(workdir, split=split, **evaluate_kwargs).results
-  return experiments.markdown_table(results, configs, extra_columns=COMPARE_COLUMNS,
+  return tables.markdown_table(results, configs, extra_columns=COMPARE_COLUMNS,
                                     published=split == "validation")
+
+
+def _text(value) -> str:
+  return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def write_per_image_csv(path: str, rows: list[dict[str, Any]], source: Sequence | None = None
+                        ) -> None:
+  """Per-image metrics as CSV, worst RMSE first (examples without valid pixels last).
+
+  With `source`, the frame's `scene`, `camera` and `frame` ids are added where
+  the examples have them.
+  """
+  rows = [dict(r) for r in rows]
+  id_keys = []
+  if source is not None and rows:
+    id_keys = [k for k in ("scene", "camera", "frame") if k in source[rows[0]["index"]]]
+    for r in rows:
+      example = source[r["index"]]
+      r.update({k: _text(example[k]) for k in id_keys})
+  rank = lambda r: (not math.isfinite(r["rmse"]), -r["rmse"] if math.isfinite(r["rmse"]) else 0)
+  rows.sort(key=rank)
+  columns = (["index"] + id_keys + ["valid_pixels"] + list(metrics.DEPTH_METRIC_NAMES))
+  with output_files.atomic_open(path, "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    for r in rows:
+      writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+  logging.info("Wrote %s", path)
+
+
+def final_results(workdir: str, split: str = "validation") -> dict | None:
+  """The last `eval_<split>_<step>.json` in a workdir, or None."""
+  found = glob.glob(os.path.join(workdir, f"eval_{split}_*.json"))
+  if not found:
+    return None
+  latest = max(found, key=lambda p: int(re.findall(r"(\d+)\.json$", p)[0]))
+  with open(latest) as f:
+    return json.load(f)

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from smd_jax import metrics, paper, semantics
+from smd_jax import metrics, semantics
 
 DEPTH_BINS = ((0.0, 2.0), (2.0, 5.0), (5.0, 10.0), (10.0, 15.0))
 CONTOUR_RADIUS = 2
@@ -39,10 +39,6 @@ def _edge(x: float) -> str:
 
 def bin_name(lo: float, hi: float) -> str:
   return f"depth_{_edge(lo)}-{_edge(hi)}m"
-
-
-def region_names(bins: Sequence[tuple[float, float]] = DEPTH_BINS) -> list[str]:
-  return [bin_name(lo, hi) for lo, hi in bins] + [NEAR, OFF]
 
 
 def near_contours(semantic: jax.Array, radius: int = CONTOUR_RADIUS) -> jax.Array:
@@ -82,7 +78,7 @@ def breakdown_sums(pred: jax.Array, target: jax.Array, valid: jax.Array, semanti
   return {name: metrics.depth_metric_sums(pred, target, mask) for name, mask in masks.items()}
 
 
-def _region_order(name: str) -> tuple:
+def region_order(name: str) -> tuple:
   """Depth bins by their lower edge, then near and off contours, then anything else."""
   if name.startswith("depth_") and name.endswith("m"):
     try:
@@ -101,33 +97,10 @@ def finalize_breakdown(sums: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str
   """
   total = float(sums[NEAR]["count"]) + float(sums[OFF]["count"])
   out = {}
-  for region in sorted(sums, key=_region_order):  # (jitted outputs come back sorted by name)
+  for region in sorted(sums, key=region_order):  # (jitted outputs come back sorted by name)
     region_sums = sums[region]
     for k, v in metrics.finalize_depth_metrics(region_sums).items():
       out[f"{PREFIX}/{region}/{k}"] = v
     out[f"{PREFIX}/{region}/fraction"] = (float(region_sums["count"]) / total if total
                                           else float("nan"))
   return out
-
-
-def _fmt(value) -> str:
-  return "–" if value is None or not np.isfinite(value) else f"{value:.3f}"
-
-
-def markdown_table(results: Mapping[str, float]) -> str:
-  """The breakdown of one evaluation: a row per region, the paper's columns, pixel share."""
-  regions = []
-  for key in results:
-    parts = key.split("/")
-    if len(parts) == 3 and parts[0] == PREFIX and parts[1] not in regions:
-      regions.append(parts[1])
-  regions.sort(key=_region_order)
-  header = ["region", "pixels"] + [h for _, h in paper.COLUMNS]
-  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-  for region in regions:
-    get = lambda k: results.get(f"{PREFIX}/{region}/{k}")  # pylint: disable=cell-var-from-loop
-    fraction = get("fraction")
-    share = "–" if fraction is None or not np.isfinite(fraction) else f"{100 * fraction:.1f}%"
-    lines.append("| " + " | ".join([region, share] + [_fmt(get(k)) for k, _ in paper.COLUMNS])
-                 + " |")
-  return "\n".join(lines) + "\n"

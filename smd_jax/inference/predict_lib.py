@@ -35,7 +35,9 @@ import numpy as np
 from absl import logging
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from smd_jax import evaluation, restore, semantics, visualize
+from smd_jax import semantics
+from smd_jax.evaluation import figures, passes
+from smd_jax.inference import trained_run
 from tfds_hypersim import processing
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -50,11 +52,11 @@ def list_inputs(path: str, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list
   if os.path.isfile(path):
     return [path]
   if not os.path.isdir(path):
-    raise restore.UserError(f"No such file or folder: {path}.")
+    raise trained_run.UserError(f"No such file or folder: {path}.")
   found = sorted(os.path.join(path, f) for f in os.listdir(path)
                  if f.lower().endswith(tuple(extensions)) and not f.startswith("."))
   if not found:
-    raise restore.UserError(f"No {'/'.join(e[1:].upper() for e in extensions)} file in {path}.")
+    raise trained_run.UserError(f"No {'/'.join(e[1:].upper() for e in extensions)} file in {path}.")
   return found
 
 
@@ -66,7 +68,7 @@ def image_size(path: str) -> tuple[int, int]:
       if image.getexif().get(_EXIF_ORIENTATION) in (5, 6, 7, 8):  # rotated by 90 degrees
         w, h = h, w
   except (UnidentifiedImageError, OSError, ValueError) as e:
-    raise restore.UserError(f"Cannot read image {path}: {_reason(e)}") from e
+    raise trained_run.UserError(f"Cannot read image {path}: {_reason(e)}") from e
   return h, w
 
 
@@ -82,7 +84,7 @@ def read_image(path: str) -> np.ndarray:
       image = ImageOps.exif_transpose(image)
       return np.asarray(image.convert("RGB"))
   except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-    raise restore.UserError(f"Cannot read image {path}: {_reason(e)}") from e
+    raise trained_run.UserError(f"Cannot read image {path}: {_reason(e)}") from e
 
 
 def read_semantic(path: str, size: tuple[int, int], image_path: str = "") -> np.ndarray:
@@ -97,24 +99,24 @@ def read_semantic(path: str, size: tuple[int, int], image_path: str = "") -> np.
     else:
       with Image.open(path) as image:
         if image.mode not in ("L", "P", "I", "I;16", "I;16B", "I;16L"):
-          raise restore.UserError(
+          raise trained_run.UserError(
               f"Semantic map {path} is a {image.mode} image; it must hold one channel of "
               "NYU40 ids (grey values 1..40, 0 = unlabelled).")
         labels = np.asarray(image)
   except (UnidentifiedImageError, OSError, ValueError) as e:
-    raise restore.UserError(f"Cannot read semantic map {path}: {_reason(e)}") from e
+    raise trained_run.UserError(f"Cannot read semantic map {path}: {_reason(e)}") from e
   if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
-    raise restore.UserError(f"Semantic map {path} must be a 2-D integer label map, not "
+    raise trained_run.UserError(f"Semantic map {path} must be a 2-D integer label map, not "
                             f"{labels.dtype} of shape {labels.shape}.")
   if tuple(labels.shape) != tuple(size):
-    raise restore.UserError(
+    raise trained_run.UserError(
         f"Semantic map {path} is {labels.shape[0]}x{labels.shape[1]} (HxW) but the image"
         f"{' ' + image_path if image_path else ''} is {size[0]}x{size[1]}.")
   labels = labels.astype(np.int64)
   low = -1 if path.lower().endswith(".npy") else 0
   bad = (labels < low) | (labels > semantics.NUM_NYU40_CLASSES)
   if bad.any():
-    raise restore.UserError(
+    raise trained_run.UserError(
         f"Semantic map {path} has labels outside {low}..{semantics.NUM_NYU40_CLASSES} "
         f"(found {int(labels[bad].min())}..{int(labels[bad].max())}); expected NYU40 ids "
         "1..40 with 0 (or -1 in .npy) = unlabelled.")
@@ -153,15 +155,13 @@ def resize_depth(depth: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 class Predictor:
   """A restored model and its jitted forward pass (all heads), on batches of one shape."""
 
-  loaded: restore.Loaded
+  loaded: trained_run.Loaded
   batch_size: int
 
   def __post_init__(self):
-    self.outputs_fn = evaluation.make_outputs_fn(self.loaded.steps,
-                                                 self.loaded.config.semantic_transform,
-                                                 self.loaded.mesh)
+    self.outputs_fn = passes.make_outputs_fn(self.loaded.steps, self.loaded.mesh)
     self.resolution = int(self.loaded.config.data.resolution)
-    self.semantic_head = evaluation.semantic_head(self.loaded.steps.tasks)
+    self.semantic_head = passes.semantic_head(self.loaded.steps.tasks)
 
   @property
   def takes_semantics(self) -> bool:
@@ -186,7 +186,7 @@ class Predictor:
       batch["image"][i] = prepare_image(image, shape)
       if labels is not None:
         batch["semantic"][i] = resize_labels(labels[i], shape)
-    out = evaluation.local_outputs(self.outputs_fn, self.loaded.state, batch, self.loaded.mesh)
+    out = passes.local_outputs(self.outputs_fn, self.loaded.state, batch, self.loaded.mesh)
     results = []
     for i in range(n):
       r = {"depth": resize_depth(out["depth"][i], sizes[i])}
@@ -205,8 +205,8 @@ def load_predictor(workdir: str, *, checkpoint: str | int = "latest",
   is rounded up to a multiple of the device count.
   """
   if jax.process_count() > 1:
-    raise restore.UserError("Prediction runs in one process (on all its devices).")
-  loaded = restore.load(workdir, checkpoint=checkpoint, mesh=mesh)
+    raise trained_run.UserError("Prediction runs in one process (on all its devices).")
+  loaded = trained_run.load(workdir, checkpoint=checkpoint, mesh=mesh)
   devices = loaded.mesh.devices.size
   size = int(batch_size or loaded.config.eval_batch_size)
   if num_inputs:
@@ -226,7 +226,7 @@ def write_outputs(out_dir: str, stem: str, prediction: dict[str, np.ndarray], *,
   paths.append(path)
   vmax = max(float(np.max(depth)), 1e-3)
   paths.append(os.path.join(out_dir, f"{stem}_depth_color.png"))
-  Image.fromarray(visualize.turbo(depth / vmax)).save(paths[-1])
+  Image.fromarray(figures.turbo(depth / vmax)).save(paths[-1])
   if write_npy:
     paths.append(os.path.join(out_dir, f"{stem}_depth.npy"))
     np.save(paths[-1], depth.astype(np.float32))
@@ -235,7 +235,7 @@ def write_outputs(out_dir: str, stem: str, prediction: dict[str, np.ndarray], *,
     paths.append(os.path.join(out_dir, f"{stem}_semantic.png"))
     Image.fromarray(np.clip(labels, 0, 255).astype(np.uint8)).save(paths[-1])
     paths.append(os.path.join(out_dir, f"{stem}_semantic_color.png"))
-    Image.fromarray(visualize.label_colors(labels)).save(paths[-1])
+    Image.fromarray(figures.label_colors(labels)).save(paths[-1])
   return paths
 
 
@@ -243,11 +243,11 @@ def _semantic_paths(images: Sequence[str], semantic: str) -> list[str]:
   """The label map of each image: `semantic` itself for one image, else by file stem."""
   if os.path.isfile(semantic):
     if len(images) > 1:
-      raise restore.UserError(f"--semantic {semantic} is one file for {len(images)} images; "
+      raise trained_run.UserError(f"--semantic {semantic} is one file for {len(images)} images; "
                               "give a folder of label maps named like the images.")
     return [semantic]
   if not os.path.isdir(semantic):
-    raise restore.UserError(f"No such semantic map file or folder: {semantic}.")
+    raise trained_run.UserError(f"No such semantic map file or folder: {semantic}.")
   by_stem = {}
   for f in sorted(os.listdir(semantic)):
     stem, ext = os.path.splitext(f)
@@ -258,7 +258,7 @@ def _semantic_paths(images: Sequence[str], semantic: str) -> list[str]:
   for image in images:
     stem = os.path.splitext(os.path.basename(image))[0]
     if stem not in by_stem:
-      raise restore.UserError(f"No semantic map for {image} in {semantic} (expected "
+      raise trained_run.UserError(f"No semantic map for {image} in {semantic} (expected "
                               f"{stem}.png or {stem}.npy).")
     out.append(by_stem[stem])
   return out
@@ -269,7 +269,7 @@ def _stems(paths: Sequence[str]) -> list[str]:
   seen = {}
   for p, s in zip(paths, stems):
     if s in seen:
-      raise restore.UserError(f"{seen[s]} and {p} would write the same output files ({s}_*).")
+      raise trained_run.UserError(f"{seen[s]} and {p} would write the same output files ({s}_*).")
     seen[s] = p
   return stems
 
@@ -297,16 +297,16 @@ def predict_files(workdir: str, inputs: str, out_dir: str, *, checkpoint: str | 
   stems = _stems(images)
   sizes = [image_size(p) for p in images]
   if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-    raise restore.UserError(f"--out {out_dir} exists and is not a folder.")
+    raise trained_run.UserError(f"--out {out_dir} exists and is not a folder.")
   predictor = load_predictor(workdir, checkpoint=checkpoint, batch_size=batch_size,
                              num_inputs=len(images))
   if semantic and semantic_workdir:
-    raise restore.UserError("Give --semantic or --semantic_workdir, not both.")
+    raise trained_run.UserError("Give --semantic or --semantic_workdir, not both.")
   if (semantic or semantic_workdir) and not predictor.takes_semantics:
-    raise restore.UserError(f"The model in {workdir} takes no semantic input (semantic_transform "
+    raise trained_run.UserError(f"The model in {workdir} takes no semantic input (semantic_transform "
                             "'none'); leave out --semantic / --semantic_workdir.")
   if predictor.takes_semantics and not (semantic or semantic_workdir):
-    raise restore.UserError(
+    raise trained_run.UserError(
         f"The model in {workdir} takes a semantic input (semantic_transform "
         f"'{predictor.loaded.config.semantic_transform}'): pass --semantic LABELS (PNG/NPY "
         "NYU40 label maps) or --semantic_workdir RUN (a model with a semantic head, run first).")
@@ -319,10 +319,10 @@ def predict_files(workdir: str, inputs: str, out_dir: str, *, checkpoint: str | 
     first_stage = load_predictor(semantic_workdir, checkpoint=semantic_checkpoint,
                                  batch_size=batch_size, num_inputs=len(images))
     if not first_stage.semantic_head:
-      raise restore.UserError(f"The model in {semantic_workdir} has no semantic head to predict "
+      raise trained_run.UserError(f"The model in {semantic_workdir} has no semantic head to predict "
                               "label maps with (e.g. use a 2-head run).")
     if first_stage.takes_semantics:
-      raise restore.UserError(f"The model in {semantic_workdir} itself takes a semantic input; "
+      raise trained_run.UserError(f"The model in {semantic_workdir} itself takes a semantic input; "
                               "two-stage inference needs an RGB-only model with a semantic head.")
   os.makedirs(out_dir, exist_ok=True)
 

@@ -7,7 +7,6 @@ training loop can call it unconditionally.
 from __future__ import annotations
 
 import json
-import logging as std_logging
 import math
 import os
 from typing import Mapping
@@ -15,18 +14,6 @@ from typing import Mapping
 import jax
 import numpy as np
 from absl import logging
-
-
-# Libraries whose INFO lines (dozens per checkpoint) drown the training log.
-_CHATTY_LIBRARIES = ("/orbax/", "/grain/", "/tensorflow_datasets/core/")
-
-
-def quiet_library_logs() -> None:
-  """Keeps warnings and errors from chatty libraries, drops their INFO lines."""
-  def keep(record: std_logging.LogRecord) -> bool:
-    return record.levelno >= std_logging.WARNING or not any(
-        lib in record.pathname for lib in _CHATTY_LIBRARIES)
-  logging.get_absl_handler().addFilter(keep)
 
 
 def _ends_with_newline(path: str) -> bool:
@@ -67,11 +54,6 @@ class MetricWriter:
     """image: [H,W,3] uint8."""
     if self.enabled:
       self._tb.add_image(tag, image, step, dataformats="HWC")
-
-  def flush(self) -> None:
-    if self.enabled:
-      self._tb.flush()
-      self._jsonl.flush()
 
   def close(self) -> None:
     if self.enabled:

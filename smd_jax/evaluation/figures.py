@@ -1,8 +1,15 @@
-"""Pictures a person can look at: input | ground truth | prediction, colour-mapped."""
+"""Pictures a person can look at: colour maps, input | ground truth | prediction panels,
+and the figure grid of evaluation (RGB, labels, depth, prediction, error).
+"""
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
+
+from smd_jax.evaluation import passes
+
 
 # Turbo colour map as a polynomial fit (Mikhailov, "Turbo, An Improved Rainbow
 # Colormap", Google AI Blog 2019; fit by Ruofei Du). Coefficients for t^0..t^5.
@@ -113,3 +120,55 @@ def figure_grid(rows: list[list[np.ndarray]], titles: list[str] | None = None,
   font_size = int(np.clip(w // 6, 8, 20))
   band = _title_band(list(titles), w, font_size + 6, font_size)
   return np.concatenate([band, np.full((GAP // 2, body.shape[1], 3), 255, np.uint8), body])
+
+
+# Figure panels are enlarged (pixel repetition) to at least this width, so small
+# training crops stay visible and the titles fit.
+FIGURE_MIN_PANEL_WIDTH = 128
+
+
+def figure(batch: dict[str, np.ndarray], depth_pred: np.ndarray, *, max_depth: float,
+           semantic_input: bool, semantic_pred: np.ndarray | None = None,
+           rows: Sequence[int] | None = None) -> np.ndarray:
+  """Figure grid, a row per example: RGB | labels | ground truth | prediction | |error|.
+
+  `labels` is the semantic label map (titled 'semantic in' when the model takes
+  it as input). Depth maps share the row's scale (0 to its farthest ground truth,
+  as `depth_panel`; black = invalid). The error map
+  |prediction - ground truth| uses one scale for the whole grid, 0 to the 99th
+  percentile of the shown errors (in its title; grey = no ground truth). With a
+  semantic head, its predicted labels follow. Panels narrower than
+  `FIGURE_MIN_PANEL_WIDTH` are enlarged by an integer factor.
+  """
+  rows = list(range(len(depth_pred))) if rows is None else list(rows)
+  gts = [np.clip(batch["depth"][i], 0, max_depth) for i in rows]
+  errors = [np.abs(depth_pred[i] - gt) for i, gt in zip(rows, gts)]
+  shown = np.concatenate([e[np.isfinite(e)] for e in errors] + [np.zeros(0)])
+  err_max = max(float(np.percentile(shown, 99)), 0.01) if shown.size else 1.0
+  grid = []
+  for i, gt, err in zip(rows, gts, errors):
+    valid = np.isfinite(gt)
+    vmax = max(min(float(gt[valid].max()), max_depth) if valid.any() else max_depth, 1e-3)
+    row = [batch["image"][i], label_colors(batch["semantic"][i]),
+           turbo(gt / vmax), turbo(depth_pred[i] / vmax),
+           error_colors(err, err_max)]
+    if semantic_pred is not None:
+      row.append(label_colors(semantic_pred[i]))
+    grid.append(row)
+  titles = ["RGB", "semantic in" if semantic_input else "labels", "GT depth", "predicted",
+            f"|err|<{err_max:.2g}m"] + (["pred. labels"] if semantic_pred is not None else [])
+  return figure_grid(grid, titles, min_panel_width=FIGURE_MIN_PANEL_WIDTH)
+
+
+def prediction_figures(steps, state, source: Sequence, *, num_images: int, batch_size: int,
+                       mesh, max_depth: float, semantic_input: bool
+                       ) -> tuple[list[np.ndarray], np.ndarray]:
+  """Panels (input | ground truth | prediction, `depth_panel`) of the first
+  `num_images` examples, and the figure grid (`figure`) of the same, from one `predict_step`."""
+  batch = passes.first_batch(source, num_images, batch_size)
+  pred = passes.global_outputs(steps.predict_step, state, batch, mesh)
+  keep = batch["mask"].nonzero()[0]
+  panels = [depth_panel(batch["image"][i], np.clip(batch["depth"][i], 0, max_depth),
+                                  pred[i], max_depth) for i in keep]
+  grid = figure(batch, pred, max_depth=max_depth, semantic_input=semantic_input, rows=keep)
+  return panels, grid

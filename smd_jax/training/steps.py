@@ -18,8 +18,9 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from smd_jax import losses, parallel, semantics, tasks as tasks_lib
+from smd_jax import losses, semantics, tasks as tasks_lib
 from smd_jax.models import registry
+from smd_jax.training import data_parallel
 
 
 @flax.struct.dataclass
@@ -34,10 +35,8 @@ class TrainState:
 class Steps:
   """Everything built from a config that the loop needs; graph defs are static."""
 
-  train_graph: Any
   eval_graph: Any
-  tx: optax.GradientTransformation
-  schedule: optax.Schedule
+  forward: Callable  # (state, batch) -> raw outputs of every head, eval mode (not jitted)
   tasks: dict[str, tasks_lib.Task]
   train_step: Callable
   eval_step: Callable
@@ -141,24 +140,24 @@ def build_steps(config, model, total_steps: int, mesh: Mesh) -> tuple[Steps, Tra
       out.update({f"{name}/{k}": v for k, v in task.metric_sums(outputs[name], batch).items()})
     return new_state, out
 
-  def eval_outputs(state: TrainState, batch):
+  def forward(state: TrainState, batch):
     net = nnx.merge(eval_graph, state.params, state.model_state, copy=True)
     return net(semantics.model_inputs(batch, transform))
 
   def eval_step(state: TrainState, batch):
-    outputs = eval_outputs(state, batch)
+    outputs = forward(state, batch)
     return {name: task.metric_sums(outputs[name], batch) for name, task in task_objs.items()}
 
   def predict_step(state: TrainState, batch):
-    outputs = eval_outputs(state, batch)
+    outputs = forward(state, batch)
     return task_objs["depth"].predict_metres(outputs["depth"])
 
-  rep, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+  rep, data = data_parallel.replicated(mesh), data_parallel.batch_sharding(mesh)
   steps = Steps(
-      train_graph=train_graph, eval_graph=eval_graph, tx=tx, schedule=schedule, tasks=task_objs,
+      eval_graph=eval_graph, forward=forward, tasks=task_objs,
       train_step=jax.jit(train_step, in_shardings=(rep, data), out_shardings=(rep, rep),
                          donate_argnums=0),
       eval_step=jax.jit(eval_step, in_shardings=(rep, data), out_shardings=rep),
       predict_step=jax.jit(predict_step, in_shardings=(rep, data), out_shardings=data),
   )
-  return steps, parallel.replicate(state, mesh)
+  return steps, data_parallel.replicate(state, mesh)

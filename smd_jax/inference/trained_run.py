@@ -19,11 +19,10 @@ import jax
 import ml_collections
 from absl import logging
 
-from smd_jax import checkpoints, parallel, steps as steps_lib
+
 from smd_jax.errors import UserError
-from smd_jax.steps import Steps, TrainState
-
-
+from smd_jax.training import checkpoints, data_parallel, steps as steps_lib
+from smd_jax.training.steps import Steps, TrainState
 
 
 def load_config(workdir: str, config: Any = None):
@@ -53,10 +52,6 @@ def parse_checkpoint(which: str | int) -> str | int:
   if text.isdigit():
     return int(text)
   raise UserError(f"--checkpoint must be latest, best or a step number, not {which!r}.")
-
-
-def best_metric(config) -> str:
-  return config.get("best_metric", None) or "depth/rmse"
 
 
 def select_step(ckpt: checkpoints.Checkpointer, which: str | int, metric: str) -> int:
@@ -165,8 +160,8 @@ def load(workdir: str, *, config: Any = None, checkpoint: str | int = "latest",
     raise UserError(f"The config ({config_source}) has no depth task.")
   ckpt = checkpoints.Checkpointer(workdir, read_only=True)
   try:
-    step = select_step(ckpt, checkpoint, best_metric(config))
-    mesh = mesh or parallel.make_mesh()
+    step = select_step(ckpt, checkpoint, checkpoints.best_metric(config))
+    mesh = mesh or data_parallel.make_mesh()
     try:
       model = steps_lib.create_model(config, config.seed)
       steps, state = steps_lib.build_steps(config, model, 1, mesh)

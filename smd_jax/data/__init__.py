@@ -1,0 +1,1 @@
+"""Data: the TFDS HyperSim data set on disk (`datasets`) and batches from it (`batching`)."""
