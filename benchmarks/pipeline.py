@@ -29,7 +29,7 @@ from configs import default
 from smd_jax.data import batching, datasets
 
 
-PAPER_TRAIN_FRAMES = 19_399  # the Semantic-MD train split (DESIGN.md)
+PAPER_TRAIN_FRAMES = 19_399  # the Semantic-MD train split (Sec. 4.1; docs/data.md)
 
 
 class Tiled:

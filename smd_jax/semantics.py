@@ -7,8 +7,16 @@ channels [B,H,W,k] that are concatenated to the normalised RGB image
 (Semantic-MD eq. 3: x = [x_RGB, T(x_sem)]). Transforms are chosen by name
 from `SEMANTIC_TRANSFORMS`; `EXTRA_CHANNELS` gives each one's k, which sizes
 the encoder's first convolution. The learned 'semantic convolution' variant
-is a one-hot transform followed by a model block (`model.input_block`), so it
-lives with the models, not here.
+is a transform (the paper row: `labels_raw`) followed by a model block
+(`model.input_block`), so the block lives with the models, not here.
+
+The paper rows use the transforms as the authors' code (charyyev/semantic_md,
+`source/utils/conversions.py`, `source/datasets/hypersim_dataset.py`) builds them:
+`concat` = clip(label, 0) / 40; `onehot40/20/3` = k channels in prevalence order
+with all-zero vectors for the other classes and for unlabelled pixels; `contours`;
+`labels_raw` = the label map itself as one float channel (-1, 1..40), which their
+semantic convolution reads. `onehot20_other` / `onehot3_other` add one "other"
+channel for the remaining labelled classes (our variant, configs/paper/variants/).
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 NUM_NYU40_CLASSES = 40
 # NYU40 ids by how often they occur in HyperSim, most frequent first (the order
-# the Semantic-MD authors used for their one-hot-k inputs; DESIGN.md).
+# the Semantic-MD authors used for their one-hot-k inputs; docs/method.md).
 PREVALENCE_ORDER = (1, 2, 22, 9, 38, 5, 3, 40, 7, 6, 13, 8, 35, 20, 4, 14, 39, 18, 11, 12,
                     10, 23, 19, 36, 15, 25, 34, 17, 24, 21, 32, 16, 27, 29, 26, 33, 30, 31,
                     37, 28)
@@ -59,7 +67,7 @@ def one_hot_by_prevalence(semantic: jax.Array, num_classes: int,
   """One-hot over the `num_classes` most frequent classes (Semantic-MD eq. 4).
 
   Channel i is the i-th class of `PREVALENCE_ORDER`. With `other_channel`, labelled
-  pixels of the remaining classes share one extra last channel (DESIGN.md); the
+  pixels of the remaining classes share one extra last channel (docs/method.md); the
   reference code gave them all-zero vectors instead (`other_channel=False`).
   Unlabelled pixels (-1) are all zero either way. [B,H,W] -> [B,H,W,k(+1)].
   """
@@ -90,16 +98,29 @@ def contour_channel(semantic: jax.Array) -> jax.Array:
   return label_contours(semantic).astype(jnp.float32)[..., None]
 
 
+def raw_labels(semantic: jax.Array) -> jax.Array:
+  """The label map unchanged as one float channel: -1 (unlabelled) or NYU40 ids 1..40,
+  not normalised. What the authors' semantic convolution is fed (`input_segs`, the
+  resized, cropped label map as float32). [B,H,W] -> [B,H,W,1]."""
+  return semantic.astype(jnp.float32)[..., None]
+
+
 SEMANTIC_TRANSFORMS: dict[str, Transform] = {
     "none": no_semantics,
     "concat": concat_labels,
     "onehot40": functools.partial(one_hot_by_prevalence, num_classes=40),
-    "onehot20": functools.partial(one_hot_by_prevalence, num_classes=20),
-    "onehot3": functools.partial(one_hot_by_prevalence, num_classes=3),
+    # The authors' one-hot-k: the other classes are all-zero vectors.
+    "onehot20": functools.partial(one_hot_by_prevalence, num_classes=20, other_channel=False),
+    "onehot3": functools.partial(one_hot_by_prevalence, num_classes=3, other_channel=False),
+    # Our variant: + one channel shared by the remaining labelled classes.
+    "onehot20_other": functools.partial(one_hot_by_prevalence, num_classes=20),
+    "onehot3_other": functools.partial(one_hot_by_prevalence, num_classes=3),
     "contours": contour_channel,
+    "labels_raw": raw_labels,
 }
 EXTRA_CHANNELS: dict[str, int] = {
-    "none": 0, "concat": 1, "onehot40": 40, "onehot20": 21, "onehot3": 4, "contours": 1,
+    "none": 0, "concat": 1, "onehot40": 40, "onehot20": 20, "onehot3": 3,
+    "onehot20_other": 21, "onehot3_other": 4, "contours": 1, "labels_raw": 1,
 }
 
 

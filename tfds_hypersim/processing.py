@@ -1,7 +1,7 @@
 """Pure numpy processing of raw HyperSim frames (no TFDS, no TensorFlow).
 
 A raw HyperSim frame is four HDF5 files, each holding one dataset named
-`dataset` (see DESIGN.md, "HyperSim facts the builder must honour"):
+`dataset` (HyperSim's layout, Roberts et al. 2021; docs/data.md):
 
   scene/images/scene_cam_XX_final_hdf5/frame.IIII.color.hdf5               [768,1024,3] float16 HDR
   scene/images/scene_cam_XX_geometry_hdf5/frame.IIII.depth_meters.hdf5     [768,1024] float16, NaN = no geometry
