@@ -37,9 +37,29 @@ def test_one_hot_by_prevalence(k, other):
 
 def test_one_hot_top3_hand_case():
   sem = np.array([[[1, 2, 22, 9, -1]]], np.int16)  # wall, floor, ceiling, window, none
+  # The authors' onehot3 (the paper row): window and unlabelled are all-zero vectors.
   out = np.asarray(semantics.SEMANTIC_TRANSFORMS["onehot3"](sem))[0, 0]
+  np.testing.assert_array_equal(out, [[1, 0, 0], [0, 1, 0], [0, 0, 1], [0, 0, 0], [0, 0, 0]])
+  # Our variant: window goes to the "other" channel.
+  out = np.asarray(semantics.SEMANTIC_TRANSFORMS["onehot3_other"](sem))[0, 0]
   np.testing.assert_array_equal(out, [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1],
                                       [0, 0, 0, 0]])
+
+
+def test_raw_labels_hand_case():
+  sem = np.array([[[-1, 1, 22, 40]]], np.int16)
+  out = np.asarray(semantics.SEMANTIC_TRANSFORMS["labels_raw"](sem))
+  assert out.dtype == np.float32 and out.shape == (1, 1, 4, 1)
+  np.testing.assert_array_equal(out[0, 0, :, 0], [-1.0, 1.0, 22.0, 40.0])
+
+
+@pytest.mark.parametrize("name", sorted(semantics.SEMANTIC_TRANSFORMS))
+def test_extra_channels_match_the_transforms(name):
+  # EXTRA_CHANNELS sizes the encoder's first conv (3 + k): hand-written widths.
+  want = {"none": 0, "concat": 1, "onehot40": 40, "onehot20": 20, "onehot3": 3,
+          "onehot20_other": 21, "onehot3_other": 4, "contours": 1, "labels_raw": 1}
+  out = np.asarray(semantics.SEMANTIC_TRANSFORMS[name](labels()))
+  assert out.shape[-1] == want[name] == semantics.EXTRA_CHANNELS[name]
 
 
 def test_concat_scales_labels_and_zeroes_unlabelled():
