@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -72,7 +73,7 @@ import sys
 import tempfile
 import time
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import h5py
 import numpy as np
@@ -248,236 +249,357 @@ def _into_room(fp, wall, amount):
           2: (x0, y0, x1, y0 + amount), 3: (x0, y1 - amount, x1, y1)}[wall]
 
 
-def make_scene(name: str, seed: int) -> Scene:
-  """The room of scene `name`; depends only on (seed, name)."""
-  rng = np.random.default_rng([seed, _stable_int("scene", name)])
-  lx, ly, hc = rng.uniform(3.0, 9.0), rng.uniform(3.0, 9.0), rng.uniform(2.4, 3.4)
-  placer = _Placer(rng, lx, ly)
-  prims: list[Prim] = []
-  rects: list[Rect] = []
-  jit = lambda label, amount=0.25: _jitter(rng, _BASE_ALBEDO[label], amount)
+_FRAME_BAND = 0.07  # metres of `window` / `door` frame around an opening
 
-  wall_albedo = _jitter(rng, (0.72, 0.70, 0.64), 0.3)
-  face_albedo = [wall_albedo] * 4 + [jit(FLOOR, 0.4), jit(CEILING, 0.08)]
-  wall_mat = "stripes" if rng.random() < 0.3 else "paint"
-  floor_mat = "tiles" if rng.random() < 0.35 else "planks"
-  if floor_mat == "tiles":
-    face_albedo[4] = _jitter(rng, (0.6, 0.58, 0.55), 0.3)
-  face_material = [wall_mat] * 4 + [floor_mat, "plain"]
 
-  room_type = ["bedroom", "living", "dining", "office"][int(rng.integers(4))]
+class _Room:
+  """A room being furnished: its random stream, size (metres), footprint placer,
+  and the solids and face rectangles added so far.
 
-  def add_against_wall(width, depth, z1, label, material="wood", z0=0.0, wall=None):
-    fp, f = placer.against_wall(width, depth, wall)
+  Every helper draws from `rng` in a fixed order, so a scene stays a function of
+  (seed, name) only as long as the helpers run in the order `make_scene` calls them.
+  """
+
+  def __init__(self, rng: np.random.Generator, lx: float, ly: float, hc: float):
+    self.rng, self.lx, self.ly, self.hc = rng, lx, ly, hc
+    self.placer = _Placer(rng, lx, ly)
+    self.prims: list[Prim] = []
+    self.rects: list[Rect] = []
+
+  def albedo(self, label: int, amount: float = 0.25):
+    """The base albedo of class `label`, each channel scaled by U(1 - amount, 1 + amount)."""
+    return _jitter(self.rng, _BASE_ALBEDO[label], amount)
+
+  def wall_length(self, wall: int) -> float:
+    """Length in metres of wall `wall` (0, 1: along y; 2, 3: along x)."""
+    return self.ly if wall < 2 else self.lx
+
+  def add_against_wall(self, width, depth, z1, label, material="wood", z0=0.0, wall=None):
+    """A box of class `label` from z0 to z1 against a (random) wall: (footprint, wall),
+    or (None, None) where none fits."""
+    fp, f = self.placer.against_wall(width, depth, wall)
     if fp is not None:
-      prims.append(_box(fp, z0, z1, label, jit(label), material))
+      self.prims.append(_box(fp, z0, z1, label, self.albedo(label), material))
     return fp, f
 
-  def add_lamp(x, y, z_base, floor_standing):
-    pole_h = 1.4 if floor_standing else 0.3
-    prims.append(Prim("cylinder", (x, y, 0.03 if floor_standing else 0.08,
-                                   z_base, z_base + pole_h), LAMP, jit(LAMP)))
-    prims.append(Prim("sphere", (x, y, z_base + pole_h + 0.12, 0.2 if floor_standing else 0.14),
-                      LAMP, jit(LAMP, 0.1)))
-
-  def add_table(fp, height, round_top=False):
-    x0, y0, x1, y1 = fp
-    alb = jit(TABLE)
-    if round_top:
-      cx, cy, r = (x0 + x1) / 2, (y0 + y1) / 2, min(x1 - x0, y1 - y0) / 2
-      prims.append(Prim("cylinder", (cx, cy, r, height - 0.04, height), TABLE, alb, "wood"))
-      prims.append(Prim("cylinder", (cx, cy, 0.05, 0.0, height - 0.04), TABLE, alb, "wood"))
-      return
-    prims.append(_box(fp, height - 0.05, height, TABLE, alb, "wood"))
-    leg = 0.06
-    for lx0, ly0 in ((x0, y0), (x1 - leg, y0), (x0, y1 - leg), (x1 - leg, y1 - leg)):
-      prims.append(_box((lx0, ly0, lx0 + leg, ly0 + leg), 0.0, height - 0.05, TABLE, alb, "wood"))
-
-  def add_chair_near(tfp):
-    x0, y0, x1, y1 = tfp
-    s = 0.45
-    side = int(rng.integers(4))
-    if side == 0:
-      fp = (x0 - s - 0.05, (y0 + y1) / 2 - s / 2, x0 - 0.05, (y0 + y1) / 2 + s / 2)
-      back = (fp[0], fp[1], fp[0] + 0.06, fp[3])
-    elif side == 1:
-      fp = (x1 + 0.05, (y0 + y1) / 2 - s / 2, x1 + s + 0.05, (y0 + y1) / 2 + s / 2)
-      back = (fp[2] - 0.06, fp[1], fp[2], fp[3])
-    elif side == 2:
-      fp = ((x0 + x1) / 2 - s / 2, y0 - s - 0.05, (x0 + x1) / 2 + s / 2, y0 - 0.05)
-      back = (fp[0], fp[1], fp[2], fp[1] + 0.06)
-    else:
-      fp = ((x0 + x1) / 2 - s / 2, y1 + 0.05, (x0 + x1) / 2 + s / 2, y1 + s + 0.05)
-      back = (fp[0], fp[3] - 0.06, fp[2], fp[3])
-    if not placer._free(fp, margin=0.0):
-      return
-    placer.footprints.append(fp)
-    alb = jit(CHAIR)
-    prims.append(_box(fp, 0.0, 0.46, CHAIR, alb, "wood"))
-    prims.append(_box(back, 0.46, 0.95, CHAIR, alb, "wood"))
-
-  if room_type == "bedroom":
-    bw, bl = rng.uniform(1.0, 1.8), rng.uniform(1.9, 2.1)
-    fp, f = placer.against_wall(bw, bl)
-    if fp is not None:
-      bh = rng.uniform(0.45, 0.6)
-      alb = jit(BED)
-      prims.append(_box(fp, 0.0, bh, BED, alb, "fabric"))
-      prims.append(_box(_into_room(fp, f, 0.08), bh, bh + rng.uniform(0.4, 0.7), BED,
-                        jit(BED), "wood"))
-      head = _into_room(fp, f, 0.5)
-      hx0, hy0, hx1, hy1 = head
-      if f < 2:
-        head = (hx0 + 0.1 if f == 0 else hx0, hy0 + 0.1, hx1 if f == 0 else hx1 - 0.1, hy1 - 0.1)
-        prims.append(_box(head, bh, bh + 0.12, PILLOW, jit(PILLOW), "fabric"))
-      else:
-        head = (hx0 + 0.1, hy0 + 0.1 if f == 2 else hy0, hx1 - 0.1, hy1 if f == 2 else hy1 - 0.1)
-        prims.append(_box(head, bh, bh + 0.12, PILLOW, jit(PILLOW), "fabric"))
-    for _ in range(int(rng.integers(1, 3))):
-      nfp, _ = add_against_wall(0.45, 0.4, rng.uniform(0.5, 0.6), NIGHTSTAND)
-      if nfp is not None and rng.random() < 0.7:
-        add_lamp((nfp[0] + nfp[2]) / 2, (nfp[1] + nfp[3]) / 2, prims[-1].params[5], False)
-    add_against_wall(rng.uniform(1.0, 2.0), 0.6, rng.uniform(1.8, 2.2), CABINET)
-  elif room_type == "living":
-    sw, sd = rng.uniform(1.8, 2.4), 0.9
-    fp, f = placer.against_wall(sw, sd)
-    if fp is not None:
-      alb = jit(SOFA)
-      prims.append(_box(fp, 0.0, 0.42, SOFA, alb, "fabric"))
-      prims.append(_box(_into_room(fp, f, 0.22), 0.42, 0.85, SOFA, alb, "fabric"))
-      x0, y0, x1, y1 = fp
-      arms = ([(x0, y0, x1, y0 + 0.2), (x0, y1 - 0.2, x1, y1)] if f < 2
-              else [(x0, y0, x0 + 0.2, y1), (x1 - 0.2, y0, x1, y1)])
-      for a in arms:
-        prims.append(_box(a, 0.42, 0.62, SOFA, alb, "fabric"))
-    tfp = placer.free_standing(rng.uniform(0.6, 1.1), rng.uniform(0.6, 1.1))
-    if tfp is not None:
-      add_table(tfp, rng.uniform(0.4, 0.5), round_top=rng.random() < 0.5)
-    cfp, cf = add_against_wall(rng.uniform(1.2, 1.8), 0.45, rng.uniform(0.45, 0.6), CABINET)
-    if cfp is not None:
-      top = prims[-1].params[5]
-      tv_w = min(rng.uniform(0.9, 1.4), (cfp[2] - cfp[0]) if cf >= 2 else (cfp[3] - cfp[1]))
-      x0, y0, x1, y1 = _into_room(cfp, cf, 0.08)
-      if cf < 2:
-        cy = (y0 + y1) / 2
-        tv = (x0, cy - tv_w / 2, x1, cy + tv_w / 2)
-      else:
-        cx = (x0 + x1) / 2
-        tv = (cx - tv_w / 2, y0, cx + tv_w / 2, y1)
-      prims.append(_box(tv, top, top + tv_w * 0.58, TELEVISION, jit(TELEVISION, 0.1)))
-    lfp = placer.free_standing(0.4, 0.4, margin=0.3)
-    if lfp is not None:
-      add_lamp((lfp[0] + lfp[2]) / 2, (lfp[1] + lfp[3]) / 2, 0.0, True)
-    if rng.random() < 0.6:
-      add_against_wall(rng.uniform(0.8, 1.6), 0.35, rng.uniform(1.6, 2.2), BOOKSHELF, "shelf")
-  else:  # dining / office
-    if room_type == "dining":
-      sx, sy = rng.uniform(1.2, 2.0), rng.uniform(0.8, 1.1)
-    else:
-      sx, sy = rng.uniform(1.0, 1.6), rng.uniform(0.6, 0.8)
-    tfp = placer.free_standing(sx, sy, margin=0.9)
-    if tfp is not None:
-      add_table(tfp, rng.uniform(0.72, 0.77))
-      for _ in range(int(rng.integers(2 if room_type == "dining" else 1, 5))):
-        add_chair_near(tfp)
-    for _ in range(int(rng.integers(1, 3))):
-      if rng.random() < 0.5:
-        add_against_wall(rng.uniform(0.8, 1.6), 0.35, rng.uniform(1.6, 2.2), BOOKSHELF, "shelf")
-      else:
-        add_against_wall(rng.uniform(0.8, 2.0), 0.5, rng.uniform(0.8, 2.0), CABINET)
-  # Small props on the floor: otherprop or unlabelled geometry.
-  for _ in range(int(rng.integers(0, 3))):
-    s = rng.uniform(0.2, 0.45)
-    fp = placer.free_standing(s, s, margin=0.3)
-    if fp is None:
-      continue
-    label = OTHERPROP if rng.random() < 0.5 else UNLABELLED
-    if rng.random() < 0.5:
-      prims.append(_box(fp, 0.0, rng.uniform(0.2, 0.5), label, _random_color(rng)))
-    else:
-      prims.append(Prim("sphere", ((fp[0] + fp[2]) / 2, (fp[1] + fp[3]) / 2, s / 2, s / 2),
-                        label, _random_color(rng)))
-
-  # Wall openings and decals, placed in free spans along the walls.
-  def wall_len(f):
-    return ly if f < 2 else lx
-
-  def free_span(f, width, blocked_by_furniture):
-    spans = list(placer.wall_spans[f]) if blocked_by_furniture else []
-    spans += [(r.a0, r.a1) for r in rects if r.face == f]
+  def free_span(self, wall: int, width: float, blocked_by_furniture: bool):
+    """Start (metres along `wall`) of a `width` span clear of the wall's rectangles so
+    far (and of furniture against it, if `blocked_by_furniture`); None after 30 tries."""
+    spans = list(self.placer.wall_spans[wall]) if blocked_by_furniture else []
+    spans += [(r.a0, r.a1) for r in self.rects if r.face == wall]
     for _ in range(30):
-      if width > wall_len(f) - 0.4:
+      if width > self.wall_length(wall) - 0.4:
         return None
-      a0 = rng.uniform(0.2, wall_len(f) - width - 0.2)
+      a0 = self.rng.uniform(0.2, self.wall_length(wall) - width - 0.2)
       if all(a0 + width + 0.15 <= s0 or s1 + 0.15 <= a0 for s0, s1 in spans):
         return a0
     return None
 
-  band = 0.07
+
+def _surface_looks(room: _Room) -> tuple[list, list[str]]:
+  """Albedos and materials of the six room faces (four walls, floor, ceiling)."""
+  rng = room.rng
+  wall_albedo = _jitter(rng, (0.72, 0.70, 0.64), 0.3)
+  face_albedo = [wall_albedo] * 4 + [room.albedo(FLOOR, 0.4), room.albedo(CEILING, 0.08)]
+  wall_mat = "stripes" if rng.random() < 0.3 else "paint"
+  floor_mat = "tiles" if rng.random() < 0.35 else "planks"
+  if floor_mat == "tiles":
+    face_albedo[4] = _jitter(rng, (0.6, 0.58, 0.55), 0.3)
+  return face_albedo, [wall_mat] * 4 + [floor_mat, "plain"]
+
+
+def _add_lamp(room: _Room, x, y, z_base, floor_standing):
+  """A lamp standing at (x, y, z_base): pole cylinder and sphere shade, floor or table sized."""
+  pole_h = 1.4 if floor_standing else 0.3
+  room.prims.append(Prim("cylinder", (x, y, 0.03 if floor_standing else 0.08,
+                                      z_base, z_base + pole_h), LAMP, room.albedo(LAMP)))
+  room.prims.append(Prim("sphere", (x, y, z_base + pole_h + 0.12,
+                                    0.2 if floor_standing else 0.14),
+                         LAMP, room.albedo(LAMP, 0.1)))
+
+
+def _add_table(room: _Room, fp, height, round_top=False):
+  """A table on footprint fp with its top at `height`: a square top on four legs, or a
+  round top on one central leg."""
+  x0, y0, x1, y1 = fp
+  alb = room.albedo(TABLE)
+  if round_top:
+    cx, cy, r = (x0 + x1) / 2, (y0 + y1) / 2, min(x1 - x0, y1 - y0) / 2
+    room.prims.append(Prim("cylinder", (cx, cy, r, height - 0.04, height), TABLE, alb, "wood"))
+    room.prims.append(Prim("cylinder", (cx, cy, 0.05, 0.0, height - 0.04), TABLE, alb, "wood"))
+    return
+  room.prims.append(_box(fp, height - 0.05, height, TABLE, alb, "wood"))
+  leg = 0.06
+  for lx0, ly0 in ((x0, y0), (x1 - leg, y0), (x0, y1 - leg), (x1 - leg, y1 - leg)):
+    room.prims.append(_box((lx0, ly0, lx0 + leg, ly0 + leg), 0.0, height - 0.05, TABLE, alb,
+                           "wood"))
+
+
+def _add_chair_near(room: _Room, tfp):
+  """A chair (seat block + backrest) at a random side of the table footprint tfp, facing
+  it; nothing where that place is taken."""
+  x0, y0, x1, y1 = tfp
+  s = 0.45
+  side = int(room.rng.integers(4))
+  if side == 0:
+    fp = (x0 - s - 0.05, (y0 + y1) / 2 - s / 2, x0 - 0.05, (y0 + y1) / 2 + s / 2)
+    back = (fp[0], fp[1], fp[0] + 0.06, fp[3])
+  elif side == 1:
+    fp = (x1 + 0.05, (y0 + y1) / 2 - s / 2, x1 + s + 0.05, (y0 + y1) / 2 + s / 2)
+    back = (fp[2] - 0.06, fp[1], fp[2], fp[3])
+  elif side == 2:
+    fp = ((x0 + x1) / 2 - s / 2, y0 - s - 0.05, (x0 + x1) / 2 + s / 2, y0 - 0.05)
+    back = (fp[0], fp[1], fp[2], fp[1] + 0.06)
+  else:
+    fp = ((x0 + x1) / 2 - s / 2, y1 + 0.05, (x0 + x1) / 2 + s / 2, y1 + s + 0.05)
+    back = (fp[0], fp[3] - 0.06, fp[2], fp[3])
+  if not room.placer._free(fp, margin=0.0):
+    return
+  room.placer.footprints.append(fp)
+  alb = room.albedo(CHAIR)
+  room.prims.append(_box(fp, 0.0, 0.46, CHAIR, alb, "wood"))
+  room.prims.append(_box(back, 0.46, 0.95, CHAIR, alb, "wood"))
+
+
+def _add_bed(room: _Room):
+  """A bed against a wall: mattress block, headboard on the wall side, pillow at the head."""
+  rng = room.rng
+  bw, bl = rng.uniform(1.0, 1.8), rng.uniform(1.9, 2.1)
+  fp, f = room.placer.against_wall(bw, bl)
+  if fp is None:
+    return
+  bh = rng.uniform(0.45, 0.6)
+  room.prims.append(_box(fp, 0.0, bh, BED, room.albedo(BED), "fabric"))
+  room.prims.append(_box(_into_room(fp, f, 0.08), bh, bh + rng.uniform(0.4, 0.7), BED,
+                         room.albedo(BED), "wood"))
+  hx0, hy0, hx1, hy1 = _into_room(fp, f, 0.5)
+  if f < 2:
+    head = (hx0 + 0.1 if f == 0 else hx0, hy0 + 0.1, hx1 if f == 0 else hx1 - 0.1, hy1 - 0.1)
+  else:
+    head = (hx0 + 0.1, hy0 + 0.1 if f == 2 else hy0, hx1 - 0.1, hy1 if f == 2 else hy1 - 0.1)
+  room.prims.append(_box(head, bh, bh + 0.12, PILLOW, room.albedo(PILLOW), "fabric"))
+
+
+def _furnish_bedroom(room: _Room):
+  """Bed, one or two nightstands (most with a table lamp) and a tall cabinet."""
+  rng = room.rng
+  _add_bed(room)
+  for _ in range(int(rng.integers(1, 3))):
+    nfp, _ = room.add_against_wall(0.45, 0.4, rng.uniform(0.5, 0.6), NIGHTSTAND)
+    if nfp is not None and rng.random() < 0.7:
+      _add_lamp(room, (nfp[0] + nfp[2]) / 2, (nfp[1] + nfp[3]) / 2, room.prims[-1].params[5],
+                False)
+  room.add_against_wall(rng.uniform(1.0, 2.0), 0.6, rng.uniform(1.8, 2.2), CABINET)
+
+
+def _add_sofa(room: _Room):
+  """A sofa against a wall: seat block, backrest on the wall side, an arm at each end."""
+  rng = room.rng
+  sw, sd = rng.uniform(1.8, 2.4), 0.9
+  fp, f = room.placer.against_wall(sw, sd)
+  if fp is None:
+    return
+  alb = room.albedo(SOFA)
+  room.prims.append(_box(fp, 0.0, 0.42, SOFA, alb, "fabric"))
+  room.prims.append(_box(_into_room(fp, f, 0.22), 0.42, 0.85, SOFA, alb, "fabric"))
+  x0, y0, x1, y1 = fp
+  arms = ([(x0, y0, x1, y0 + 0.2), (x0, y1 - 0.2, x1, y1)] if f < 2
+          else [(x0, y0, x0 + 0.2, y1), (x1 - 0.2, y0, x1, y1)])
+  for a in arms:
+    room.prims.append(_box(a, 0.42, 0.62, SOFA, alb, "fabric"))
+
+
+def _add_tv_stand(room: _Room):
+  """A low cabinet against a wall with a television (16:9-ish box) standing on it."""
+  rng = room.rng
+  cfp, cf = room.add_against_wall(rng.uniform(1.2, 1.8), 0.45, rng.uniform(0.45, 0.6), CABINET)
+  if cfp is None:
+    return
+  top = room.prims[-1].params[5]
+  tv_w = min(rng.uniform(0.9, 1.4), (cfp[2] - cfp[0]) if cf >= 2 else (cfp[3] - cfp[1]))
+  x0, y0, x1, y1 = _into_room(cfp, cf, 0.08)
+  if cf < 2:
+    cy = (y0 + y1) / 2
+    tv = (x0, cy - tv_w / 2, x1, cy + tv_w / 2)
+  else:
+    cx = (x0 + x1) / 2
+    tv = (cx - tv_w / 2, y0, cx + tv_w / 2, y1)
+  room.prims.append(_box(tv, top, top + tv_w * 0.58, TELEVISION, room.albedo(TELEVISION, 0.1)))
+
+
+def _furnish_living(room: _Room):
+  """Sofa, low coffee table (square or round), TV on a cabinet, floor lamp, maybe a bookshelf."""
+  rng = room.rng
+  _add_sofa(room)
+  tfp = room.placer.free_standing(rng.uniform(0.6, 1.1), rng.uniform(0.6, 1.1))
+  if tfp is not None:
+    _add_table(room, tfp, rng.uniform(0.4, 0.5), round_top=rng.random() < 0.5)
+  _add_tv_stand(room)
+  lfp = room.placer.free_standing(0.4, 0.4, margin=0.3)
+  if lfp is not None:
+    _add_lamp(room, (lfp[0] + lfp[2]) / 2, (lfp[1] + lfp[3]) / 2, 0.0, True)
+  if rng.random() < 0.6:
+    room.add_against_wall(rng.uniform(0.8, 1.6), 0.35, rng.uniform(1.6, 2.2), BOOKSHELF, "shelf")
+
+
+def _furnish_table_room(room: _Room, table_x, table_y, min_chairs: int):
+  """A U(table_x) x U(table_y) m table with min_chairs..4 chairs around it, then one or two
+  bookshelves or cabinets against the walls."""
+  rng = room.rng
+  sx, sy = rng.uniform(*table_x), rng.uniform(*table_y)
+  tfp = room.placer.free_standing(sx, sy, margin=0.9)
+  if tfp is not None:
+    _add_table(room, tfp, rng.uniform(0.72, 0.77))
+    for _ in range(int(rng.integers(min_chairs, 5))):
+      _add_chair_near(room, tfp)
+  for _ in range(int(rng.integers(1, 3))):
+    if rng.random() < 0.5:
+      room.add_against_wall(rng.uniform(0.8, 1.6), 0.35, rng.uniform(1.6, 2.2), BOOKSHELF,
+                            "shelf")
+    else:
+      room.add_against_wall(rng.uniform(0.8, 2.0), 0.5, rng.uniform(0.8, 2.0), CABINET)
+
+
+# Room type -> furnishing. The room type is drawn as an index into this order.
+_FURNISH: dict[str, Callable[[_Room], None]] = {
+    "bedroom": _furnish_bedroom,
+    "living": _furnish_living,
+    "dining": functools.partial(_furnish_table_room, table_x=(1.2, 2.0), table_y=(0.8, 1.1),
+                                min_chairs=2),
+    "office": functools.partial(_furnish_table_room, table_x=(1.0, 1.6), table_y=(0.6, 0.8),
+                                min_chairs=1),
+}
+
+
+def _add_floor_props(room: _Room):
+  """Zero to two small boxes or balls on the floor, `otherprop` or unlabelled geometry."""
+  rng = room.rng
+  for _ in range(int(rng.integers(0, 3))):
+    s = rng.uniform(0.2, 0.45)
+    fp = room.placer.free_standing(s, s, margin=0.3)
+    if fp is None:
+      continue
+    label = OTHERPROP if rng.random() < 0.5 else UNLABELLED
+    if rng.random() < 0.5:
+      room.prims.append(_box(fp, 0.0, rng.uniform(0.2, 0.5), label, _random_color(rng)))
+    else:
+      room.prims.append(Prim("sphere", ((fp[0] + fp[2]) / 2, (fp[1] + fp[3]) / 2, s / 2, s / 2),
+                             label, _random_color(rng)))
+
+
+def _add_windows(room: _Room):
+  """One to three window holes in the walls, each framed by a `window` band."""
+  rng, band = room.rng, _FRAME_BAND
   for _ in range(int(rng.integers(1, 4))):
     f = int(rng.integers(4))
     wdt = rng.uniform(0.8, 2.0)
-    a0 = free_span(f, wdt + 2 * band, blocked_by_furniture=False)
+    a0 = room.free_span(f, wdt + 2 * band, blocked_by_furniture=False)
     if a0 is None:
       continue
-    z0, z1 = rng.uniform(0.7, 1.0), min(rng.uniform(1.9, 2.3), hc - 0.25)
-    rects.append(Rect(f, a0 + band, a0 + band + wdt, z0, z1, "hole"))
-    rects.append(Rect(f, a0, a0 + wdt + 2 * band, z0 - band, z1 + band, "decal", WINDOW,
-                      jit(WINDOW, 0.1)))
-  if rng.random() < 0.6:
-    f = int(rng.integers(4))
-    a0 = free_span(f, 0.9 + 2 * band, blocked_by_furniture=True)
-    if a0 is not None:
-      kind_open = rng.random() < 0.6
-      rects.append(Rect(f, a0 + band, a0 + band + 0.9, 0.0, 2.05,
-                        "hole" if kind_open else "decal", DOOR, jit(DOOR), "wood"))
-      rects.append(Rect(f, a0, a0 + 0.9 + 2 * band, 0.0, 2.05 + band, "decal", DOOR,
-                        jit(DOOR)))
-      if not kind_open:  # keep the door leaf on top of its frame
-        rects.append(rects.pop(-2))
+    z0, z1 = rng.uniform(0.7, 1.0), min(rng.uniform(1.9, 2.3), room.hc - 0.25)
+    room.rects.append(Rect(f, a0 + band, a0 + band + wdt, z0, z1, "hole"))
+    room.rects.append(Rect(f, a0, a0 + wdt + 2 * band, z0 - band, z1 + band, "decal", WINDOW,
+                           room.albedo(WINDOW, 0.1)))
+
+
+def _add_door(room: _Room):
+  """Maybe a 0.9 x 2.05 m door in a free wall span: an open doorway (hole) or a closed
+  leaf (decal), framed by a `door` band."""
+  rng, band = room.rng, _FRAME_BAND
+  if rng.random() >= 0.6:
+    return
+  f = int(rng.integers(4))
+  a0 = room.free_span(f, 0.9 + 2 * band, blocked_by_furniture=True)
+  if a0 is None:
+    return
+  kind_open = rng.random() < 0.6
+  room.rects.append(Rect(f, a0 + band, a0 + band + 0.9, 0.0, 2.05,
+                         "hole" if kind_open else "decal", DOOR, room.albedo(DOOR), "wood"))
+  room.rects.append(Rect(f, a0, a0 + 0.9 + 2 * band, 0.0, 2.05 + band, "decal", DOOR,
+                         room.albedo(DOOR)))
+  if not kind_open:  # keep the door leaf on top of its frame
+    room.rects.append(room.rects.pop(-2))
+
+
+def _add_pictures(room: _Room):
+  """One to three pictures (random colour blocks) hung on the walls."""
+  rng = room.rng
   for _ in range(int(rng.integers(1, 4))):
     f = int(rng.integers(4))
     pw, ph = rng.uniform(0.4, 1.2), rng.uniform(0.3, 0.9)
-    a0 = free_span(f, pw, blocked_by_furniture=False)
+    a0 = room.free_span(f, pw, blocked_by_furniture=False)
     if a0 is None:
       continue
-    zc = rng.uniform(1.3, min(1.8, hc - ph / 2 - 0.2))
-    rects.append(Rect(f, a0, a0 + pw, zc - ph / 2, zc + ph / 2, "decal", PICTURE,
-                      _random_color(rng), "picture"))
-  # Unlabelled surface details (geometry, semantic -1): ceiling vents and
-  # wall panels, as HyperSim leaves many small fixtures unannotated.
+    zc = rng.uniform(1.3, min(1.8, room.hc - ph / 2 - 0.2))
+    room.rects.append(Rect(f, a0, a0 + pw, zc - ph / 2, zc + ph / 2, "decal", PICTURE,
+                           _random_color(rng), "picture"))
+
+
+def _add_unlabelled_details(room: _Room):
+  """Ceiling vents and small wall panels with geometry but semantic -1, as HyperSim
+  leaves many small fixtures unannotated."""
+  rng = room.rng
   for _ in range(int(rng.integers(1, 3))):
     v = rng.uniform(0.3, 0.7)
-    x0, y0 = rng.uniform(0.3, lx - v - 0.3), rng.uniform(0.3, ly - v - 0.3)
-    rects.append(Rect(5, x0, x0 + v, y0, y0 + v, "decal", UNLABELLED,
-                      _jitter(rng, (0.6, 0.6, 0.62), 0.2), "shelf"))
+    x0, y0 = rng.uniform(0.3, room.lx - v - 0.3), rng.uniform(0.3, room.ly - v - 0.3)
+    room.rects.append(Rect(5, x0, x0 + v, y0, y0 + v, "decal", UNLABELLED,
+                           _jitter(rng, (0.6, 0.6, 0.62), 0.2), "shelf"))
   for _ in range(int(rng.integers(1, 5))):
     f = int(rng.integers(4))
     pw = rng.uniform(0.15, 0.5)
-    a0 = free_span(f, pw, blocked_by_furniture=True)
+    a0 = room.free_span(f, pw, blocked_by_furniture=True)
     if a0 is not None:
       z0 = rng.uniform(0.2, 1.2)
-      rects.append(Rect(f, a0, a0 + pw, z0, z0 + rng.uniform(0.1, 0.4), "decal", UNLABELLED,
-                        _random_color(rng)))
+      room.rects.append(Rect(f, a0, a0 + pw, z0, z0 + rng.uniform(0.1, 0.4), "decal",
+                             UNLABELLED, _random_color(rng)))
+
+
+def _add_floormat(room: _Room):
+  """Maybe a `floormat` rectangle on the floor, at least 0.5 m from the walls."""
+  rng, lx, ly = room.rng, room.lx, room.ly
   if rng.random() < 0.5:
     mx, my = rng.uniform(1.0, min(2.5, lx - 1)), rng.uniform(0.8, min(2.0, ly - 1))
     x0, y0 = rng.uniform(0.5, lx - mx - 0.5), rng.uniform(0.5, ly - my - 0.5)
-    rects.append(Rect(4, x0, x0 + mx, y0, y0 + my, "decal", FLOORMAT, jit(FLOORMAT, 0.5),
-                      "fabric"))
+    room.rects.append(Rect(4, x0, x0 + mx, y0, y0 + my, "decal", FLOORMAT,
+                           room.albedo(FLOORMAT, 0.5), "fabric"))
 
+
+def _ceiling_lights(room: _Room) -> list[tuple[tuple[float, float, float], float]]:
+  """[(position, intensity)] of one point light (two in rooms over 25 m^2), 0.15 m below
+  the ceiling."""
+  rng, lx, ly = room.rng, room.lx, room.ly
   n_lights = 1 if lx * ly < 25 else 2
   lights = []
   for k in range(n_lights):
     pos = (rng.uniform(0.3, 0.7) * lx if n_lights == 1 else (k + 0.5) / n_lights * lx,
-           rng.uniform(0.3, 0.7) * ly, hc - 0.15)
+           rng.uniform(0.3, 0.7) * ly, room.hc - 0.15)
     lights.append((tuple(float(v) for v in pos), float(rng.uniform(2.0, 5.0))))
+  return lights
+
+
+def make_scene(name: str, seed: int) -> Scene:
+  """The room of scene `name`; depends only on (seed, name)."""
+  rng = np.random.default_rng([seed, _stable_int("scene", name)])
+  lx, ly, hc = rng.uniform(3.0, 9.0), rng.uniform(3.0, 9.0), rng.uniform(2.4, 3.4)
+  room = _Room(rng, lx, ly, hc)
+  face_albedo, face_material = _surface_looks(room)
+  room_type = list(_FURNISH)[int(rng.integers(len(_FURNISH)))]
+  _FURNISH[room_type](room)
+  _add_floor_props(room)
+  # Openings first, so that decals keep clear of them.
+  _add_windows(room)
+  _add_door(room)
+  _add_pictures(room)
+  _add_unlabelled_details(room)
+  _add_floormat(room)
+  lights = _ceiling_lights(room)
   sky = tuple(float(v) for v in np.array([0.8, 0.9, 1.1]) * rng.uniform(2.0, 6.0))
   return Scene(
       name=name, size=(float(lx), float(ly), float(hc)), face_albedo=face_albedo,
-      face_material=face_material, rects=rects, prims=prims, lights=lights,
+      face_material=face_material, rects=room.rects, prims=room.prims, lights=lights,
       ambient=float(rng.uniform(0.08, 0.2)), fill=float(rng.uniform(0.1, 0.4)),
       sky=sky, exposure=float(np.exp(rng.normal(0.0, 0.4))),
-      texture_seed=float(rng.uniform(0, 100)), footprints=list(placer.footprints))
+      texture_seed=float(rng.uniform(0, 100)), footprints=list(room.placer.footprints))
 
 
 def make_pose(scene: Scene, seed: int, camera: str, frame: int) -> Pose:
@@ -706,19 +828,12 @@ def _band_window(win, r0: int, r1: int):
   return slice(a - r0, b - r0), cols
 
 
-def _render_rows(scene: Scene, pose: Pose, r0: int, r1: int, windows: dict
-                 ) -> dict[str, np.ndarray]:
-  """`render` for image rows [r0, r1)."""
-  dx, dy, dz = ray_directions(pose, slice(r0, r1))
-  h = r1 - r0
-  o = pose.position.astype(np.float64)
-  size = scene.size
-  inf = np.float32(np.inf)
-  with np.errstate(divide="ignore"):
-    inv = tuple(np.float32(1.0) / d for d in (dx, dy, dz))
-
-  # Room: the camera is inside the box, the first hit is where the ray exits
-  # it: per axis the larger of the two plane distances (+inf if parallel).
+def _room_exit(o, d, inv, size) -> tuple[np.ndarray, np.ndarray]:
+  """Where rays from `o` inside the room box [0, size] leave it: distance t [h,W] float32
+  (metres) and the face crossed, pid [h,W] int16 (0-5, the order of _FACE_LABEL)."""
+  dx, dy, dz = d
+  # The camera is inside the box, so the first hit is where the ray exits it:
+  # per axis the larger of the two plane distances (+inf if parallel).
   with np.errstate(invalid="ignore"):
     tx, ty, tz = (np.maximum(np.float32(-o[k]) * inv[k],
                              np.float32(size[k] - o[k]) * inv[k]) for k in range(3))
@@ -727,8 +842,13 @@ def _render_rows(scene: Scene, pose: Pose, r0: int, r1: int, windows: dict
   pid = np.where(tx <= tyz, (dx > 0).view(np.int8),
                  np.where(ty <= tz, 2 + (dy > 0).view(np.int8),
                           4 + (dz > 0).view(np.int8))).astype(np.int16)
+  return t, pid
 
-  # Holes (windows, open doorways): no geometry on the wall there.
+
+def _cut_holes(scene: Scene, o, d, t, pid, windows: dict, r0: int, r1: int) -> None:
+  """Windows and open doorways leave no geometry on their wall: sets t = inf and
+  pid = -1 (in place) where a ray's wall hit lies inside a hole."""
+  inf = np.float32(np.inf)
   for i, r in enumerate(scene.rects):
     if r.kind != "hole":
       continue
@@ -736,13 +856,17 @@ def _render_rows(scene: Scene, pose: Pose, r0: int, r1: int, windows: dict
     if win is None:
       continue
     tw = t[win]
-    pa = [np.float32(o[k]) + tw * d[win] for k, d in enumerate((dx, dy, dz))]
+    pa = [np.float32(o[k]) + tw * dk[win] for k, dk in enumerate(d)]
     a, b = _face_coords(r.face, *pa)
     m = (pid[win] == r.face) & (a >= r.a0) & (a <= r.a1) & (b >= r.b0) & (b <= r.b1)
     t[win] = np.where(m, inf, tw)
     pid[win] = np.where(m, np.int16(-1), pid[win])
 
-  # Objects, each tested only inside its projected screen window.
+
+def _hit_prims(scene: Scene, o, d, inv, t, pid, windows: dict, r0: int, r1: int) -> None:
+  """Lowers t (in place) to each object's hit distance where it is closer, with pid its
+  surface id _NUM_FACES + k; each object is tested only inside its projected screen window."""
+  dx, dy, dz = d
   for k, prim in enumerate(scene.prims):
     win = _band_window(windows[("prim", k)], r0, r1)
     if win is None:
@@ -754,8 +878,118 @@ def _render_rows(scene: Scene, pose: Pose, r0: int, r1: int, windows: dict
     t[win] = np.where(closer, tk, tw)
     pid[win] = np.where(closer, np.int16(_NUM_FACES + k), pid[win])
 
-  valid = np.isfinite(t)
-  pid = np.where(valid, pid, -1).astype(np.int16)
+
+def _as_rgb(tex: np.ndarray) -> np.ndarray:
+  """A texture multiplier [n] or [n,3] as [n,1] or [n,3], to scale [n,3] albedos."""
+  return tex[:, None] if tex.ndim == 1 else tex
+
+
+def _room_face_look(scene: Scene, face: int, x, y, z, seed):
+  """Albedo [n,3] float32, semantic [n] int16 and entity [n] int16 of points (x, y, z)
+  on room face `face`, with the face's decals painted over it in list order."""
+  a, b = _face_coords(face, x, y, z)
+  zero = np.zeros_like(a)
+  col = np.asarray(scene.face_albedo[face], np.float32) * _as_rgb(
+      _texture(scene.face_material[face], a, b, zero, seed))
+  lab = np.full(a.size, _FACE_LABEL[face], np.int16)
+  ent = np.full(a.size, face, np.int16)
+  decal_base = _NUM_FACES + len(scene.prims)  # decals get entity ids after the solids
+  for ri, r in enumerate(scene.rects):
+    if r.face != face or r.kind != "decal":
+      continue
+    m = (a >= r.a0) & (a <= r.a1) & (b >= r.b0) & (b <= r.b1)
+    if not m.any():
+      continue
+    lab[m] = r.label
+    ent[m] = decal_base + ri
+    col[m] = np.asarray(r.albedo, np.float32) * _as_rgb(
+        _texture(r.material, a[m], b[m], zero[m], seed + ri))
+  return col, lab, ent
+
+
+def _box_surface(p, x, y, z):
+  """Outward unit normal (three [n] arrays) and texture coordinates (a, b, c) of points
+  on the box p = (lo xyz, hi xyz); the face is the one the point lies closest to."""
+  dist = np.stack([x - p[0], p[3] - x, y - p[1], p[4] - y, z - p[2], p[5] - z])
+  face = np.argmin(np.abs(dist), axis=0)
+  axis = face // 2
+  sign = np.where(face % 2 == 0, np.float32(-1.0), np.float32(1.0))
+  normal = tuple(np.where(axis == k, sign, np.float32(0.0)) for k in range(3))
+  on_z = axis == 2
+  a = np.where(on_z | (axis == 1), x, y)  # in-face coordinates
+  b = np.where(on_z, y, z)
+  return normal, (a, b, np.zeros_like(a))
+
+
+def _sphere_surface(p, x, y, z):
+  """Outward unit normal and texture coordinates of points on the sphere p = (c xyz, r)."""
+  inv_r = np.float32(1.0 / p[3])
+  return ((x - p[0]) * inv_r, (y - p[1]) * inv_r, (z - p[2]) * inv_r), (x, z, y)
+
+
+def _cylinder_surface(p, x, y, z):
+  """Outward unit normal (side or caps) and texture coordinates of points on the vertical
+  cylinder p = (cx, cy, r, z0, z1)."""
+  cx, cy, r, z0, z1 = p
+  side = (z > z0 + 1e-3) & (z < z1 - 1e-3)
+  normal = (np.where(side, (x - cx) / np.float32(r), 0.0),
+            np.where(side, (y - cy) / np.float32(r), 0.0),
+            np.where(side, 0.0, np.where(z >= z1 - 1e-3, 1.0, -1.0)))
+  return normal, (x, z, y)
+
+
+_PRIM_SURFACE = {"box": _box_surface, "sphere": _sphere_surface, "cylinder": _cylinder_surface}
+
+
+def _surface_attributes(scene: Scene, ps, starts: np.ndarray):
+  """Normals (three [n] float32), albedo [n,3] float32, semantic and entity [n] int16 of
+  the surface points ps (three [n] arrays) sorted by surface id: surface s holds
+  [starts[s + 1], starts[s + 2]); the first starts[1] points hit nothing (-1, zeros)."""
+  n_pix = ps[0].size
+  seed = np.float32(scene.texture_seed)
+  nrm = [np.zeros(n_pix, np.float32) for _ in range(3)]
+  alb = np.zeros((n_pix, 3), np.float32)
+  label = np.full(n_pix, -1, np.int16)
+  entity = np.full(n_pix, -1, np.int16)
+  for s in range(_NUM_FACES + len(scene.prims)):
+    sl = slice(starts[s + 1], starts[s + 2])
+    if sl.start == sl.stop:
+      continue
+    x, y, z = ps[0][sl], ps[1][sl], ps[2][sl]
+    if s < _NUM_FACES:
+      axis = s // 2 if s < 4 else 2
+      nrm[axis][sl] = 1.0 if s in (0, 2, 4) else -1.0
+      alb[sl], label[sl], entity[sl] = _room_face_look(scene, s, x, y, z, seed)
+      continue
+    prim = scene.prims[s - _NUM_FACES]
+    normal, (a, b, c) = _PRIM_SURFACE[prim.kind](prim.params, x, y, z)
+    for k in range(3):
+      nrm[k][sl] = normal[k]
+    alb[sl] = np.asarray(prim.albedo, np.float32) * _as_rgb(
+        _texture(prim.material, a, b, c, seed + s))
+    label[sl] = prim.label
+    entity[sl] = s
+  return nrm, alb, label, entity
+
+
+def _irradiance(scene: Scene, ps, ds, ts, nrm) -> np.ndarray:
+  """Irradiance [n] float32 at points ps with normals nrm seen along ds at distance ts:
+  ambient + ceiling point lights (Lambert, softened 1/d^2) + a camera fill light."""
+  irr = np.full(ts.size, scene.ambient, np.float32)
+  for pos, power in scene.lights:
+    v = [np.float32(pos[k]) - ps[k] for k in range(3)]
+    d2 = v[0] * v[0] + v[1] * v[1] + v[2] * v[2]
+    ndl = (nrm[0] * v[0] + nrm[1] * v[1] + nrm[2] * v[2]) / np.sqrt(d2 + np.float32(1e-6))
+    irr += np.float32(power) * np.maximum(ndl, 0.0) / (d2 + np.float32(0.3))
+  cos_cam = np.maximum(-(nrm[0] * ds[0] + nrm[1] * ds[1] + nrm[2] * ds[2]), 0.0)
+  irr += np.float32(scene.fill) * cos_cam / (1.0 + (ts * np.float32(0.25)) ** 2)
+  return irr
+
+
+def _shade(scene: Scene, o, d, t, pid) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Colour [n,3] float32 (linear radiance), semantic [n] int16 and entity [n] int16 of
+  the band's n = h*W pixels (row-major), from the rays d, hit distance t and surface
+  id pid [h,W] (-1 = no geometry)."""
   # Shade in "sorted space": pixels grouped by surface id, so that every
   # surface is one contiguous slice; scatter back to the image once at the end.
   n_ids = _NUM_FACES + len(scene.prims)
@@ -766,85 +1000,10 @@ def _render_rows(scene: Scene, pose: Pose, r0: int, r1: int, windows: dict
   n_sky = int(counts[0])
   ts = t.ravel()[order]
   ts[:n_sky] = 0.0
-  ds = [d.ravel()[order] for d in (dx, dy, dz)]
+  ds = [dk.ravel()[order] for dk in d]
   ps = [np.float32(o[k]) + ts * ds[k] for k in range(3)]
-  n_pix = ts.size
-  nrm = [np.zeros(n_pix, np.float32) for _ in range(3)]
-  alb = np.zeros((n_pix, 3), np.float32)
-  label = np.full(n_pix, -1, np.int16)
-  entity = np.full(n_pix, -1, np.int16)
-  decal_base = n_ids
-  seed = np.float32(scene.texture_seed)
-
-  def as_rgb(tex):
-    return tex[:, None] if tex.ndim == 1 else tex
-
-  for s in range(n_ids):
-    sl = slice(starts[s + 1], starts[s + 2])
-    if sl.start == sl.stop:
-      continue
-    x, y, z = ps[0][sl], ps[1][sl], ps[2][sl]
-    n = sl.stop - sl.start
-    if s < _NUM_FACES:
-      axis = s // 2 if s < 4 else 2
-      nrm[axis][sl] = 1.0 if s in (0, 2, 4) else -1.0
-      a, b = _face_coords(s, x, y, z)
-      zero = np.zeros_like(a)
-      col = np.asarray(scene.face_albedo[s], np.float32) * as_rgb(
-          _texture(scene.face_material[s], a, b, zero, seed))
-      lab = np.full(n, _FACE_LABEL[s], np.int16)
-      ent = np.full(n, s, np.int16)
-      for ri, r in enumerate(scene.rects):
-        if r.face != s or r.kind != "decal":
-          continue
-        m = (a >= r.a0) & (a <= r.a1) & (b >= r.b0) & (b <= r.b1)
-        if not m.any():
-          continue
-        lab[m] = r.label
-        ent[m] = decal_base + ri
-        col[m] = np.asarray(r.albedo, np.float32) * as_rgb(
-            _texture(r.material, a[m], b[m], zero[m], seed + ri))
-      label[sl], entity[sl], alb[sl] = lab, ent, col
-      continue
-    prim = scene.prims[s - _NUM_FACES]
-    p = prim.params
-    if prim.kind == "box":
-      dist = np.stack([x - p[0], p[3] - x, y - p[1], p[4] - y, z - p[2], p[5] - z])
-      face = np.argmin(np.abs(dist), axis=0)
-      axis = face // 2
-      sign = np.where(face % 2 == 0, np.float32(-1.0), np.float32(1.0))
-      for k in range(3):
-        nrm[k][sl] = np.where(axis == k, sign, np.float32(0.0))
-      on_z = axis == 2
-      a = np.where(on_z | (axis == 1), x, y)  # in-face coordinates
-      b = np.where(on_z, y, z)
-      c = np.zeros_like(a)
-    elif prim.kind == "sphere":
-      inv_r = np.float32(1.0 / p[3])
-      nrm[0][sl], nrm[1][sl], nrm[2][sl] = (x - p[0]) * inv_r, (y - p[1]) * inv_r, (z - p[2]) * inv_r
-      a, b, c = x, z, y
-    else:
-      cx, cy, r, z0, z1 = p
-      side = (z > z0 + 1e-3) & (z < z1 - 1e-3)
-      nrm[0][sl] = np.where(side, (x - cx) / np.float32(r), 0.0)
-      nrm[1][sl] = np.where(side, (y - cy) / np.float32(r), 0.0)
-      nrm[2][sl] = np.where(side, 0.0, np.where(z >= z1 - 1e-3, 1.0, -1.0))
-      a, b, c = x, z, y
-    alb[sl] = np.asarray(prim.albedo, np.float32) * as_rgb(
-        _texture(prim.material, a, b, c, seed + s))
-    label[sl] = prim.label
-    entity[sl] = s
-
-  # Lighting: ambient + ceiling point lights (Lambert, 1/d^2) + camera fill.
-  irr = np.full(n_pix, scene.ambient, np.float32)
-  for pos, power in scene.lights:
-    v = [np.float32(pos[k]) - ps[k] for k in range(3)]
-    d2 = v[0] * v[0] + v[1] * v[1] + v[2] * v[2]
-    ndl = (nrm[0] * v[0] + nrm[1] * v[1] + nrm[2] * v[2]) / np.sqrt(d2 + np.float32(1e-6))
-    irr += np.float32(power) * np.maximum(ndl, 0.0) / (d2 + np.float32(0.3))
-  cos_cam = np.maximum(-(nrm[0] * ds[0] + nrm[1] * ds[1] + nrm[2] * ds[2]), 0.0)
-  irr += np.float32(scene.fill) * cos_cam / (1.0 + (ts * np.float32(0.25)) ** 2)
-  color_s = alb * irr[:, None]
+  nrm, alb, label, entity = _surface_attributes(scene, ps, starts)
+  color_s = alb * _irradiance(scene, ps, ds, ts, nrm)[:, None]
   # No geometry: sky, brighter towards the zenith.
   color_s[:n_sky] = np.asarray(scene.sky, np.float32)[None, :] * (
       0.6 + 0.8 * np.clip(ds[2][:n_sky, None], 0.0, 1.0))
@@ -855,6 +1014,23 @@ def _render_rows(scene: Scene, pose: Pose, r0: int, r1: int, windows: dict
   sem[order] = label
   ent = np.empty_like(entity)
   ent[order] = entity
+  return color, sem, ent
+
+
+def _render_rows(scene: Scene, pose: Pose, r0: int, r1: int, windows: dict
+                 ) -> dict[str, np.ndarray]:
+  """`render` for image rows [r0, r1)."""
+  d = ray_directions(pose, slice(r0, r1))
+  o = pose.position.astype(np.float64)
+  with np.errstate(divide="ignore"):
+    inv = tuple(np.float32(1.0) / dk for dk in d)
+  t, pid = _room_exit(o, d, inv, scene.size)
+  _cut_holes(scene, o, d, t, pid, windows, r0, r1)
+  _hit_prims(scene, o, d, inv, t, pid, windows, r0, r1)
+  valid = np.isfinite(t)
+  pid = np.where(valid, pid, -1).astype(np.int16)
+  color, sem, ent = _shade(scene, o, d, t, pid)
+  h = r1 - r0
   return {
       "color": color.reshape(h, W, 3),
       "depth": np.where(valid, t, np.float32(np.nan)).astype(np.float32),
