@@ -1,20 +1,32 @@
 """How the project's commands behave: absl flags, one-line errors, quiet library logs.
 
-Every `python -m smd_jax.<command>` parses its flags with `parse_flags`, reports
-a `errors.UserError` as one line `error: ...` with exit status 1
-(`report_user_errors`), and keeps the INFO chatter of Orbax, grain and TFDS out
-of its log (`quiet_library_logs`). `run_command` does all three.
+One convention for every command of the project (`python -m smd_jax.<command>`,
+`python -m smd_jax.convert`, `python -m tfds_hypersim.{build,download}`,
+`python -m benchmarks.<name>`): absl flags with underscore names, parsed here, a
+bad flag or a `errors.UserError` reported as one line `error: ...` with exit
+status 1, and the INFO chatter of Orbax, grain and TFDS kept out of the log
+(`quiet_library_logs`).
+
+Two entry points:
+- `run_command(run, define_flags)`: the `__main__` of a command on absl's global
+  flags (`app.run`), for commands whose flags other code reads (config_flags).
+- `run_argv(run, define_flags, argv, usage=__doc__)`: parses `argv` into fresh
+  flag values and returns the exit status, so that the command can also be
+  called in-process (`main(["--out", DIR])`) as often as wanted. Commands that
+  had hyphenated argparse flags call `define_hyphen_aliases` (`--batch-size`
+  and `--batch_size` both work) and name their list-valued flags in
+  `multi_value`, which keeps argparse's `--models unet deeplabv3` working next
+  to absl's repeated `--models=unet --models=deeplabv3`.
 """
 
 from __future__ import annotations
 
 import logging as std_logging
 import sys
-from typing import Callable
+from typing import Callable, Sequence
 
-from absl import logging
+from absl import flags, logging
 
-from smd_jax import cli
 from smd_jax.errors import UserError
 
 
@@ -69,15 +81,14 @@ def _config_error(e: BaseException, argv: list[str]) -> str:
           "takes a Python file with get_config(), e.g. configs/default.py.")
 
 
-def parse_flags(argv: list[str]) -> list[str]:
+def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
   """absl's flag parsing with one-line errors for bad flags and `--config` fields.
 
-  Use as `app.run(main, flags_parser=errors.parse_flags)`.
+  Returns `argv[0]` and the positional arguments. Use as
+  `app.run(main, flags_parser=cli.parse_flags)`.
   """
-  from absl import flags  # pylint: disable=g-import-not-at-top
-
   try:
-    return flags.FLAGS(argv)
+    return flag_values(argv)
   except flags.Error as e:  # absl's own; a config file's error arrives with its traceback
     lines = [line for line in str(e).splitlines() if line.strip()]
     _exit(lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1].strip()}")
@@ -102,13 +113,100 @@ def run_command(run: Callable[..., int], define_flags: Callable[[], None]) -> No
 
   `run(flag_values, positional_args)` returns the exit status.
   """
-  from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
-
+  from absl import app  # pylint: disable=g-import-not-at-top
 
   def main(argv):
     logging.set_verbosity(logging.INFO)
-    cli.quiet_library_logs()
+    quiet_library_logs()
     sys.exit(run(flags.FLAGS, argv[1:]))
 
   define_flags()
   app.run(main, flags_parser=parse_flags)
+
+
+def define_hyphen_aliases(flag_values: flags.FlagValues) -> None:
+  """Defines `--a-b` as an alias of every flag `--a_b` (the argparse spelling some commands had).
+
+  Call it at the end of `define_flags`; both spellings then set the same flag,
+  also `--no-a-b` for a boolean.
+  """
+  for name in list(flag_values):
+    hyphenated = name.replace("_", "-")
+    if hyphenated != name and hyphenated not in flag_values:
+      flags.DEFINE_alias(hyphenated, name, flag_values=flag_values)
+
+
+def expand_multi_values(argv: Sequence[str], names: Sequence[str]) -> list[str]:
+  """argparse's `--name A B C` (nargs="+") as absl's repeated `--name=A --name=B --name=C`.
+
+  For the flags in `names` (either spelling; a bare name without values is
+  dropped, as argparse's nargs="*" gives no values). The values end at the next
+  argument that starts with "-", as in argparse; `--name=A` stays as it is.
+  """
+  spellings = {f"--{n}" for name in names for n in (name, name.replace("_", "-"))}
+  out, i = [], 0
+  while i < len(argv):
+    arg = argv[i]
+    i += 1
+    if arg == "--":
+      out.extend(argv[i - 1:])
+      break
+    if arg not in spellings:
+      out.append(arg)
+      continue
+    values = []
+    while i < len(argv) and not argv[i].startswith("-"):
+      values.append(argv[i])
+      i += 1
+    out.extend(f"{arg}={v}" for v in values)
+  return out
+
+
+def _help_text(flag_values: flags.FlagValues, usage: str) -> str:
+  """The usage lines and one line per flag (hyphen aliases next to the flag they stand for)."""
+  lines = [usage.strip(), "", "flags:"]
+  for name in sorted(flag_values):
+    flag = flag_values[name]
+    if flag.name != name or "-" in name and name.replace("-", "_") in flag_values:
+      continue  # an alias; shown with its flag
+    alias = name.replace("_", "-")
+    also = f" (also --{alias})" if alias != name and alias in flag_values else ""
+    default = f" [default: {flag.default!r}]" if flag.default not in (None, [], False) else ""
+    text = " ".join(flag.help.split())
+    lines.append(f"  --{name}{also}: {text}{default}")
+  return "\n".join(lines)
+
+
+def parse_argv(define_flags: Callable[[flags.FlagValues], None], argv: Sequence[str] | None,
+               *, usage: str, multi_value: Sequence[str] = (),
+               prog: str = "command") -> tuple[flags.FlagValues, list[str]]:
+  """Fresh flag values from `define_flags`, parsed from `argv` (no program name; None: sys.argv).
+
+  Returns the flag values and the positional arguments. `-h`/`--help` prints
+  `usage` and the flags and exits 0; a bad flag exits 1 with one line
+  `error: ...` (`parse_flags`).
+  """
+  argv = list(sys.argv[1:] if argv is None else argv)
+  flag_values = flags.FlagValues()
+  define_flags(flag_values)
+  head = argv[:argv.index("--")] if "--" in argv else argv
+  if "-h" in head or "--help" in head:
+    print(_help_text(flag_values, usage))
+    sys.exit(0)
+  args = parse_flags([prog] + expand_multi_values(argv, multi_value), flag_values)
+  return flag_values, args[1:]
+
+
+def run_argv(run: Callable[[flags.FlagValues, list[str]], int | None],
+             define_flags: Callable[[flags.FlagValues], None],
+             argv: Sequence[str] | None = None, *, usage: str,
+             multi_value: Sequence[str] = (), prog: str = "command") -> int:
+  """Parses `argv` (`parse_argv`) and returns `run(flag_values, positional_args)`'s exit status.
+
+  A `UserError` raised by `run` becomes `error: ...` and exit status 1
+  (`report_user_errors`). Use as `main(argv=None)` of a command:
+  `sys.exit(main())` under `if __name__ == "__main__"`.
+  """
+  flag_values, args = parse_argv(define_flags, argv, usage=usage, multi_value=multi_value,
+                                 prog=prog)
+  return report_user_errors(lambda: run(flag_values, args))

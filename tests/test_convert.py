@@ -425,6 +425,33 @@ def test_two_head_semantic_md_model_matches():
                                                  train_shape=TRAIN_SHAPE))
 
 
+@pytest.mark.parametrize('spelling', [['--in-channels', '43'], ['--in_channels=43'],
+                                      ['--in_channels', '43'], ['--in-channels=43']])
+def test_cli_takes_both_spellings_of_in_channels(spelling):
+  """The argparse spelling (--in-channels) and absl's (--in_channels) set the same flag;
+  flags may come after the positional weights file (parse only, nothing converted)."""
+  from smd_jax import cli as command_line  # pylint: disable=g-import-not-at-top
+  flag_values, args = command_line.parse_argv(
+      cli.define_flags, ['--from', 'timm', 'w.safetensors'] + spelling + ['--out', 'o'],
+      usage=cli.__doc__)
+  assert args == ['w.safetensors']
+  assert (flag_values['from'].value, flag_values.in_channels, flag_values.out) == ('timm', 43, 'o')
+
+
+def test_cli_bad_flags_are_one_line_errors(tmp_path, capsys):
+  out = str(tmp_path / 'never')
+  with pytest.raises(SystemExit) as exit_:
+    cli.main(['--from', 'keras', 'w.safetensors', '--out', out])
+  err = capsys.readouterr().err
+  assert exit_.value.code == 1 and err.startswith('error: ') and err.count('\n') == 1
+  assert 'timm' in err  # names the choices
+  for argv in (['--from', 'timm', '--out', out], ['--from', 'timm', 'a', 'b', '--out', out]):
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith('error: ') and err.count('\n') == 1
+  assert not os.path.exists(out)
+
+
 def test_cli_widened_imagenet_encoder_matches_timm(tmp_path):
   """timm classifier -> safetensors -> CLI -> init_from into a 3 + 1 channel model:
   with the extra channel zero, the encoder computes what timm's does on RGB."""

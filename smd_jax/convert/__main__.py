@@ -6,7 +6,7 @@
     # ... with the first conv widened to 3 + k input channels now (optional: init_from
     # widens it anyway when the training config has semantic input channels).
     python -m smd_jax.convert --from timm --arch efficientnet_b4 model.safetensors \\
-        --in-channels 43 --out DIR
+        --in_channels 43 --out DIR
     # A whole smp or semantic_md model (decoder, heads and input channels are read
     # off the weights; --arch is inferred when left out):
     python -m smd_jax.convert --from semantic_md weights.pth --out DIR
@@ -14,44 +14,59 @@
 
 Writes ``DIR/state`` (Orbax) and ``DIR/smd_jax_convert.json`` and prints what was
 loaded and what was ignored. Exit status 1 with the list of problems when the
-weights do not fit (unknown names, missing or unexpected tensors, shape mismatches).
+weights do not fit (unknown names, missing or unexpected tensors, shape mismatches),
+and with one line ``error: ...`` for a bad flag. Flags are absl's (``--flag=value``
+or ``--flag value``); the hyphenated spellings (``--in-channels``) work as well.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import os
 import sys
 from typing import Sequence
 
 import flax
 import jax
+from absl import flags
 
+from smd_jax import cli
 from smd_jax.convert import converters, io
 from smd_jax.convert.core import ConversionError, dotted
+from smd_jax.errors import UserError
 from smd_jax.models import registry
 
 
-def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
-      prog="python -m smd_jax.convert",
-      description="Convert PyTorch weights (timm / torchvision ImageNet encoders, whole "
-                  "smp / semantic_md models) into a checkpoint for config.init_from.")
-  parser.add_argument("weights", help=".safetensors (no torch needed) or .pth/.pt/.bin/.ckpt")
-  parser.add_argument("--from", dest="source", required=True, choices=converters.SOURCES,
-                      help="layout of the weights")
-  parser.add_argument("--arch", choices=sorted(registry.ENCODERS),
-                      help="the encoder (inferred from the shapes when left out)")
-  parser.add_argument("--out", required=True, help="output directory")
-  parser.add_argument("--in-channels", type=int, default=None,
-                      help="encoder sources: input channels of the first conv (3 + k); the "
-                           "RGB filters are kept, new ones get the encoder init (--seed)")
-  parser.add_argument("--task", action="append", default=[], metavar="THEIRS=OURS",
-                      help="semantic_md / smp task name map, e.g. sobel=depth_edges "
-                           "(defaults: depth, semantic, contours, sobel=depth_edges)")
-  parser.add_argument("--seed", type=int, default=0,
-                      help="init of what the weights do not cover (new input channels)")
-  return parser
+@dataclasses.dataclass(frozen=True)
+class Request:
+  """One conversion: what the flags ask for."""
+  weights: str  # .safetensors (no torch needed) or .pth/.pt/.bin/.ckpt
+  source: str  # a key of converters.SOURCES
+  out: str
+  arch: str | None = None
+  in_channels: int | None = None
+  task: Sequence[str] = ()
+  seed: int = 0
+
+
+def define_flags(flag_values: flags.FlagValues) -> None:
+  """Registers this command's flags (absl; `--in-channels` also works for `--in_channels`)."""
+  flags.DEFINE_enum("from", None, list(converters.SOURCES), "Layout of the weights.",
+                    flag_values=flag_values)
+  flags.DEFINE_enum("arch", None, sorted(registry.ENCODERS),
+                    "The encoder (inferred from the shapes when left out).",
+                    flag_values=flag_values)
+  flags.DEFINE_string("out", None, "Output directory.", flag_values=flag_values)
+  flags.DEFINE_integer("in_channels", None, "Encoder sources: input channels of the first conv "
+                       "(3 + k); the RGB filters are kept, new ones get the encoder init "
+                       "(--seed).", flag_values=flag_values)
+  flags.DEFINE_multi_string("task", [], "semantic_md / smp task name map THEIRS=OURS, "
+                            "repeatable, e.g. sobel=depth_edges (defaults: depth, semantic, "
+                            "contours, sobel=depth_edges).", flag_values=flag_values)
+  flags.DEFINE_integer("seed", 0, "Init of what the weights do not cover (new input channels).",
+                       flag_values=flag_values)
+  flags.mark_flags_as_required(["from", "out"], flag_values=flag_values)
+  cli.define_hyphen_aliases(flag_values)
 
 
 def _tasks(pairs: Sequence[str]) -> dict[str, str]:
@@ -59,29 +74,29 @@ def _tasks(pairs: Sequence[str]) -> dict[str, str]:
   for pair in pairs:
     theirs, sep, ours = pair.partition("=")
     if not sep or not theirs or not ours:
-      raise SystemExit(f"--task expects THEIRS=OURS, got {pair!r}")
+      raise UserError(f"--task expects THEIRS=OURS, e.g. --task sobel=depth_edges; got {pair!r}.")
     out[theirs] = ours
   return out
 
 
-def convert(args: argparse.Namespace) -> dict:
+def convert(request: Request) -> dict:
   """Runs one conversion; returns the metadata written."""
-  state_dict = io.read_state_dict(args.weights)
-  common = {"source": args.source, "input": os.path.abspath(args.weights),
-            "sha256": io.sha256(args.weights),
+  state_dict = io.read_state_dict(request.weights)
+  common = {"source": request.source, "input": os.path.abspath(request.weights),
+            "sha256": io.sha256(request.weights),
             "versions": {"jax": jax.__version__, "flax": flax.__version__}}
-  if args.source in converters.ENCODER_SOURCES:
-    in_channels = args.in_channels or 3
+  if request.source in converters.ENCODER_SOURCES:
+    in_channels = request.in_channels or 3
     encoder, report, arch = converters.convert_encoder(
-        state_dict, args.arch, source=args.source, in_channels=in_channels, seed=args.seed)
+        state_dict, request.arch, source=request.source, in_channels=in_channels, seed=request.seed)
     arrays = converters.arrays_of(encoder, report.loaded, prefix=("encoder",))
     meta = {**common, "arch": arch, "scope": "encoder", "in_channels": in_channels,
             "widened": dotted(("encoder",) + report.widened) if report.widened else None}
   else:
-    if args.in_channels is not None:
-      raise SystemExit("--in-channels is for encoder sources; whole models keep theirs")
+    if request.in_channels is not None:
+      raise UserError("--in_channels is for encoder sources; whole models keep theirs.")
     model, report, model_config = converters.convert_model(
-        state_dict, args.arch, source=args.source, tasks=_tasks(args.task), seed=args.seed)
+        state_dict, request.arch, source=request.source, tasks=_tasks(request.task), seed=request.seed)
     arrays = converters.arrays_of(model, report.loaded)
     meta = {**common, "arch": model_config["encoder"], "scope": "model",
             "in_channels": model_config["in_channels"],
@@ -89,20 +104,26 @@ def convert(args: argparse.Namespace) -> dict:
                       for k, v in model_config.items()}}
   meta.update(ignored=sorted(report.ignored), num_arrays=len(arrays),
               num_params=int(sum(a.size for p, a in arrays.items() if not io.is_batch_stat(p))))
-  io.save_converted(args.out, arrays, meta)
+  io.save_converted(request.out, arrays, meta)
   return meta
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  args = _parser().parse_args(argv)
+def run(flag_values: flags.FlagValues, args: Sequence[str]) -> int:
+  """Converts the weights file named by the one positional argument; returns the exit status."""
+  if len(args) != 1:
+    raise UserError(f"Expected one weights file, got {len(args)} ({' '.join(args) or 'none'}): "
+                    "python -m smd_jax.convert --from timm WEIGHTS --out DIR.")
+  request = Request(weights=args[0], source=flag_values["from"].value, out=flag_values.out,
+                    arch=flag_values.arch, in_channels=flag_values.in_channels,
+                    task=flag_values.task, seed=flag_values.seed)
   try:
-    meta = convert(args)
+    meta = convert(request)
   except (ConversionError, ValueError, ImportError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   ignored = meta["ignored"]
   print(f'{meta["source"]} {meta["arch"]} ({meta["scope"]}): {meta["num_arrays"]} arrays, '
-        f'{meta["num_params"]:,} parameters -> {os.path.abspath(args.out)}')
+        f'{meta["num_params"]:,} parameters -> {os.path.abspath(request.out)}')
   if meta.get("widened"):
     print(f'  widened {meta["widened"]} to {meta["in_channels"]} input channels')
   if meta.get("model"):
@@ -114,6 +135,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     shown = ", ".join(ignored[:8]) + (f" (+{len(ignored) - 8} more)" if len(ignored) > 8 else "")
     print(f"  ignored {len(ignored)}: {shown}")
   return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """The command on `argv` (without the program name; None: sys.argv); returns the exit status."""
+  return cli.run_argv(run, define_flags, argv, usage=__doc__, prog="python -m smd_jax.convert")
 
 
 if __name__ == "__main__":
