@@ -172,7 +172,7 @@ def _help_text(flag_values: flags.FlagValues, usage: str) -> str:
     alias = name.replace("_", "-")
     also = f" (also --{alias})" if alias != name and alias in flag_values else ""
     default = f" [default: {flag.default!r}]" if flag.default not in (None, [], False) else ""
-    text = " ".join(flag.help.split())
+    text = " ".join(flag.help.split()).replace(".;", ";")
     lines.append(f"  --{name}{also}: {text}{default}")
   return "\n".join(lines)
 

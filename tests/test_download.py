@@ -370,6 +370,23 @@ def test_bad_input_gives_one_line_errors(server, tmp_path, capsys):
                                "datasets/hypersim/v1/scenes/")
 
 
+@pytest.mark.parametrize("spelling", [
+    ["--base-url", "http://h/", "--dry-run", "--no-progress", "--scenes", "ai_1", "ai_2"],
+    ["--base_url=http://h/", "--dry_run", "--no_progress", "--scenes=ai_1", "--scenes=ai_2"],
+    ["--scenes", "ai_1", "--base_url", "http://h/", "--scenes", "ai_2", "--dry-run",
+     "--no_progress"]])
+def test_cli_takes_both_flag_spellings(spelling):
+  """The argparse spellings (--base-url, --dry-run, --scenes A B) and absl's (--base_url,
+  --dry_run, repeated --scenes=A) parse to the same flags (parse only, nothing fetched)."""
+  from smd_jax import cli  # pylint: disable=g-import-not-at-top
+  flag_values, args = cli.parse_argv(download.define_flags, ["--out", "o"] + spelling,
+                                     usage=download.__doc__, multi_value=("scenes",))
+  assert args == []
+  assert (flag_values.base_url, flag_values.dry_run, flag_values.no_progress) == (
+      "http://h/", True, True)
+  assert flag_values.scenes == ["ai_1", "ai_2"] and flag_values.workers == 8
+
+
 def _zip64_archive(members):
   """A zip written by hand with every size and offset in ZIP64 form (32-bit
   slots 0xFFFFFFFF, values in the 0x0001 extra field) and a ZIP64 end record."""

@@ -21,6 +21,7 @@ from tfds_hypersim import make_dummy_data
 
 DUMMY = make_dummy_data.default_dir()
 RES = 32
+VERSION = str(tfds_hypersim.Builder.VERSION)  # TFDS writes DATA_DIR/hypersim/<config>/<VERSION>
 
 
 def _manifest():
@@ -108,7 +109,7 @@ def test_builder_defaults(tmp_path):
   assert b.builder_config.name == "res256"
   assert b.info.file_format == tfds.core.FileFormat.ARRAY_RECORD
   assert b.info.features["image"].shape == (256, 256, 3)
-  assert b.version == "1.0.0"
+  assert b.version == VERSION == "2.0.0"
   assert b.MANUAL_DOWNLOAD_INSTRUCTIONS
 
 
@@ -318,7 +319,7 @@ def test_skip_reasons_counted_with_worker_processes(tmp_path):
   reloaded = tfds_hypersim.Builder(config=tfds_hypersim.hypersim_config(8),
                                    data_dir=tmp_path / "tfds")
   assert reloaded.info.metadata["skipped"] == expected
-  with open(tmp_path / "tfds" / "hypersim" / "res8" / "1.0.0" / "metadata.json") as f:
+  with open(tmp_path / "tfds" / "hypersim" / "res8" / VERSION / "metadata.json") as f:
     assert json.load(f)["skipped"] == expected
   sources = reloaded.as_data_source()
   assert {k: len(v) for k, v in sources.items()} == {"train": 2, "validation": 1, "test": 1}
@@ -342,9 +343,25 @@ def test_build_cli(tmp_path, capsys):
   out = capsys.readouterr().out
   assert "hypersim/res8_planar" in out and "train: 2 examples" in out
   assert "'corrupt_hdf5': 1" in out
-  assert os.path.isdir(tmp_path / "hypersim" / "res8_planar" / "1.0.0")
+  assert os.path.isdir(tmp_path / "hypersim" / "res8_planar" / VERSION)
   (tmp_path / "empty").mkdir()
   for bad in (["--manual_dir", str(tmp_path / "nowhere")], ["--manual_dir", str(tmp_path / "empty")]):
     assert build.main(bad + ["--data_dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "tfds_hypersim.download" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("spelling", [
+    ["--manual-dir", "m", "--data-dir", "d", "--split-scheme", "official", "--depth-type",
+     "planar"],
+    ["--manual_dir=m", "--data_dir=d", "--split_scheme=official", "--depth_type=planar"]])
+def test_build_cli_takes_both_flag_spellings(spelling):
+  """Hyphenated and absl's underscore spellings set the same flags (parse only, no build)."""
+  from smd_jax import cli  # pylint: disable=g-import-not-at-top
+  from tfds_hypersim import build  # pylint: disable=g-import-not-at-top
+  flag_values, args = cli.parse_argv(build.define_flags, spelling + ["--resolution", "8"],
+                                     usage=build.__doc__)
+  assert args == []
+  assert (flag_values.manual_dir, flag_values.data_dir, flag_values.split_scheme,
+          flag_values.depth_type, flag_values.resolution, flag_values.pool) == (
+              "m", "d", "official", "planar", 8, "thread")

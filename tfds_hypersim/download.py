@@ -5,6 +5,11 @@ remote per-scene zips, with HTTP range requests.
   python -m tfds_hypersim.download --split official --out DIR --scenes ai_001_001 ai_001_002
   python -m tfds_hypersim.download --split semantic_md --out DIR --dry_run   # sizes only
 
+Flags are absl's (`--flag=value` or `--flag value`; `--base-url`, `--dry-run`
+spellings work too). Exit status 0; 1 when some members failed (named on
+stderr) or for a bad flag; 2 with one line `error: ...` for bad input (an
+unknown scene, a bad URL, a file as --out).
+
 HyperSim is released as one zip per scene (`BASE_URL` + `ai_VVV_NNN.zip`, 1-20 GB
 each, ~1.9 TB in all). Per frame of the chosen split the builder needs four
 members (`processing.FRAME_FILES`):
@@ -34,7 +39,6 @@ per thread); tqdm draws the progress bar.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import concurrent.futures
 import dataclasses
@@ -50,7 +54,10 @@ import zlib
 from collections.abc import Iterable, Sequence
 
 import tqdm
+from absl import flags
 
+from smd_jax import cli
+from smd_jax.errors import UserError
 from tfds_hypersim import metadata, processing
 
 # HyperSim's published location of the per-scene zips (the URLs in Apple's
@@ -602,32 +609,46 @@ def download(out: str | os.PathLike, split_scheme: str = "semantic_md", *,
   return summary
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(
-      prog="python -m tfds_hypersim.download",
-      description="Fetch the HyperSim files the `hypersim` builder reads (four per frame) "
-                  "from the per-scene zips with HTTP range requests.")
-  parser.add_argument("--split", choices=metadata.SPLIT_SCHEMES, default="semantic_md",
-                      help="which frames: the paper's lists or HyperSim's official v1 split")
-  parser.add_argument("--out", required=True, help="output folder = the builder's manual_dir")
-  parser.add_argument("--scenes", nargs="+", default=None, metavar="ai_VVV_NNN",
-                      help="only these scenes (default: every scene of the split)")
-  parser.add_argument("--base-url", "--base_url", dest="base_url", default=BASE_URL,
-                      help=f"folder URL of the scene zips (default {BASE_URL})")
-  parser.add_argument("--workers", type=int, default=8, help="parallel connections")
-  parser.add_argument("--dry_run", "--dry-run", action="store_true",
-                      help="read the zip directories only and print the sizes")
-  parser.add_argument("--no_progress", action="store_true", help="no progress bar")
-  args = parser.parse_args(argv)
+def define_flags(flag_values: flags.FlagValues) -> None:
+  """Registers the command's flags (absl; hyphenated spellings such as `--base-url` also work)."""
+  flags.DEFINE_enum("split", "semantic_md", list(metadata.SPLIT_SCHEMES),
+                    "Which frames: the paper's lists or HyperSim's official v1 split.",
+                    flag_values=flag_values)
+  flags.DEFINE_string("out", None, "Output folder = the builder's manual_dir.",
+                      flag_values=flag_values)
+  flags.DEFINE_multi_string("scenes", None, "Only these scenes ai_VVV_NNN (default: every scene "
+                            "of the split): --scenes A B or --scenes=A --scenes=B.",
+                            flag_values=flag_values)
+  flags.DEFINE_string("base_url", BASE_URL, "Folder URL of the scene zips.",
+                      flag_values=flag_values)
+  flags.DEFINE_integer("workers", 8, "Parallel connections.", flag_values=flag_values)
+  flags.DEFINE_bool("dry_run", False, "Read the zip directories only and print the sizes.",
+                    flag_values=flag_values)
+  flags.DEFINE_bool("no_progress", False, "No progress bar.", flag_values=flag_values)
+  flags.mark_flag_as_required("out", flag_values=flag_values)
+  cli.define_hyphen_aliases(flag_values)
+
+
+def run(flag_values: flags.FlagValues, args: Sequence[str]) -> int:
+  """Downloads what the flags ask for; exit status 0, 1 (some members failed), 2 (bad input)."""
+  if args:
+    raise UserError(f"Unexpected arguments {' '.join(args)} (scenes go after --scenes).")
   try:
-    summary = download(args.out, args.split, scenes=args.scenes, base_url=args.base_url,
-                       workers=args.workers, dry_run=args.dry_run,
-                       progress=not args.no_progress)
+    summary = download(flag_values.out, flag_values.split, scenes=flag_values.scenes,
+                       base_url=flag_values.base_url, workers=flag_values.workers,
+                       dry_run=flag_values.dry_run, progress=not flag_values.no_progress)
   except DownloadError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   print(summary.text())
   return 1 if summary.errors else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """The command on `argv` (without the program name; None: sys.argv); returns the exit status."""
+  usage = "\n\n".join(__doc__.split("\n\n")[:2])
+  return cli.run_argv(run, define_flags, argv, usage=usage,
+                      multi_value=("scenes",), prog="python -m tfds_hypersim.download")
 
 
 if __name__ == "__main__":
