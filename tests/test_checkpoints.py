@@ -1,10 +1,16 @@
-"""Orbax round trip of the train state and the grain iterator position."""
+"""Orbax round trip of the train state and the grain iterator position; damaged
+checkpoints; metrics attached after a save."""
+
+import glob
+import json
+import os
 
 import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from flax import nnx
 
 from smd_jax.training import checkpoints, steps
@@ -79,3 +85,69 @@ def test_restore_without_checkpoint_is_clear(tmp_path):
     assert "No checkpoint" in str(e)
   else:
     raise AssertionError("expected FileNotFoundError")
+
+
+def _cut_largest_data_file(step_dir):
+  files = [p for p in glob.glob(os.path.join(step_dir, "state", "**", "d", "*"), recursive=True)
+           if os.path.isfile(p)]
+  largest = max(files, key=os.path.getsize)
+  with open(largest, "r+b") as f:
+    f.truncate(os.path.getsize(largest) // 2)
+
+
+def test_damaged_newest_is_passed_over_and_set_aside(tmp_path):
+  ckpt = checkpoints.Checkpointer(str(tmp_path), save_interval_steps=1)
+  for step, seed in ((1, 0), (2, 1), (3, 2)):
+    ckpt.save(step, make_state(seed), force=True)
+  ckpt.close()
+  _cut_largest_data_file(os.path.join(str(tmp_path), "checkpoints", "3"))
+
+  ckpt = checkpoints.Checkpointer(str(tmp_path), save_interval_steps=1)
+  restored, step, damaged = ckpt.restore_newest_intact(make_state(5))
+  assert step == 2 and [s for s, _ in damaged] == [3] and damaged[0][1]
+  assert leaves_equal(restored, make_state(1))  # step 2 was saved from seed 1
+  aside = ckpt.set_aside(3, damaged[0][1])
+  assert aside.endswith(os.path.join("checkpoints", "3.damaged"))
+  assert damaged[0][1] in open(os.path.join(aside, "DAMAGED.txt")).read()
+  assert ckpt.all_steps() == [1, 2]  # not a step to Orbax any more, nothing deleted
+  assert ckpt.save(3, make_state(2), force=True)  # the step can be saved again
+  ckpt.close()
+  ckpt = checkpoints.Checkpointer(str(tmp_path), read_only=True)
+  assert ckpt.all_steps() == [1, 2, 3]
+  ckpt.close()
+  assert os.path.isdir(aside)
+
+
+def test_nothing_restores_lists_every_step(tmp_path):
+  ckpt = checkpoints.Checkpointer(str(tmp_path), save_interval_steps=1)
+  ckpt.save(1, make_state(0), force=True)
+  ckpt.save(2, make_state(1), force=True)
+  ckpt.close()
+  for step in ("1", "2"):
+    _cut_largest_data_file(os.path.join(str(tmp_path), "checkpoints", step))
+  ckpt = checkpoints.Checkpointer(str(tmp_path), read_only=True)
+  with pytest.raises(checkpoints.NoIntactCheckpoint) as e:
+    ckpt.restore_newest_intact(make_state(5))
+  ckpt.close()
+  assert [s for s, _ in e.value.damaged] == [2, 1]
+
+
+def test_metrics_attached_after_the_save_count_for_keep_best(tmp_path):
+  """The final step is saved before its evaluation; its metrics come later."""
+  ckpt = checkpoints.Checkpointer(str(tmp_path), max_to_keep=1, save_interval_steps=1,
+                                  best_metric="depth/rmse")
+  state = make_state(0)
+  ckpt.save(1, state, metrics={"depth/rmse": 2.0})
+  ckpt.save(2, state)
+  ckpt.attach_metrics(2, {"depth/rmse": 1.5, "step": 2, "note": "text is dropped"})
+  assert ckpt.metrics(2) == {"depth/rmse": 1.5, "step": 2.0}
+  # The same file as a save with metrics writes (Orbax's layout).
+  with open(os.path.join(ckpt.directory, "1", "metrics", "metrics")) as f:
+    assert json.load(f) == {"depth/rmse": 2.0}
+  for step in (3, 4):  # later saves without metrics: keep-last-1 plus the best
+    ckpt.save(step, state)
+  ckpt.close()
+  ckpt = checkpoints.Checkpointer(str(tmp_path), read_only=True)
+  assert ckpt.all_steps() == [2, 4]  # 2 (rmse 1.5) beat 1 (rmse 2.0) and was kept
+  assert ckpt.best_step() == 2
+  ckpt.close()

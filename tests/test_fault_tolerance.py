@@ -8,9 +8,12 @@ losses for every step and end with bitwise the same parameters.
 """
 
 import glob
+import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +22,7 @@ import pytest
 
 from smd_jax import errors, losses
 from smd_jax.models import registry
-from smd_jax.training import data_parallel, steps as steps_lib, trainer
+from smd_jax.training import checkpoints, data_parallel, steps as steps_lib, trainer
 from tests import subprocess_runs as runs, toy_config
 from tests.toy_models import ToyEncoder
 
@@ -99,6 +102,136 @@ def test_sigterm_saves_the_current_step_exits_0_and_resumes(reference):
   rc, out, err = runs.finish(_run(reference, workdir))
   assert rc == 0, err[-3000:]
   _assert_same_run(workdir, reference)
+
+
+def _copy_of_reference(reference, name, keep_up_to, logs_up_to=None):
+  """The reference workdir with the checkpoints up to step `keep_up_to` and the logged
+  losses up to `logs_up_to` (default: the same step)."""
+  workdir = str(reference["root"] / name)
+  shutil.copytree(reference["workdir"], workdir)
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  for entry in os.listdir(ckpt_dir):
+    if entry.isdigit() and int(entry) > keep_up_to:
+      shutil.rmtree(os.path.join(ckpt_dir, entry))
+  path = os.path.join(workdir, "metrics.jsonl")
+  with open(path) as f:
+    kept = [line for line in f if json.loads(line)["step"] <= (logs_up_to or keep_up_to)]
+  with open(path, "w") as f:
+    f.writelines(kept)
+  return workdir
+
+
+def _truncate_largest_data_file(step_dir):
+  """Cuts the largest array data file of a checkpoint in half (as a bad copy leaves it)."""
+  files = [p for p in glob.glob(os.path.join(step_dir, "state", "**", "d", "*"), recursive=True)
+           if os.path.isfile(p)]
+  largest = max(files, key=os.path.getsize)
+  with open(largest, "r+b") as f:
+    f.truncate(os.path.getsize(largest) // 2)
+  return largest
+
+
+def _evaluate(workdir, *flags):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  cmd = [sys.executable, os.path.join(runs.TESTS, "evaluate_subprocess.py"),
+         f"--workdir={workdir}", "--num_images=0", *flags]
+  done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+  return done.returncode, done.stdout, done.stderr
+
+
+def _log_lines(err, text):
+  return [line for line in err.splitlines() if text in line]
+
+
+def test_damaged_newest_checkpoint_is_skipped_kept_and_the_run_ends_the_same(reference):
+  # Steps 10-12 must be trained again: their logged losses are cut.
+  workdir = _copy_of_reference(reference, "damaged", keep_up_to=STEPS, logs_up_to=9)
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  assert sorted(int(s) for s in os.listdir(ckpt_dir) if s.isdigit()) == [9, 12]
+  damaged = _truncate_largest_data_file(os.path.join(ckpt_dir, "12"))
+
+  # Evaluation of the damaged step: one line naming it and the intact one; `latest` falls back.
+  rc, out, err = _evaluate(workdir, "--checkpoint=12")
+  assert rc == 1, err[-3000:]
+  assert err.strip().count("\n") == 0 and err.startswith("error: Checkpoint 12 in "), err[-3000:]
+  assert "other kept checkpoints: 9 (--checkpoint STEP)" in err
+  rc, out, err = _evaluate(workdir, "--checkpoint=latest")
+  assert rc == 0, err[-3000:]
+  assert len(_log_lines(err, "Checkpoint 12 in")) == 1 and "Using step 9" in err
+  assert "| 9 |" in out
+
+  rc, out, err = runs.finish(_run(reference, workdir))
+  assert rc == 0, err[-3000:]
+  warnings = _log_lines(err, "Skipped checkpoint 12")
+  assert len(warnings) == 1 and "resumed from step 9" in warnings[0], err[-3000:]
+  assert "Traceback" not in err
+  # Kept under a name that says so, with the damaged file as it was; not a step to Orbax.
+  aside = os.path.join(ckpt_dir, "12.damaged")
+  assert os.path.isfile(os.path.join(aside, "DAMAGED.txt"))
+  assert os.path.getsize(os.path.join(aside, os.path.relpath(damaged, os.path.join(ckpt_dir, "12")))) \
+      == os.path.getsize(damaged)
+  _assert_same_run(workdir, reference)
+
+
+def test_kill_9_during_the_final_evaluation_loses_no_step(reference):
+  workdir = str(reference["root"] / "killed_in_eval")
+  marker = str(reference["root"] / "killed_in_eval_marker")
+  proc = _run(reference, workdir, env=dict(SMD_TEST_EVAL_MARKER=marker))
+  runs.wait_for_file(marker, proc)
+  proc.send_signal(signal.SIGKILL)
+  assert runs.finish(proc)[0] == -signal.SIGKILL
+  assert os.path.exists(os.path.join(workdir, "train.lock"))  # left behind by the killed run
+  _assert_same_run(workdir, reference)  # step 12 is saved, bitwise the reference's
+
+  rc, out, err = runs.finish(_run(reference, workdir))  # takes over the stale lock, evaluates
+  assert rc == 0, err[-3000:]
+  assert len(_log_lines(err, "Taking over the lock of process")) == 1, err[-3000:]
+  assert "Training 12 steps (from step 12)" in err
+  assert not os.path.exists(os.path.join(workdir, "train.lock"))
+  with open(os.path.join(workdir, f"eval_validation_{STEPS}.json")) as f:
+    results = json.load(f)
+  ckpt = checkpoints.Checkpointer(workdir, read_only=True)
+  assert ckpt.metrics(STEPS)["depth/rmse"] == results["depth/rmse"]  # for keep-best
+  assert ckpt.best_step("depth/rmse") == STEPS
+  ckpt.close()
+
+
+def test_second_run_in_a_locked_workdir_exits_1_and_the_first_is_unharmed(reference):
+  workdir = _copy_of_reference(reference, "locked", keep_up_to=9)
+  marker, gate = (str(reference["root"] / f"locked_{n}") for n in ("marker", "gate"))
+  first = _run(reference, workdir, env=dict(SMD_TEST_SLOW_FROM_STEP="10", SMD_TEST_MARKER=marker,
+                                            SMD_TEST_WAIT_FOR=gate))
+  try:
+    runs.wait_for_file(marker, first)  # holds the lock, waiting in step 10
+    before = runs.tree_snapshot(workdir)
+    rc, out, err = runs.finish(_run(reference, workdir))
+    assert rc == 1
+    assert err.strip().count("\n") == 0, err[-3000:]
+    assert err.startswith(f"error: The workdir {workdir} is in use by a training run: process "
+                          f"{first.pid} on host "), err
+    assert runs.tree_snapshot(workdir) == before  # wrote nothing
+  finally:
+    open(gate, "w").close()
+  rc, out, err = runs.finish(first)
+  assert rc == 0, err[-3000:]
+  _assert_same_run(workdir, reference)
+
+
+def test_truncated_data_set_shard_is_one_line(reference, tmp_path):
+  data_dir = str(tmp_path / "tfds")
+  shutil.copytree(reference["tfds"], data_dir)
+  shard, = glob.glob(os.path.join(data_dir, "hypersim", "*", "*", "hypersim-train.array_record*"))
+  with open(shard, "r+b") as f:
+    f.truncate(os.path.getsize(shard) * 9 // 10)
+  workdir = str(tmp_path / "run")
+  rc, out, err = runs.finish(runs.start_training(
+      workdir, f"--config.data.data_dir={data_dir}", cache_dir=reference["cache"]))
+  assert rc == 1
+  assert err.strip().count("\n") == 0, err[-3000:]
+  assert err.startswith(f"error: The data set file {shard} is damaged or cut short"), err
+  assert f"python -m tfds_hypersim.build --manual_dir {toy_config.get_config().data.manual_dir}" \
+      f" --data_dir {data_dir} --resolution 32" in err
+  assert not os.path.exists(workdir)
 
 
 # ----------------------------------------------------------------------------

@@ -5,7 +5,10 @@
 Environment (test hooks, both optional):
   SMD_TEST_SLOW_FROM_STEP=K  from train step K on, each step sleeps 0.3 s, so a test
                              can signal or kill the process while it trains;
-  SMD_TEST_MARKER=PATH       written when step K starts.
+  SMD_TEST_MARKER=PATH       written when step K starts;
+  SMD_TEST_WAIT_FOR=PATH     step K then waits until PATH exists (a test holds the run);
+  SMD_TEST_EVAL_MARKER=PATH  written when an evaluation starts, which then sleeps 600 s
+                             (a test kills the process during the final evaluation).
 """
 
 import dataclasses
@@ -36,6 +39,9 @@ def _slowed(build_steps, slow_from: int, marker: str | None):
         if marker and not os.path.exists(marker):
           with open(marker, "w") as f:
             f.write(str(step))
+          while os.environ.get("SMD_TEST_WAIT_FOR") and not os.path.exists(
+              os.environ["SMD_TEST_WAIT_FOR"]):
+            time.sleep(0.05)
         time.sleep(0.3)
       return fast(state, batch)
 
@@ -48,4 +54,13 @@ if __name__ == "__main__":
     steps_lib.build_steps = _slowed(steps_lib.build_steps,
                                     int(os.environ["SMD_TEST_SLOW_FROM_STEP"]),
                                     os.environ.get("SMD_TEST_MARKER"))
+  if os.environ.get("SMD_TEST_EVAL_MARKER"):
+    from smd_jax.evaluation import passes  # noqa: E402
+
+    def _hanging_evaluate(*args, **kwargs):
+      with open(os.environ["SMD_TEST_EVAL_MARKER"], "w") as f:
+        f.write("evaluating")
+      time.sleep(600)
+
+    passes.evaluate = _hanging_evaluate
   app.run(train.main, flags_parser=cli.parse_flags)

@@ -8,15 +8,32 @@ in worker processes); evaluation batches cover a split once, the last one padded
 
 from __future__ import annotations
 
+import multiprocessing
+import threading
 import weakref
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import grain
 import numpy as np
-from absl import flags
+from absl import flags, logging
 
+from smd_jax.data import shards
 from smd_jax.data.datasets import array_source, select_arrays
 from smd_jax.errors import UserError
+
+# Worker processes: how long their start (until the first batch) and their
+# shutdown may take. Starting imports JAX, grain and TFDS in each of them: ~10 s
+# on an idle 2-core machine, once over a minute under heavy load.
+WORKER_START_TIMEOUT_S = 300.0
+WORKER_STOP_TIMEOUT_S = 60.0
+
+_REBUILD = ("docs/data.md says how to build it (smd_jax.train also builds a missing data set "
+            "from --config.data.manual_dir).")
+
+
+def _decoded(source: Sequence[Mapping[str, Any]]) -> Sequence[Mapping[str, Any]]:
+  """`array_source(source)`, whose failed reads name the damaged shard file."""
+  return shards.NamedShardErrors(array_source(source), source, _REBUILD)
 
 
 def local_batch_size(global_batch_size: int, process_count: int) -> int:
@@ -29,7 +46,8 @@ def local_batch_size(global_batch_size: int, process_count: int) -> int:
 
 def train_dataset(source: Sequence[Mapping[str, Any]], *, global_batch_size: int, seed: int,
                   process_index: int = 0, process_count: int = 1, num_threads: int = 4,
-                  prefetch_batches: int = 2, num_workers: int = 0) -> grain.IterDataset:
+                  prefetch_batches: int = 2, num_workers: int = 0,
+                  worker_timeout_s: float | None = None) -> grain.IterDataset:
   """Endless, shuffled (reshuffled every epoch), batched stream of local batches.
 
   Args:
@@ -41,6 +59,9 @@ def train_dataset(source: Sequence[Mapping[str, Any]], *, global_batch_size: int
     prefetch_batches: batches read ahead (per worker process when `num_workers` > 0).
     num_workers: worker processes that read and decode batches; 0 reads in this
       process. The batches and their order are the same for any value.
+    worker_timeout_s: the longest the worker processes may take to deliver their
+      first batch after a start (default `WORKER_START_TIMEOUT_S`); beyond it
+      the iterator stops them and raises `UserError`.
 
   Returns:
     An `IterDataset` whose iterator yields dicts of numpy arrays
@@ -58,7 +79,7 @@ def train_dataset(source: Sequence[Mapping[str, Any]], *, global_batch_size: int
   # chunks t*P .. t*P+P-1, and process p reads only chunk t*P+p. The global batches
   # are thus the same for any number of processes (a run can resume on another
   # topology), and each process reads just its own examples.
-  ds = grain.MapDataset.source(array_source(source)).shuffle(seed=seed).repeat()
+  ds = grain.MapDataset.source(_decoded(source)).shuffle(seed=seed).repeat()
   ds = ds.map(select_arrays)
   ds = ds.batch(batch, drop_remainder=True)[process_index::process_count]
   # grain runs at most prefetch_buffer_size reads at once: a smaller buffer than
@@ -68,7 +89,8 @@ def train_dataset(source: Sequence[Mapping[str, Any]], *, global_batch_size: int
   if not num_workers:
     return ds.to_iter_dataset(read)
   return _WorkerBatches(ds, read, grain.MultiprocessingOptions(
-      num_workers=num_workers, per_worker_buffer_size=max(1, prefetch_batches)))
+      num_workers=num_workers, per_worker_buffer_size=max(1, prefetch_batches)),
+      start_timeout_s=worker_timeout_s or WORKER_START_TIMEOUT_S)
 
 
 class _WorkerBatches(grain.IterDataset):
@@ -86,40 +108,64 @@ class _WorkerBatches(grain.IterDataset):
   """
 
   def __init__(self, batches: grain.MapDataset, read: grain.ReadOptions,
-               workers: grain.MultiprocessingOptions):
+               workers: grain.MultiprocessingOptions, start_timeout_s: float):
     super().__init__(batches.to_iter_dataset(read))
     self._batches, self._read, self._workers = batches, read, workers
+    self._start_timeout_s = start_timeout_s
 
   def __iter__(self) -> grain.DatasetIterator:
-    return _WorkerBatchesIterator(self._batches, self._read, self._workers)
+    return _WorkerBatchesIterator(self._batches, self._read, self._workers,
+                                  self._start_timeout_s)
 
 
 class _WorkerBatchesIterator(grain.DatasetIterator):
 
-  def __init__(self, batches, read, workers):
+  def __init__(self, batches, read, workers, start_timeout_s: float):
     super().__init__()
     self._batches, self._read, self._workers = batches, read, workers
+    self._start_timeout_s = start_timeout_s
     self._next_index = 0
     # grain's iterator over the worker processes, while they run. Started on first
     # use, so that a restore starts workers once.
     self._running: list[grain.DatasetIterator] = []
+    self._delivered = False  # whether the running workers gave a batch yet
 
   def start_prefetch(self) -> None:
     if not self._running:
       _mark_flags_parsed()
       ds = self._batches[self._next_index:].to_iter_dataset(self._read)
+      before = set(multiprocessing.active_children())
       self._running.append(iter(ds.mp_prefetch(self._workers)))
+      self._running[0].start_prefetch()
+      self._delivered = False
+      # Our workers, for stopping them by force (they are started above, but the
+      # exact moment is grain's; processes that existed before are never touched).
+      self._spawned = lambda: [p for p in multiprocessing.active_children() if p not in before]
       # Also stopped at interpreter exit, while the modules it needs still exist:
       # one left to shutdown leaks shared memory and prints tracebacks.
-      self._stop = weakref.finalize(self, _stop_workers, self._running)
+      self._stop = weakref.finalize(self, _stop_workers, self._running, self._spawned)
     self._running[0].start_prefetch()
 
   def __next__(self):
     self.start_prefetch()
+    if self._delivered:
+      batch = next(self._running[0])
+    else:  # a start that hangs (seen once under heavy load) must not hang training
+      try:
+        batch = _call_with_timeout(lambda: next(self._running[0]), self._start_timeout_s)
+      except TimeoutError:
+        self._stop()
+        raise UserError(
+            f"The {self._workers.num_workers} data worker processes gave no batch within "
+            f"{self._start_timeout_s:.0f} s of their start, so they were stopped. Run the "
+            "same command again (training resumes), set --config.data.num_workers=0 to read "
+            "in the training process, or allow more time with "
+            "--config.data.worker_timeout_s.") from None
+      self._delivered = True
     # Copied out of the workers' shared memory (~0.1 ms per MB): the segment is
     # freed now, not whenever the last array aliasing it (a zero-copy JAX
     # array, say) goes, which at interpreter exit leaks it with tracebacks.
-    batch = {k: np.array(v) for k, v in next(self._running[0]).items()}
+    batch = {k: np.array(v) for k, v in batch.items()}
     self._next_index += 1
     return batch
 
@@ -139,9 +185,43 @@ class _WorkerBatchesIterator(grain.DatasetIterator):
     super().close()
 
 
-def _stop_workers(running: list) -> None:
+def _call_with_timeout(fn: Callable[[], Any], timeout_s: float) -> Any:
+  """`fn()` in a helper thread; TimeoutError if it is not done within `timeout_s`."""
+  out = {}
+
+  def call():
+    try:
+      out["value"] = fn()
+    except BaseException as e:  # pylint: disable=broad-except  # re-raised below
+      out["error"] = e
+
+  thread = threading.Thread(target=call, daemon=True, name="smd_jax-worker-wait")
+  thread.start()
+  thread.join(timeout_s)
+  if thread.is_alive():
+    raise TimeoutError(f"not done within {timeout_s} s")
+  if "error" in out:
+    raise out["error"]
+  return out["value"]
+
+
+def _stop_workers(running: list, spawned: Callable[[], list],
+                  timeout_s: float | None = None) -> None:
+  """Closes grain's worker iterator; workers still there after `timeout_s` are killed."""
   while running:
-    running.pop().close()
+    iterator = running.pop()
+    try:
+      _call_with_timeout(iterator.close, timeout_s or WORKER_STOP_TIMEOUT_S)
+    except TimeoutError:
+      left = [p for p in spawned() if p.is_alive()]
+      logging.error("The data worker processes did not stop within %.0f s; terminating %d "
+                    "of them.", timeout_s or WORKER_STOP_TIMEOUT_S, len(left))
+      for process in left:
+        process.terminate()
+      for process in left:
+        process.join(5)
+        if process.is_alive():
+          process.kill()
 
 
 def _mark_flags_parsed() -> None:
@@ -180,7 +260,7 @@ def eval_batches(source: Sequence[Mapping[str, Any]], *, global_batch_size: int,
   steps need, even where its shard runs out first.
   """
   batch = local_batch_size(global_batch_size, process_count)
-  source = array_source(source)  # the training pipeline's decoder, bit-equal to TFDS's
+  source = _decoded(source)  # the training pipeline's decoder, bit-equal to TFDS's
   n = len(source) if max_examples is None else min(len(source), max_examples)
   template = select_arrays(source[0])
   for rows in eval_batch_rows(n, global_batch_size, process_count):

@@ -134,6 +134,36 @@ def check_matches(ckpt: checkpoints.Checkpointer, step: int, state: TrainState,
                   f"{ckpt.directory}: {'; '.join(details)}.")
 
 
+def restore_intact(ckpt: checkpoints.Checkpointer, state: TrainState, step: int,
+                   which: str | int, config_source: str) -> tuple[TrainState, int]:
+  """`state` restored from checkpoint `step`, the one `which` selected.
+
+  With `which` = latest, a step that does not restore (damaged, e.g. a file cut
+  short) is passed over with a one-line warning for the newest older one that
+  does. For `best` or a step number, and when nothing restores, a UserError
+  names the step, why, and the other kept steps. Nothing is moved or deleted:
+  evaluation only reads the workdir (training sets damaged steps aside).
+  """
+  candidates = [step]
+  if parse_checkpoint(which) == "latest":
+    candidates += sorted((s for s in ckpt.all_steps() if s < step), reverse=True)
+  check = lambda s: check_matches(ckpt, s, state, config_source)
+  try:
+    state, restored, damaged = ckpt.restore_newest_intact(state, steps=candidates, check=check)
+  except checkpoints.NoIntactCheckpoint as e:
+    others = [str(s) for s in ckpt.all_steps() if s != step]
+    where = (f"other kept checkpoints: {', '.join(others)} (--checkpoint STEP)" if others
+             else "no other checkpoint is kept")
+    raise UserError(
+        f"Checkpoint {step} in {ckpt.directory} does not restore ({e.damaged[0][1]}): it is "
+        f"damaged, or the config ({config_source}) does not match checkpoint {step}; "
+        f"{where}.") from e
+  for bad, reason in damaged:
+    logging.warning("Checkpoint %d in %s does not restore (%s): damaged? Using step %d, the "
+                    "newest that does.", bad, ckpt.directory, reason, restored)
+  return state, restored
+
+
 @dataclasses.dataclass
 class Loaded:
   """A restored model with its jitted steps."""
@@ -169,12 +199,7 @@ def load(workdir: str, *, config: Any = None, checkpoint: str | int = "latest",
       raise UserError(f"Cannot build the model of the config ({config_source}): "
                       f"{str(e).splitlines()[0]}") from e
     del model
-    check_matches(ckpt, step, state, config_source)
-    try:
-      state, _ = ckpt.restore(state, step=step)
-    except ValueError as e:
-      raise UserError(f"The config ({config_source}) does not match checkpoint {step} in "
-                      f"{ckpt.directory}: {str(e).splitlines()[0][:300]}") from e
+    state, step = restore_intact(ckpt, state, step, checkpoint, config_source)
   finally:
     ckpt.close()
   logging.info("Restored %s (step %d) with the config from %s.", workdir, step, config_source)

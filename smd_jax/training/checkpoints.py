@@ -10,19 +10,29 @@ Keep-best: with `best_metric` (e.g. "depth/rmse"), a save may carry the
 evaluation metrics of its step; they are stored with the checkpoint, and the
 best checkpoint by that metric is kept besides the last N (Orbax preservation
 policies LatestN + BestN). Saves without an evaluation store no value of the
-metric and are kept only while among the last N.
+metric and are kept only while among the last N. The final step is saved before
+its (long) evaluation and gets its metrics afterwards (`attach_metrics`).
+
+Damage after the fact (a data file cut short by a bad disk, an interrupted copy
+or a full quota) is not something Orbax's atomic rename can prevent:
+`restore_newest_intact` tries the newest checkpoints first and reports each one
+that does not restore, and `set_aside` renames such a step to
+`<step>.damaged` (a name Orbax does not list as a step), so nothing is deleted.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import grain
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+
+from smd_jax.errors import UserError
 
 
 _PLAIN_ARRAY_SAVES = False
@@ -71,6 +81,19 @@ def _finite_floats(values: Mapping[str, Any]) -> dict[str, float]:
     if math.isfinite(v):
       out[k] = v
   return out
+
+
+class NoIntactCheckpoint(Exception):
+  """No checkpoint restored; `damaged` lists (step, first line of its error), newest first."""
+
+  def __init__(self, damaged: list[tuple[int, str]]):
+    super().__init__(", ".join(f"step {s}: {why}" for s, why in damaged))
+    self.damaged = damaged
+
+
+def _first_line(e: BaseException, limit: int = 200) -> str:
+  lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+  return f"{type(e).__name__}: {lines[0][:limit] if lines else ''}".rstrip(": ")
 
 
 class Checkpointer:
@@ -191,6 +214,89 @@ class Checkpointer:
     restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     logging.info("Restored checkpoint for step %d from %s", step, self.directory)
     return restored["state"], step
+
+  def restore_newest_intact(
+      self, abstract_state: Any, data_iterator: Any | None = None, *,
+      steps: list[int] | None = None, check: Callable[[int], None] | None = None,
+      agree: Callable[[bool], bool] = lambda ok: ok,
+  ) -> tuple[Any, int, list[tuple[int, str]]]:
+    """Restores the newest of `steps` (default: all kept) that restores completely.
+
+    A step whose metadata or data cannot be read (any error but a `UserError`)
+    is passed over. `check(step)` runs before each restore and may raise (e.g.
+    a `UserError` for a checkpoint of another model: that is not damage and
+    ends the search). `agree(ok)` makes all processes of a multi-host run take
+    the same decision (default: this process's).
+
+    Returns:
+      (state, step, damaged): the restored state, its step, and (step, reason)
+      of each newer step that failed, newest first.
+
+    Raises:
+      NoIntactCheckpoint: none of `steps` restored (every one is listed).
+    """
+    candidates = sorted(self.all_steps() if steps is None else steps, reverse=True)
+    if not candidates:
+      raise FileNotFoundError(f"No checkpoint in {self.directory}.")
+    damaged = []
+    for step in candidates:
+      error = None
+      try:
+        if check is not None:  # (which reads the metadata: damage there must fail here first)
+          self.state_metadata(step)
+          check(step)
+        restored, _ = self.restore(abstract_state, data_iterator, step=step)
+      except UserError:  # bad input (another model's checkpoint), not damage
+        raise
+      except Exception as e:  # pylint: disable=broad-except
+        error = _first_line(e)
+      if agree(error is None):
+        return restored, step, damaged
+      damaged.append((step, error or "unreadable on another process"))
+    raise NoIntactCheckpoint(damaged)
+
+  def set_aside(self, step: int, reason: str) -> str:
+    """Renames checkpoint `step` to `<step>.damaged[-k]` (kept, no longer a step to Orbax).
+
+    Writes `reason` into it as DAMAGED.txt. Returns the new path. Call on one
+    process only; `reload()` the others' view afterwards.
+    """
+    source = os.path.join(self.directory, str(step))
+    target, k = f"{source}.damaged", 1
+    while os.path.exists(target):
+      k += 1
+      target = f"{source}.damaged-{k}"
+    os.rename(source, target)
+    with open(os.path.join(target, "DAMAGED.txt"), "w") as f:
+      f.write(f"Checkpoint {step} did not restore and was set aside by smd_jax.train: "
+              f"{reason}\n")
+    self.reload()
+    return target
+
+  def attach_metrics(self, step: int, metrics: Mapping[str, Any]) -> None:
+    """Stores evaluation `metrics` with the already saved checkpoint `step`, for keep-best.
+
+    Orbax takes metrics only with a save; the final step is saved before its
+    evaluation (so a crash in it loses no step), so its metrics are written
+    afterwards in Orbax's own layout, `<step>/metrics/metrics` (JSON, what
+    `save(metrics=...)` writes; tests/test_checkpoints.py compares the two).
+    Process 0 writes; a no-op without keep-best.
+    """
+    if self.best_metric is None:
+      return
+    self.wait()
+    if jax.process_index() == 0:
+      folder = os.path.join(self.directory, str(step), "metrics")
+      os.makedirs(folder, exist_ok=True)
+      temporary = os.path.join(folder, "metrics.tmp")
+      with open(temporary, "w") as f:
+        json.dump(_finite_floats(metrics), f)
+      os.replace(temporary, os.path.join(folder, "metrics"))
+    self.reload()
+
+  def reload(self) -> None:
+    """Re-reads the kept steps (and their metrics) from disk."""
+    self._manager.reload()
 
   def wait(self) -> None:
     self._manager.wait_until_finished()
