@@ -249,15 +249,25 @@ def find_frames(root: str | os.PathLike, frames: tuple[metadata.FrameId, ...]
 class Builder(tfds.core.GeneratorBasedBuilder):
   """HyperSim with the Semantic-MD (or official) split, from raw HDF5 files in manual_dir."""
 
-  # Kept at 1.0.0 so that data sets built before the split/depth configs are
-  # still found (their content differs only by the known-broken frames, which
-  # 1.0.0 builds from before this change still contain; see docs/data.md).
-  VERSION = tfds.core.Version("1.0.0")
+  # Bumped whenever the stored examples change for the same config. A data set
+  # built by another version is never read in its place: TFDS looks only in
+  # DATA_DIR/hypersim/<config>/<VERSION>/, and `smd_jax.data.datasets` reports
+  # (or, for the procedural demo, rebuilds) an other-version build it finds.
+  VERSION = tfds.core.Version("2.0.0")
   RELEASE_NOTES = {
-      "1.0.0": "HyperSim tone map, short-side resize (antialiased bilinear RGB, nearest "
-               "depth/labels), center crop; Semantic-MD or official split; distance or "
-               "planar depth with NaN kept; broken frames skipped with counts per reason "
-               "in the metadata.",
+      "1.0.0": "Initial release: HyperSim tone map, short-side resize (antialiased "
+               "bilinear RGB, nearest depth/labels), center crop; the Semantic-MD scene "
+               "split; depth_meters (Euclidean distance) with NaN kept; frames with a "
+               "missing, unreadable or malformed file skipped. Later code wrote the "
+               "changes of 2.0.0 under this same number, so a 1.0.0 folder may hold "
+               "either content.",
+      "2.0.0": "Frames of the known-broken trajectories (metadata.KNOWN_BROKEN: "
+               "ai_003_001 cam_00, ai_004_009 cam_01, ai_038_007 cam_00; 99 frames of the "
+               "paper's train list, none of its val/test) and frames with no finite "
+               "positive depth in the crop are not written. Configs split_scheme "
+               "(semantic_md, official) and depth_type (distance, planar); `res{N}` stays "
+               "the paper's semantic_md split with distance depth. Skip counts per reason "
+               "and absent frames in metadata.json.",
   }
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   Put the raw HyperSim scene folders (https://github.com/apple/ml-hypersim)

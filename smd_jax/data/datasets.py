@@ -14,6 +14,7 @@ import io
 import json
 import os
 import re
+import shlex
 import zlib
 from typing import Any, Mapping, Sequence
 
@@ -133,15 +134,33 @@ def generate_synthetic(manual_dir: str, synthetic_config) -> None:
     f.write(wanted + "\n")
 
 
+def _builder_version() -> str:
+  """The version the `hypersim` builder writes and reads, e.g. "2.0.0"."""
+  from tfds_hypersim import hypersim_dataset_builder  # pylint: disable=g-import-not-at-top
+  return str(hypersim_dataset_builder.Builder.VERSION)
+
+
+def _built_versions(data_dir: str, config_name: str) -> list[str]:
+  """Versions of the `hypersim` data set with `config_name` completely built in `data_dir`
+  (TFDS's DATA_DIR/hypersim/<config>/<x.y.z>/ holding dataset_info.json), oldest first."""
+  root = os.path.join(data_dir, "hypersim", config_name)
+  found = [name for name in (os.listdir(root) if os.path.isdir(root) else [])
+           if re.fullmatch(r"\d+\.\d+\.\d+", name)
+           and os.path.isfile(os.path.join(root, name, "dataset_info.json"))]
+  return sorted(found, key=lambda v: tuple(int(x) for x in v.split(".")))
+
+
 def _built_resolutions(data_dir: str, config_name: str) -> list[int]:
-  """Resolutions at which `data_dir` holds the `hypersim` data set with `config_name`'s
-  other settings (config names are "res<N>" plus a suffix for non-default settings)."""
+  """Resolutions at which `data_dir` holds the `hypersim` data set, built by this builder
+  version, with `config_name`'s other settings (config names are "res<N>" plus a suffix
+  for non-default settings)."""
   root = os.path.join(data_dir, "hypersim")
   suffix = re.sub(r"^res\d+", "", config_name)
+  version = _builder_version()
   found = []
   for name in os.listdir(root) if os.path.isdir(root) else []:
     match = re.fullmatch(r"res(\d+)" + re.escape(suffix), name)
-    if match and os.listdir(os.path.join(root, name)):
+    if match and version in _built_versions(data_dir, name):
       found.append(int(match.group(1)))
   return sorted(found)
 
@@ -168,19 +187,64 @@ def check_raw_frames(paths: DataPaths, config_name: str, resolution: int) -> Non
                            f"{paths.manual_dir} holds no HyperSim scene folders (ai_VVV_NNN)")
 
 
+def rebuild_command(paths: DataPaths, config) -> str:
+  """The `python -m tfds_hypersim.build` line that builds `config` (a HypersimConfig)."""
+  from tfds_hypersim import hypersim_dataset_builder as hdb  # pylint: disable=g-import-not-at-top
+
+  args = ["python", "-m", "tfds_hypersim.build", "--manual_dir", paths.manual_dir,
+          "--data_dir", paths.data_dir, "--resolution", str(config.resolution)]
+  if config.split_scheme != hdb.DEFAULT_SPLIT_SCHEME:
+    args += ["--split_scheme", config.split_scheme]
+  if config.depth_type != hdb.DEFAULT_DEPTH_TYPE:
+    args += ["--depth_type", config.depth_type]
+  return shlex.join(args)
+
+
+def check_version(paths: DataPaths, config, *, rebuild: bool) -> None:
+  """What to do when the data set is not built by this builder version but another is.
+
+  TFDS reads only DATA_DIR/hypersim/<config>/<VERSION>/, so an other-version build
+  is never read; left alone, a `build` would silently start a rebuild (hours for
+  real HyperSim) and a run without raw frames would report "not built". Instead:
+  with `rebuild` (the procedural demo set: seconds) this logs the rebuild, which
+  the caller then does; otherwise it raises a UserError naming the version found
+  and the command that rebuilds. No-op when no other version is built.
+  """
+  version = _builder_version()
+  others = [v for v in _built_versions(paths.data_dir, config.name) if v != version]
+  if not others:
+    return
+  where = os.path.join(paths.data_dir, "hypersim", config.name)
+  if rebuild:
+    logging.warning("%s holds the procedural data set built by builder version %s only; "
+                    "building version %s next to it (the old one is never read).",
+                    where, ", ".join(others), version)
+    return
+  raise UserError(
+      f"{where} holds the data set built by builder version {', '.join(others)}, not "
+      f"{version}, the version this code reads (what changed: docs/data.md, \"Data-set "
+      f"versions\"). Rebuild it with `{rebuild_command(paths, config)}` (raw frames: "
+      "python -m tfds_hypersim.download), or set --config.data.data_dir to a "
+      f"{version} build.")
+
+
 def load_data_sources(data_config, workdir: str, *, build: bool = True) -> dict[str, Sequence]:
   """Random-access sources for each available split of the HyperSim data set.
 
   Builds the TFDS data set first when `build` (and it is not built yet); with a
   `synthetic` config, generates the raw frames before that. Raises `UserError`
   (before writing anything) when there is neither a built data set at the
-  config's resolution nor raw frames to build it from.
+  config's resolution nor raw frames to build it from, and when the data set is
+  built only by another builder version (`check_version`): a user's HyperSim
+  build is then never reused nor silently rebuilt, while the procedural demo set
+  is rebuilt.
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   import tfds_hypersim  # pylint: disable=g-import-not-at-top
 
   paths = resolve_paths(data_config, workdir)
-  if data_config.synthetic.enabled and build:
+  synthetic = bool(data_config.synthetic.enabled)
+  if synthetic and build:
     generate_synthetic(paths.manual_dir, data_config.synthetic)
   resolution = int(data_config.resolution)
   builder = tfds_hypersim.Builder(config=tfds_hypersim.hypersim_config(
@@ -188,6 +252,7 @@ def load_data_sources(data_config, workdir: str, *, build: bool = True) -> dict[
       data_config.get("depth_type", "distance")), data_dir=paths.data_dir)
   if not builder.is_prepared():
     name = builder.builder_config.name
+    check_version(paths, builder.builder_config, rebuild=synthetic and build)
     if not build:
       raise _not_built_error(paths, name, resolution, "The data set is not built yet")
     check_raw_frames(paths, name, resolution)
