@@ -14,11 +14,16 @@ that the colour files compress like HyperSim's: ~3.5 MB each, float16
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
+import sys
 import tempfile
 import time
+from collections.abc import Sequence
+
+from absl import flags
+
+from smd_jax import cli
 
 NOISE = 0.03  # multiplicative radiance noise: HyperSim-like file sizes
 
@@ -73,16 +78,31 @@ def measure_decode(num_frames: int, resolution: int, workers: int, pool: str = "
   return (len(jobs) - 1) / (time.perf_counter() - first)
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--frames", type=int, default=32)
-  parser.add_argument("--resolution", type=int, default=256)
-  parser.add_argument("--workers", type=int, nargs="+", default=[2])
-  parser.add_argument("--pool", nargs="+", default=["process", "thread"])
-  parser.add_argument("--repeats", type=int, default=1)
-  parser.add_argument("--decode_only", action="store_true",
-                      help="steady-state decode rate (measure_decode) instead of full builds")
-  args = parser.parse_args()
+def define_flags(flag_values: flags.FlagValues) -> None:
+  """Registers the flags (absl; `--decode-only` works for `--decode_only`)."""
+  fv = dict(flag_values=flag_values)
+  flags.DEFINE_integer("frames", 32, "Train frames to build.", **fv)
+  flags.DEFINE_integer("resolution", 256, "Output resolution.", **fv)
+  flags.DEFINE_multi_integer("workers", [2], "Decode worker counts: --workers 1 2 4 or "
+                             "repeated.", **fv)
+  flags.DEFINE_multi_enum("pool", ["process", "thread"], ["process", "thread"],
+                          "Kinds of decode workers.", **fv)
+  flags.DEFINE_integer("repeats", 1, "Builds per setting.", **fv)
+  flags.DEFINE_bool("decode_only", False, "Steady-state decode rate (measure_decode) instead "
+                    "of full builds.", **fv)
+  cli.define_hyphen_aliases(flag_values)
+
+
+def parse_args(argv: Sequence[str] | None = None):
+  """The flags of `argv` (without the program name; None: sys.argv); exits 1 on a bad one."""
+  flag_values, _ = cli.parse_argv(define_flags, argv, usage=__doc__,
+                                  multi_value=("workers", "pool"), positional=False,
+                                  prog="python -m benchmarks.build_throughput")
+  return cli.flag_namespace(flag_values)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = parse_args(argv)
   raw = raw_frames(args.frames)
   print(f"{args.frames} frames in {raw}; cpu count {os.cpu_count()}, "
         f"load {os.getloadavg()[0]:.1f}")
@@ -93,7 +113,8 @@ def main() -> None:
         fps = measure(args.frames, args.resolution, workers, pool, raw)
         print(f"pool={pool:7s} workers={workers}: {fps:.2f} frames/s "
               f"(load {os.getloadavg()[0]:.1f})", flush=True)
+  return 0
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

@@ -3,15 +3,20 @@
     python -m benchmarks.curves runs/f32 runs/bf16 [--keys train/loss val/depth/rmse]
 
 Reads each workdir's metrics.jsonl and prints a Markdown table: one row per logged
-step, one column per run and key, and the difference.
+step, one column per run and key, and the difference. `--keys` takes several values
+(or is repeated: --keys=train/loss --keys=val/depth/rmse).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
+
+from absl import flags
+
+from smd_jax import cli
+from smd_jax.errors import UserError
 
 
 def read_metrics(workdir: str) -> dict[int, dict]:
@@ -45,14 +50,23 @@ def table(runs: dict[str, dict[int, dict]], keys: list[str]) -> str:
   return '\n'.join(lines)
 
 
-def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  p.add_argument('workdirs', nargs='+')
-  p.add_argument('--keys', nargs='+', default=['train/loss', 'train/depth/rmse'])
-  args = p.parse_args(argv)
-  runs = {os.path.basename(os.path.normpath(w)): read_metrics(w) for w in args.workdirs}
-  print(table(runs, args.keys))
+def define_flags(flag_values: flags.FlagValues) -> None:
+  flags.DEFINE_multi_string('keys', ['train/loss', 'train/depth/rmse'],
+                            'Metrics to compare.', flag_values=flag_values)
+
+
+def run(flag_values: flags.FlagValues, workdirs: list[str]) -> int:
+  """Prints the table of the workdirs given as positional arguments."""
+  if not workdirs:
+    raise UserError('Name the workdirs to compare: python -m benchmarks.curves runs/a runs/b.')
+  runs = {os.path.basename(os.path.normpath(w)): read_metrics(w) for w in workdirs}
+  print(table(runs, flag_values.keys))
   return 0
+
+
+def main(argv=None) -> int:
+  return cli.run_argv(run, define_flags, argv, usage=__doc__, multi_value=('keys',),
+                      prog='python -m benchmarks.curves')
 
 
 if __name__ == '__main__':

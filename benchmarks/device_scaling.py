@@ -12,11 +12,15 @@ starts). Prints a Markdown table.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
+
+from absl import flags
+
+from smd_jax import cli
 
 _CHILD = r"""
 import json, statistics, sys, time
@@ -61,14 +65,25 @@ def measure(config: str, devices: int, batch: int, size: int, steps: int) -> dic
   raise RuntimeError(f"{devices} devices failed:\n{out.stderr[-3000:]}")
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--config", default="configs/default.py")
-  parser.add_argument("--devices", default="1,2,4,8")
-  parser.add_argument("--steps", type=int, default=5)
-  parser.add_argument("--batch", type=int, default=8)
-  parser.add_argument("--size", type=int, default=64)
-  args = parser.parse_args()
+def define_flags(flag_values: flags.FlagValues) -> None:
+  fv = dict(flag_values=flag_values)
+  flags.DEFINE_string("config", "configs/default.py", "Config file (get_config()).", **fv)
+  flags.DEFINE_string("devices", "1,2,4,8", "Simulated CPU device counts, comma-separated.",
+                      **fv)
+  flags.DEFINE_integer("steps", 5, "Timed steps per device count.", **fv)
+  flags.DEFINE_integer("batch", 8, "Global batch size.", **fv)
+  flags.DEFINE_integer("size", 64, "Input height = width.", **fv)
+
+
+def parse_args(argv: Sequence[str] | None = None):
+  """The flags of `argv` (without the program name; None: sys.argv); exits 1 on a bad one."""
+  flag_values, _ = cli.parse_argv(define_flags, argv, usage=__doc__, positional=False,
+                                  prog="python -m benchmarks.device_scaling")
+  return cli.flag_namespace(flag_values)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = parse_args(argv)
   rows = []
   for n in (int(d) for d in args.devices.split(",")):
     r = measure(args.config, n, args.batch, args.size, args.steps)
@@ -80,7 +95,8 @@ def main() -> None:
   for r in rows:
     print(f"| {r['devices']} | {args.batch} | {args.batch // r['devices']} | {r['compile_s']:.1f} "
           f"| {r['step_s']:.3f} | {r['step_s'] / base:.2f}x |")
+  return 0
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

@@ -15,7 +15,6 @@ inputs (smd_jax/convert/fidelity.py). Runs on the CPU.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime
 import json
@@ -27,7 +26,9 @@ import time
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 import jax  # pylint: disable=g-import-not-at-top
+from absl import flags  # pylint: disable=g-import-not-at-top
 
+from smd_jax import cli  # pylint: disable=g-import-not-at-top
 from smd_jax.convert import fidelity  # pylint: disable=g-import-not-at-top
 
 SHAPES = ((2, 64, 64), (2, 64, 96))
@@ -71,12 +72,23 @@ def row(result: fidelity.Result) -> str:
           f'{result.feature_scale:.1f} | {result.seconds:.0f} |')
 
 
+def define_flags(flag_values: flags.FlagValues) -> None:
+  fv = dict(flag_values=flag_values)
+  flags.DEFINE_multi_string('only', [], 'Words the model name must have: --only resnet50 unet '
+                            'or repeated.', **fv)
+  flags.DEFINE_string('json', None, 'Append one JSON line per model to this file.', **fv)
+  flags.DEFINE_string('table', None, 'Only print the table of a --json file.', **fv)
+
+
+def parse_args(argv=None):
+  """The flags of `argv` (without the program name; None: sys.argv); exits 1 on a bad one."""
+  flag_values, _ = cli.parse_argv(define_flags, argv, usage=__doc__, multi_value=('only',),
+                                  positional=False, prog='python benchmarks/fidelity.py')
+  return cli.flag_namespace(flag_values)
+
+
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('--only', nargs='*', default=[], help='words the model name must have')
-  parser.add_argument('--json', help='append one JSON line per model to this file')
-  parser.add_argument('--table', help='only print the table of a --json file')
-  args = parser.parse_args(argv)
+  args = parse_args(argv)
   if args.table:
     print(HEADER)
     with open(args.table) as f:

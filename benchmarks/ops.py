@@ -1,6 +1,6 @@
 """Micro-benchmarks of alternative formulations of the step's hot operations.
 
-    python -m benchmarks.ops [--repeats 5] [--groups 1x1 depthwise bn kxk]
+    python -m benchmarks.ops [--repeats 5] [--batch_size 8] [--groups 1x1 depthwise bn kxk]
 
 Forward + backward (gradient w.r.t. input and kernel) of one layer, jitted, median of
 `--repeats` calls, on EfficientNet-b4 UNet shapes at batch 8, 64x64 input (the demo):
@@ -20,13 +20,15 @@ Each pair is also checked equal (printed max |difference|). Markdown on stdout.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
+
+from smd_jax import cli
 
 from benchmarks import timing
 from smd_jax.models import layers
@@ -119,12 +121,25 @@ def _scalar(out):
 GROUPS = ('1x1', 'depthwise', 'bn', 'kxk')
 
 
+def define_flags(flag_values: flags.FlagValues) -> None:
+  """Registers the flags (absl; `--batch-size` and `--batch_size` both work)."""
+  fv = dict(flag_values=flag_values)
+  flags.DEFINE_integer('repeats', 5, 'Timed calls per figure (median).', **fv)
+  flags.DEFINE_integer('batch_size', 8, 'Batch of the layer inputs.', **fv)
+  flags.DEFINE_multi_enum('groups', list(GROUPS), GROUPS, 'Groups of operations to time: '
+                          '--groups 1x1 bn or repeated.', **fv)
+  cli.define_hyphen_aliases(flag_values)
+
+
+def parse_args(argv=None):
+  """The flags of `argv` (without the program name; None: sys.argv); exits 1 on a bad one."""
+  flag_values, _ = cli.parse_argv(define_flags, argv, usage=__doc__, multi_value=('groups',),
+                                  positional=False, prog='python -m benchmarks.ops')
+  return cli.flag_namespace(flag_values)
+
+
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  p.add_argument('--repeats', type=int, default=5)
-  p.add_argument('--batch-size', type=int, default=8)
-  p.add_argument('--groups', nargs='+', default=GROUPS, choices=GROUPS)
-  args = p.parse_args(argv)
+  args = parse_args(argv)
   rng = np.random.default_rng(0)
   b = args.batch_size
   r = lambda *s: jnp.asarray(rng.normal(size=s).astype(np.float32))

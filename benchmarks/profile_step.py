@@ -1,6 +1,6 @@
 """Where the jitted train step spends its time, per XLA operation (any backend).
 
-    python -m benchmarks.profile_step --model unet --batch-size 8 --size 64 --steps 3
+    python -m benchmarks.profile_step --model unet --batch_size 8 --size 64 --steps 3
 
 Runs the step under `jax.profiler.trace`, reads the per-thunk events of the trace
 (`jax.profiler.ProfileData`; on the CPU each executed HLO instruction is one event
@@ -13,7 +13,6 @@ Markdown tables: milliseconds per step by category and the slowest instructions.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import glob
 import os
@@ -21,6 +20,9 @@ import re
 import sys
 import tempfile
 
+from absl import flags
+
+from smd_jax import cli
 from smd_jax.training import data_parallel, steps as steps_lib
 
 _INSTRUCTION = re.compile(r'^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*)$')
@@ -155,16 +157,28 @@ def render(result: dict) -> str:
   return '\n'.join(lines)
 
 
+def define_flags(flag_values: flags.FlagValues) -> None:
+  """Registers the flags (absl; `--batch-size` and `--batch_size` both work)."""
+  fv = dict(flag_values=flag_values)
+  flags.DEFINE_string('model', 'unet', 'Benchmark model (benchmarks/flax_side.py).', **fv)
+  flags.DEFINE_string('encoder', 'efficientnet_b4', 'Encoder of the model.', **fv)
+  flags.DEFINE_integer('batch_size', 8, 'Batch size.', **fv)
+  flags.DEFINE_integer('size', 64, 'Input height = width.', **fv)
+  flags.DEFINE_enum('precision', 'f32', ('f32', 'bf16'), 'Compute precision.', **fv)
+  flags.DEFINE_integer('steps', 3, 'Profiled steps.', **fv)
+  flags.DEFINE_string('out', None, 'Also write the Markdown here.', **fv)
+  cli.define_hyphen_aliases(flag_values)
+
+
+def parse_args(argv=None):
+  """The flags of `argv` (without the program name; None: sys.argv); exits 1 on a bad one."""
+  flag_values, _ = cli.parse_argv(define_flags, argv, usage=__doc__, positional=False,
+                                  prog='python -m benchmarks.profile_step')
+  return cli.flag_namespace(flag_values)
+
+
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  p.add_argument('--model', default='unet')
-  p.add_argument('--encoder', default='efficientnet_b4')
-  p.add_argument('--batch-size', type=int, default=8)
-  p.add_argument('--size', type=int, default=64)
-  p.add_argument('--precision', default='f32', choices=('f32', 'bf16'))
-  p.add_argument('--steps', type=int, default=3)
-  p.add_argument('--out', help='also write the Markdown here')
-  args = p.parse_args(argv)
+  args = parse_args(argv)
   if os.getcwd() not in sys.path:
     sys.path.insert(0, os.getcwd())
   result = profile(args.model, batch_size=args.batch_size, size=args.size,

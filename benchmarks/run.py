@@ -2,9 +2,9 @@
 reference models, the input pipeline, the TFDS builder, and scaling with work.
 
     python -m benchmarks.run --quick                 # small CPU run (7 min on 2 busy cores)
-    python -m benchmarks.run --models unet deeplabv3 unet_2head --batch-size 8 --size 128
-    python -m benchmarks.run --precision bf16 --batch-size 32 --size 256   # on a GPU
-    python -m benchmarks.run --only scaling --scaling-batches 1 2 4 8 --scaling-sizes 128 256 384
+    python -m benchmarks.run --models unet deeplabv3 unet_2head --batch_size 8 --size 128
+    python -m benchmarks.run --precision bf16 --batch_size 32 --size 256   # on a GPU
+    python -m benchmarks.run --only scaling --scaling_batches 1 2 4 8 --scaling_sizes 128 256 384
 
 For each model, precision and side: compile time (ours: lower + XLA compile of the
 jitted step; PyTorch: its first step) reported apart, one untimed warm-up step, then
@@ -12,64 +12,87 @@ the median of --repeats timed steps; ratios are ours / PyTorch. The PyTorch side
 on CUDA when available, with channels_last and autocast (bf16) there (see
 benchmarks/torch_side.py); ours on JAX's default backend. Writes
 <out>/<name>.json (every repeat) and <out>/<name>.md (the tables, also printed).
+Flags are absl's; the hyphenated spellings (`--batch-size`) work as well, and a
+flag with several values takes them as `--models unet deeplabv3` or repeated.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import time
 import traceback
+import types
+
+from absl import flags
+
+from smd_jax import cli
 
 SECTIONS = ('models', 'pipeline', 'build', 'scaling')
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument('--quick', action='store_true',
-                 help='small CPU run: unet only, batch 2, 64x64, 3 repeats, small pipeline '
-                      'and build, no scaling (explicit options still win)')
-  p.add_argument('--only', nargs='+', choices=SECTIONS, help='sections to run (default all '
-                 'but scaling; scaling runs when named here or with --scaling)')
-  p.add_argument('--scaling', action='store_true', help='add the scaling section')
-  p.add_argument('--models', nargs='+', default=None,
-                 choices=('unet', 'deeplabv3', 'unet_2head'))
-  p.add_argument('--encoder', default='efficientnet_b4')
-  p.add_argument('--sides', nargs='+', default=['flax', 'torch'], choices=('flax', 'torch'))
-  p.add_argument('--batch-size', type=int, default=None)
-  p.add_argument('--size', type=int, default=None, help='input height = width')
-  p.add_argument('--precision', nargs='+', default=['f32'], choices=('f32', 'bf16'))
-  p.add_argument('--repeats', type=int, default=None, help='timed steps per figure')
-  p.add_argument('--no-eval', action='store_true', help='train steps only')
-  p.add_argument('--no-train', action='store_true', help='eval steps only')
-  p.add_argument('--torch-channels-last', choices=('auto', 'on', 'off'), default='auto',
-                 help='auto: on for CUDA, off on the CPU (where it is ~8x slower)')
-  p.add_argument('--pipeline-size', type=int, nargs='+', default=None)
-  p.add_argument('--pipeline-frames', type=int, default=None)
-  p.add_argument('--pipeline-batch-size', type=int, default=32)
-  p.add_argument('--pipeline-threads', type=int, nargs='+', default=None,
-                 help='reader threads (per worker process where workers > 0)')
-  p.add_argument('--pipeline-workers', type=int, nargs='+', default=None,
-                 help='worker processes (data.num_workers); 0 = threads in this process')
-  p.add_argument('--build-frames', type=int, default=None)
-  p.add_argument('--build-size', type=int, default=256)
-  p.add_argument('--build-workers', type=int, default=None)
-  p.add_argument('--scaling-model', default='unet')
-  p.add_argument('--scaling-batches', type=int, nargs='+', default=[1, 2, 4, 8, 16])
-  p.add_argument('--scaling-batch-size-at', type=int, default=128,
-                 help='input size of the batch-size sweep')
-  p.add_argument('--scaling-sizes', type=int, nargs='+', default=[128, 256, 384])
-  p.add_argument('--scaling-size-batch', type=int, default=4,
-                 help='batch size of the input-size sweep')
-  p.add_argument('--scaling-repeats', type=int, default=2)
-  p.add_argument('--cache-dir', default=os.path.join('/tmp', 'smd_jax_bench_cache'),
-                 help='procedural data sets for the pipeline benchmark (reused)')
-  p.add_argument('--out', default='benchmarks/results', help='folder for the JSON + Markdown')
-  p.add_argument('--name', default=None, help='file name stem (default: a timestamp)')
-  args = p.parse_args(argv)
+MODELS = ('unet', 'deeplabv3', 'unet_2head')
+# Flags that take several values (argparse's `--models unet deeplabv3`; absl's repeated
+# `--models=unet --models=deeplabv3` works as well).
+MULTI_VALUE = ('only', 'models', 'sides', 'precision', 'pipeline_size', 'pipeline_threads',
+               'pipeline_workers', 'scaling_batches', 'scaling_sizes')
+
+
+def define_flags(flag_values: flags.FlagValues) -> None:
+  """Registers the flags (absl; `--batch-size` and `--batch_size` both work)."""
+  fv = dict(flag_values=flag_values)
+  flags.DEFINE_bool('quick', False, 'Small CPU run: unet only, batch 2, 64x64, 3 repeats, '
+                    'small pipeline and build, no scaling (explicit flags still win).', **fv)
+  flags.DEFINE_multi_enum('only', None, SECTIONS, 'Sections to run (default all but scaling; '
+                          'scaling runs when named here or with --scaling).', **fv)
+  flags.DEFINE_bool('scaling', False, 'Add the scaling section.', **fv)
+  flags.DEFINE_multi_enum('models', None, MODELS, 'Models (default all; --quick: unet).', **fv)
+  flags.DEFINE_string('encoder', 'efficientnet_b4', 'Encoder of the models.', **fv)
+  flags.DEFINE_multi_enum('sides', ['flax', 'torch'], ('flax', 'torch'), 'Sides to run.', **fv)
+  flags.DEFINE_integer('batch_size', None, 'Batch size (default 8; --quick: 2).', **fv)
+  flags.DEFINE_integer('size', None, 'Input height = width (default 128; --quick: 64).', **fv)
+  flags.DEFINE_multi_enum('precision', ['f32'], ('f32', 'bf16'), 'Precisions to run.', **fv)
+  flags.DEFINE_integer('repeats', None, 'Timed steps per figure (default 5; --quick: 3).', **fv)
+  flags.DEFINE_bool('no_eval', False, 'Train steps only.', **fv)
+  flags.DEFINE_bool('no_train', False, 'Eval steps only.', **fv)
+  flags.DEFINE_enum('torch_channels_last', 'auto', ('auto', 'on', 'off'),
+                    'auto: on for CUDA, off on the CPU (where it is ~8x slower).', **fv)
+  flags.DEFINE_multi_integer('pipeline_size', None, 'Input pipeline image sizes.', **fv)
+  flags.DEFINE_integer('pipeline_frames', None, 'Frames of the pipeline data set.', **fv)
+  flags.DEFINE_integer('pipeline_batch_size', 32, 'Pipeline batch size.', **fv)
+  flags.DEFINE_multi_integer('pipeline_threads', None, 'Reader threads (per worker process '
+                             'where workers > 0).', **fv)
+  flags.DEFINE_multi_integer('pipeline_workers', None, 'Worker processes (data.num_workers); '
+                             '0 = threads in this process.', **fv)
+  flags.DEFINE_integer('build_frames', None, 'Frames of the builder benchmark.', **fv)
+  flags.DEFINE_integer('build_size', 256, 'Resolution of the builder benchmark.', **fv)
+  flags.DEFINE_integer('build_workers', None, 'Builder decode workers (default: CPU count).',
+                       **fv)
+  flags.DEFINE_string('scaling_model', 'unet', 'Model of the scaling section.', **fv)
+  flags.DEFINE_multi_integer('scaling_batches', [1, 2, 4, 8, 16], 'Batch sizes of the '
+                             'batch-size sweep.', **fv)
+  flags.DEFINE_integer('scaling_batch_size_at', 128, 'Input size of the batch-size sweep.', **fv)
+  flags.DEFINE_multi_integer('scaling_sizes', [128, 256, 384], 'Input sizes of the input-size '
+                             'sweep.', **fv)
+  flags.DEFINE_integer('scaling_size_batch', 4, 'Batch size of the input-size sweep.', **fv)
+  flags.DEFINE_integer('scaling_repeats', 2, 'Timed steps per scaling figure.', **fv)
+  flags.DEFINE_string('cache_dir', os.path.join('/tmp', 'smd_jax_bench_cache'),
+                      'Procedural data sets for the pipeline benchmark (reused).', **fv)
+  flags.DEFINE_string('out', 'benchmarks/results', 'Folder for the JSON + Markdown.', **fv)
+  flags.DEFINE_string('name', None, 'File name stem (default: a timestamp).', **fv)
+  cli.define_hyphen_aliases(flag_values)
+
+
+def parse_args(argv=None) -> types.SimpleNamespace:
+  """The flags of `argv` (without the program name; None: sys.argv), --quick defaults filled in.
+
+  A bad flag exits with status 1 and one line `error: ...`.
+  """
+  flag_values, _ = cli.parse_argv(define_flags, argv, usage=__doc__,
+                                  multi_value=MULTI_VALUE, positional=False,
+                                  prog='python -m benchmarks.run')
+  args = cli.flag_namespace(flag_values)
   quick = args.quick
   defaults = dict(models=['unet'] if quick else ['unet', 'deeplabv3', 'unet_2head'],
                   batch_size=2 if quick else 8, size=64 if quick else 128,

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging as std_logging
 import sys
+import types
 from typing import Callable, Sequence
 
 from absl import flags, logging
@@ -178,13 +179,13 @@ def _help_text(flag_values: flags.FlagValues, usage: str) -> str:
 
 
 def parse_argv(define_flags: Callable[[flags.FlagValues], None], argv: Sequence[str] | None,
-               *, usage: str, multi_value: Sequence[str] = (),
+               *, usage: str, multi_value: Sequence[str] = (), positional: bool = True,
                prog: str = "command") -> tuple[flags.FlagValues, list[str]]:
   """Fresh flag values from `define_flags`, parsed from `argv` (no program name; None: sys.argv).
 
   Returns the flag values and the positional arguments. `-h`/`--help` prints
-  `usage` and the flags and exits 0; a bad flag exits 1 with one line
-  `error: ...` (`parse_flags`).
+  `usage` and the flags and exits 0; a bad flag, or any positional argument
+  where `positional` is False, exits 1 with one line `error: ...` (`parse_flags`).
   """
   argv = list(sys.argv[1:] if argv is None else argv)
   flag_values = flags.FlagValues()
@@ -193,14 +194,23 @@ def parse_argv(define_flags: Callable[[flags.FlagValues], None], argv: Sequence[
   if "-h" in head or "--help" in head:
     print(_help_text(flag_values, usage))
     sys.exit(0)
-  args = parse_flags([prog] + expand_multi_values(argv, multi_value), flag_values)
-  return flag_values, args[1:]
+  args = parse_flags([prog] + expand_multi_values(argv, multi_value), flag_values)[1:]
+  if args and not positional:
+    _exit(f"Unexpected arguments {' '.join(args)}: {prog} takes flags only (--help lists them).")
+  return flag_values, args
+
+
+def flag_namespace(flag_values: flags.FlagValues) -> types.SimpleNamespace:
+  """The parsed values by flag name, hyphen aliases left out: `args.batch_size`."""
+  return types.SimpleNamespace(**{name: flag_values[name].value for name in flag_values
+                                  if "-" not in name})
 
 
 def run_argv(run: Callable[[flags.FlagValues, list[str]], int | None],
              define_flags: Callable[[flags.FlagValues], None],
              argv: Sequence[str] | None = None, *, usage: str,
-             multi_value: Sequence[str] = (), prog: str = "command") -> int:
+             multi_value: Sequence[str] = (), positional: bool = True,
+             prog: str = "command") -> int:
   """Parses `argv` (`parse_argv`) and returns `run(flag_values, positional_args)`'s exit status.
 
   A `UserError` raised by `run` becomes `error: ...` and exit status 1
@@ -208,5 +218,5 @@ def run_argv(run: Callable[[flags.FlagValues, list[str]], int | None],
   `sys.exit(main())` under `if __name__ == "__main__"`.
   """
   flag_values, args = parse_argv(define_flags, argv, usage=usage, multi_value=multi_value,
-                                 prog=prog)
+                                 positional=positional, prog=prog)
   return report_user_errors(lambda: run(flag_values, args))

@@ -1,6 +1,7 @@
 """The benchmark harness: timing statistics, tables, the profiler's HLO join, the
 pipeline's tiled source, and the PyTorch side's loss against ours."""
 
+import json
 import math
 
 import jax
@@ -8,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks import flax_side, pipeline, profile_step, run, timing
+from benchmarks import build_throughput, curves, device_scaling, fidelity, flax_side, ops
+from benchmarks import pipeline, profile_step, run, timing
 from smd_jax.training import steps as steps_lib
 
 
@@ -41,6 +43,64 @@ def test_quick_defaults_and_explicit_options():
   assert 'scaling' not in args.only
   args = run.parse_args(['--quick', '--size', '96', '--scaling'])
   assert args.size == 96 and 'scaling' in args.only
+
+
+# (command, the argparse spelling it took, absl's spelling, parsed values both must give)
+SPELLINGS = [
+    (run, ['--models', 'unet', 'deeplabv3', '--batch-size', '4', '--no-eval',
+           '--torch-channels-last', 'off', '--scaling-batches', '1', '3'],
+     ['--models=unet', '--models=deeplabv3', '--batch_size=4', '--no_eval',
+      '--torch_channels_last=off', '--scaling_batches=1', '--scaling_batches=3'],
+     dict(models=['unet', 'deeplabv3'], batch_size=4, no_eval=True, torch_channels_last='off',
+          scaling_batches=[1, 3], no_train=False)),
+    (ops, ['--batch-size', '2', '--groups', 'bn', 'kxk'],
+     ['--batch_size=2', '--groups=bn', '--groups=kxk'], dict(batch_size=2, groups=['bn', 'kxk'])),
+    (profile_step, ['--batch-size', '2', '--precision', 'bf16'],
+     ['--batch_size=2', '--precision=bf16'], dict(batch_size=2, precision='bf16', size=64)),
+    (build_throughput, ['--workers', '1', '4', '--decode-only'],
+     ['--workers=1', '--workers=4', '--decode_only'], dict(workers=[1, 4], decode_only=True)),
+    (fidelity, ['--only', 'resnet50', 'unet', '--json', 'o.jsonl'],
+     ['--only=resnet50', '--only=unet', '--json=o.jsonl'],
+     dict(only=['resnet50', 'unet'], json='o.jsonl', table=None)),
+    (device_scaling, ['--devices', '1,2', '--batch', '4'], ['--devices=1,2', '--batch=4'],
+     dict(devices='1,2', batch=4, steps=5)),
+]
+
+
+@pytest.mark.parametrize('command, argparse_argv, absl_argv, want', SPELLINGS,
+                         ids=[c.__name__.split('.')[-1] for c, *_ in SPELLINGS])
+def test_commands_take_argparse_and_absl_spellings(command, argparse_argv, absl_argv, want):
+  """Each benchmark's former argparse command line still parses, to the same values as
+  the absl spelling (parse only: nothing is run)."""
+  for argv in (argparse_argv, absl_argv):
+    args = vars(command.parse_args(argv))
+    assert {k: args[k] for k in want} == want, argv
+
+
+def test_commands_report_bad_flags_in_one_line(capsys):
+  for command in (run, ops, profile_step, build_throughput, fidelity, device_scaling):
+    for argv in (['--batch-sise=2'], ['unexpected']):
+      with pytest.raises(SystemExit) as exit_:
+        command.parse_args(argv)
+      err = capsys.readouterr().err
+      assert exit_.value.code == 1 and err.startswith('error: ') and err.count('\n') == 1, (
+          command.__name__, err)
+
+
+def test_curves_cli_takes_workdirs_and_several_keys(tmp_path, capsys):
+  for name, losses in (('a', (2.0, 1.0)), ('b', (2.5, 0.5))):
+    (tmp_path / name).mkdir()
+    (tmp_path / name / 'metrics.jsonl').write_text(''.join(
+        json.dumps({'step': step, 'train/loss': loss, 'x': 1.0}) + '\n'
+        for step, loss in zip((10, 20), losses)))
+  a, b = str(tmp_path / 'a'), str(tmp_path / 'b')
+  assert curves.main(['--keys', 'x']) == 1  # no workdirs
+  err = capsys.readouterr().err
+  assert err.startswith('error: ') and err.count('\n') == 1
+  assert curves.main([a, b, '--keys', 'train/loss', 'x']) == 0
+  lines = capsys.readouterr().out.splitlines()
+  assert lines[0] == '| step | train/loss a | train/loss b | x a | x b | train/loss diff | x diff |'
+  assert lines[3] == '| 20 | 1.0000 | 0.5000 | 1.0000 | 1.0000 | -0.5000 | +0.0000 |'
 
 
 def test_profile_join_categorizes_a_real_program():
