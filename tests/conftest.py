@@ -1,4 +1,10 @@
-"""Test setup: simulate an 8-device pod on the CPU (must happen before jax is imported)."""
+"""Test setup: simulate an 8-device pod on the CPU (must happen before jax is imported).
+
+The header says whether a missing PyTorch reference fails or skips its tests
+(`SMD_REQUIRE_TORCH_REFERENCE`, tests/torch_reference.py).
+"""
+
+from __future__ import annotations
 
 import os
 
@@ -14,3 +20,12 @@ import jax  # noqa: E402
 # reuse compiled executables instead of compiling again.
 jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="smd_jax_xla_cache_"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def pytest_report_header(config):
+  del config
+  from tests import torch_reference  # pylint: disable=g-import-not-at-top
+  mode = ("required: a missing reference fails its tests"
+          if torch_reference.reference_required()
+          else "optional: its tests skip without it")
+  return f"PyTorch reference {mode} ({torch_reference.REQUIRE_ENV})"
