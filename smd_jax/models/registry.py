@@ -63,6 +63,64 @@ def _field(obj: Any, name: str, default: Any = None) -> Any:
   return getattr(obj, name, default)
 
 
+def _check_heads(heads_config: Any) -> None:
+  """ValueError unless ``heads_config`` names at least one task, each with a known activation."""
+  if not heads_config:
+    raise ValueError("model_config.heads must name at least one task")
+  for task in heads_config:
+    lookup(ACTIVATIONS, _field(heads_config[task], "activation", "identity"), "activation")
+
+
+def _build_input_block(block_fn: Callable[..., nnx.Module], block_name: str, in_channels: int,
+                       dtype, rngs: nnx.Rngs) -> nnx.Module:
+  """The input block over the k = in_channels - 3 semantic channels that follow RGB."""
+  extra = in_channels - RGB_CHANNELS
+  if extra < 1:
+    raise ValueError(f"input_block {block_name!r} needs semantic channels after RGB: "
+                     f"in_channels must be > {RGB_CHANNELS}, got {in_channels}")
+  return block_fn(extra, dtype=dtype, rngs=rngs)
+
+
+def _build_encoder(model_config: Any, encoder_fn: Callable[..., nnx.Module],
+                   decoder_fn: Callable[..., nnx.Module], in_channels: int, dtype,
+                   rngs: nnx.Rngs) -> nnx.Module:
+  """The encoder at the output stride the decoder needs (its deepest reduction checked)."""
+  output_stride = getattr(decoder_fn, "output_stride", 32)
+  encoder = encoder_fn(in_channels=in_channels,
+                       drop_path_rate=float(_field(model_config, "drop_path_rate", 0.0)),
+                       output_stride=output_stride, dtype=dtype, rngs=rngs)
+  if max(encoder.reductions) != output_stride:
+    raise ValueError(f"{_field(model_config, 'decoder')} needs encoder output stride "
+                     f"{output_stride}, got reductions {encoder.reductions}")
+  return encoder
+
+
+def _decoder_kwargs(model_config: Any) -> dict[str, Any]:
+  """Optional decoder keyword arguments: ``decoder_channels`` as an int or a tuple."""
+  decoder_channels = _field(model_config, "decoder_channels")
+  if decoder_channels is None:
+    return {}
+  return {"decoder_channels": (decoder_channels if isinstance(decoder_channels, int)
+                               else tuple(decoder_channels))}
+
+
+def _build_task_branches(heads_config: Any, decoder_fn: Callable[..., nnx.Module],
+                         encoder_channels, decoder_kwargs: dict[str, Any], dtype,
+                         rngs: nnx.Rngs) -> tuple[dict[str, nnx.Module], dict[str, nnx.Module]]:
+  """({task: decoder}, {task: head}): one decoder and one head per task, built in task
+  name order (so parameters do not depend on the config's key order)."""
+  decoders, heads = {}, {}
+  for task in sorted(heads_config):
+    head_config = heads_config[task]
+    decoders[task] = decoder_fn(encoder_channels, dtype=dtype, rngs=rngs, **decoder_kwargs)
+    heads[task] = SegmentationHead(
+        decoders[task].out_channels, int(_field(head_config, "num_outputs")),
+        _field(head_config, "activation", "identity"),
+        kernel_size=getattr(decoder_fn, "head_kernel_size", 3),
+        upsampling=getattr(decoder_fn, "head_upsampling", 1), dtype=dtype, rngs=rngs)
+  return decoders, heads
+
+
 def build_model(model_config: Any, *, rngs: nnx.Rngs) -> DenseModel:
   """Build the [input block]/encoder/decoder/head model described by ``model_config``.
 
@@ -86,42 +144,14 @@ def build_model(model_config: Any, *, rngs: nnx.Rngs) -> DenseModel:
   block_fn = lookup(INPUT_BLOCKS, block_name, "input block") if block_name else None
   dtype = canonical_dtype(_field(model_config, "dtype", "float32"))
   heads_config = _field(model_config, "heads")
-  if not heads_config:
-    raise ValueError("model_config.heads must name at least one task")
-  for task in heads_config:  # fail before the (slow) construction
-    lookup(ACTIVATIONS, _field(heads_config[task], "activation", "identity"), "activation")
+  _check_heads(heads_config)  # fail before the (slow) construction
   in_channels = int(_field(model_config, "in_channels", RGB_CHANNELS))
 
-  input_block = None
-  encoder_in_channels = in_channels
+  input_block, encoder_in_channels = None, in_channels
   if block_fn is not None:
-    extra = in_channels - RGB_CHANNELS
-    if extra < 1:
-      raise ValueError(f"input_block {block_name!r} needs semantic channels after RGB: "
-                       f"in_channels must be > {RGB_CHANNELS}, got {in_channels}")
-    input_block = block_fn(extra, dtype=dtype, rngs=rngs)
+    input_block = _build_input_block(block_fn, block_name, in_channels, dtype, rngs)
     encoder_in_channels = RGB_CHANNELS + input_block.out_channels
-
-  output_stride = getattr(decoder_fn, "output_stride", 32)
-  encoder = encoder_fn(in_channels=encoder_in_channels,
-                       drop_path_rate=float(_field(model_config, "drop_path_rate", 0.0)),
-                       output_stride=output_stride, dtype=dtype, rngs=rngs)
-  if max(encoder.reductions) != output_stride:
-    raise ValueError(f'{_field(model_config, "decoder")} needs encoder output stride '
-                     f"{output_stride}, got reductions {encoder.reductions}")
-  decoder_kwargs = {}
-  decoder_channels = _field(model_config, "decoder_channels")
-  if decoder_channels is not None:
-    decoder_kwargs["decoder_channels"] = (
-        decoder_channels if isinstance(decoder_channels, int) else tuple(decoder_channels))
-  decoders, heads = {}, {}
-  for task in sorted(heads_config):
-    head_config = heads_config[task]
-    decoders[task] = decoder_fn(encoder.out_channels, dtype=dtype, rngs=rngs,
-                                **decoder_kwargs)
-    heads[task] = SegmentationHead(
-        decoders[task].out_channels, int(_field(head_config, "num_outputs")),
-        _field(head_config, "activation", "identity"),
-        kernel_size=getattr(decoder_fn, "head_kernel_size", 3),
-        upsampling=getattr(decoder_fn, "head_upsampling", 1), dtype=dtype, rngs=rngs)
+  encoder = _build_encoder(model_config, encoder_fn, decoder_fn, encoder_in_channels, dtype, rngs)
+  decoders, heads = _build_task_branches(heads_config, decoder_fn, encoder.out_channels,
+                                         _decoder_kwargs(model_config), dtype, rngs)
   return DenseModel(encoder, decoders, heads, input_block=input_block)
