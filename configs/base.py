@@ -40,6 +40,11 @@ def get_config() -> config_dict.ConfigDict:
       # A learned block between the semantic channels and the encoder
       # (smd_jax/models/registry.py INPUT_BLOCKS, e.g. "semantic_conv"); None = none.
       input_block=config_dict.placeholder(str),
+      # Head conv size; None = the decoder's (UNet 3, smp's DeepLabV3 1).
+      head_kernel_size=config_dict.placeholder(int),
+      # Init of the stem's input channels beyond RGB (smd_jax/models/model.py
+      # STEM_INITS): "encoder" (its own init) or "torch_uniform" (the authors').
+      stem_init="encoder",
   ))
   # Converted PyTorch weights to start from (a directory written by
   # `python -m smd_jax.convert`, e.g. timm's ImageNet efficientnet_b4 encoder: the
@@ -106,3 +111,52 @@ def add_contour_head(config) -> None:
 def use_deeplab(config) -> None:
   """DeepLabV3 (ASPP, encoder output stride 8) in place of the UNet decoder."""
   config.model.decoder = "deeplabv3"
+
+
+# ---------------------------------------------------------------------------------
+# The authors' models and losses (github charyyev/semantic_md @3278e81), which the
+# configs/paper rows build; docs/results.md "Paper rows against the authors' code".
+# Our own choices where they differ are the configs/paper/variants/ configs.
+
+# Their semantic-loss settings by loss name (`loss_functions.py`, trainers,
+# `configs/base.yaml`): CE = sum over labelled pixels / all pixels; Dice and Focal
+# Tversky on sigmoid probabilities with unlabelled pixels' predictions counted;
+# Tversky alpha 0.8 on FN, 1 - alpha on FP; combinations 0.5 CE + 0.5 other
+# (`weight_lambda` 0.5). Their Dice/Tversky target transposes H and W (a defect we
+# do not repeat).
+AUTHORS_SEMANTIC_LOSS_PARAMS = {
+    "ce": dict(normalize="all_pixels"),
+    "dice": dict(activation="sigmoid", unlabelled="count"),
+    "dice_ce": dict(activation="sigmoid", unlabelled="count", normalize="all_pixels",
+                    ce_weight=0.5, other_weight=0.5),
+    "focal_tversky_ce": dict(activation="sigmoid", unlabelled="count", alpha=0.8, beta=0.2,
+                             normalize="all_pixels", ce_weight=0.5, other_weight=0.5),
+}
+# Their Sobel head's target (`depth_to_sobel`, `SobelTrainer`): OR of the uint8 |Sx|,
+# |Sy| of the normalised depth > 20, every pixel counted, weight lambda_sobel = 1.
+AUTHORS_SOBEL = dict(threshold=20.0, normalised_depth=True, strength="uint8_or",
+                     mask_invalid=False)
+AUTHORS_SOBEL_WEIGHT = 1.0
+
+
+def authors_heads(config) -> None:
+  """Their multi-task heads (`MultiLossModel`, `TripleLossModel`, `SobelLossModel`):
+  SegmentationHead(kernel_size=3, activation=None) for every task, so the depth head
+  is linear (no sigmoid), and DeepLabV3's heads are 3x3 (x8 upsampling as smp's)."""
+  config.model.heads.depth.activation = "identity"
+  config.model.head_kernel_size = 3
+
+
+def add_authors_semantic_head(config, loss: str = "ce") -> None:
+  """`add_semantic_head` with their loss settings and class order (class = rank in the
+  prevalence order, so converted checkpoints' semantic heads score right)."""
+  add_semantic_head(config, loss)
+  config.tasks.semantic.loss_params = dict(AUTHORS_SEMANTIC_LOSS_PARAMS[loss])
+  config.tasks.semantic.params = dict(class_order="prevalence")
+
+
+def authors_semantic_input(config, transform: str) -> None:
+  """A semantic input as their input-variant wrappers build it: ``transform`` channels
+  after RGB, the stem's new input channels with PyTorch's default conv init."""
+  config.semantic_transform = transform
+  config.model.stem_init = "torch_uniform"

@@ -112,20 +112,47 @@ def _class_inputs(logits, target, valid):
   return logits, jnp.where(valid, target, 0), valid
 
 
-def cross_entropy_loss(logits: jax.Array, target: jax.Array, valid: jax.Array) -> jax.Array:
-  """Softmax cross-entropy, mean over valid pixels.
+# The denominator of a per-pixel mean, by `normalize` name: the valid pixels, or every
+# pixel of the batch (the authors' `CrossEntropyLoss(ignore_index=-1,
+# reduction="none")` + `nanmean`: ignored pixels give 0, not NaN, so their mean divides
+# the labelled pixels' sum by all pixels).
+NORMALIZERS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "valid": lambda valid: jnp.sum(valid.astype(jnp.float32)),
+    "all_pixels": lambda valid: jnp.float32(valid.size),
+}
+
+
+def _normalizer(name: str) -> Callable[[jax.Array], jax.Array]:
+  if name not in NORMALIZERS:
+    raise ValueError(f"Unknown normalize {name!r}; known: {sorted(NORMALIZERS)}.")
+  return NORMALIZERS[name]
+
+
+def cross_entropy_loss(logits: jax.Array, target: jax.Array, valid: jax.Array, *,
+                       normalize: str = "valid") -> jax.Array:
+  """Softmax cross-entropy summed over valid pixels, divided by `NORMALIZERS[normalize]`
+  ("valid": a mean over valid pixels; "all_pixels": over all B*H*W pixels, as the
+  authors' code computes it, i.e. the valid mean times the valid fraction).
 
   Args:
     logits: [B,H,W,C]. target: [B,H,W] int class index, anything where not `valid`
       (the data's -1 = unlabelled). valid: [B,H,W] bool.
   """
+  denominator = _normalizer(normalize)(valid)
   logits, target, valid = _class_inputs(logits, target, valid)
   # -log softmax(logits)[target]; finite for finite logits, masked afterwards.
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, target)
-  return masked_mean(ce, valid)
+  return jnp.sum(jnp.where(valid, ce, 0.0)) / jnp.maximum(denominator, 1.0)
 
 
-def _soft_confusion(logits, target, valid, activation):
+# Class probabilities from logits, by `activation` name.
+PROBABILITIES: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "softmax": lambda logits: jax.nn.softmax(logits, axis=-1),
+    "sigmoid": jax.nn.sigmoid,
+}
+
+
+def _soft_confusion(logits, target, valid, activation, unlabelled="exclude"):
   """Soft TP, FN, FP summed over every valid pixel and every class of the batch.
 
   With p = class probabilities and y = one-hot target (both [B,H,W,C]):
@@ -138,16 +165,23 @@ def _soft_confusion(logits, target, valid, activation):
   "sigmoid" (per-class independent probabilities, as the reference code used).
   Note: with softmax and sums pooled over classes, sum_c p = sum_c y = 1 per
   pixel, hence FN = FP = N - TP with N the number of valid pixels.
+
+  `unlabelled`: "exclude" (default) leaves pixels that are not `valid` out;
+  "count" keeps their predictions (all-zero target, so they add to FP), as the
+  authors' code does (its one-hot target of an unlabelled pixel is all zero, its
+  prediction is not masked). The logits of those pixels must then be finite.
   """
-  logits, target, valid = _class_inputs(logits, target, valid)
-  if activation == "softmax":
-    probs = jax.nn.softmax(logits, axis=-1)
-  elif activation == "sigmoid":
-    probs = jax.nn.sigmoid(logits)
-  else:
+  if activation not in PROBABILITIES:
     raise ValueError(f"Unknown activation {activation!r}; use 'softmax' or 'sigmoid'.")
+  if unlabelled not in ("exclude", "count"):
+    raise ValueError(f"Unknown unlabelled {unlabelled!r}; use 'exclude' or 'count'.")
+  raw = logits.astype(jnp.float32)
+  logits, target, valid = _class_inputs(logits, target, valid)
   mask = valid[..., None]
-  probs = jnp.where(mask, probs, 0.0)
+  if unlabelled == "count":
+    probs = PROBABILITIES[activation](raw)
+  else:
+    probs = jnp.where(mask, PROBABILITIES[activation](logits), 0.0)
   onehot = jnp.where(mask, jax.nn.one_hot(target, logits.shape[-1], dtype=jnp.float32), 0.0)
   tp = jnp.sum(probs * onehot)
   fn = jnp.sum((1.0 - probs) * onehot)
@@ -156,7 +190,8 @@ def _soft_confusion(logits, target, valid, activation):
 
 
 def dice_loss(logits: jax.Array, target: jax.Array, valid: jax.Array, *,
-              smooth: float = 1e-4, activation: str = "softmax") -> jax.Array:
+              smooth: float = 1e-4, activation: str = "softmax",
+              unlabelled: str = "exclude") -> jax.Array:
   """Soft Dice loss, paper eq. 8 (Sudre et al. 2017; Milletari et al. 2016):
 
     L = 1 - (2 TP + smooth) / (2 TP + FN + FP + smooth),
@@ -168,15 +203,21 @@ def dice_loss(logits: jax.Array, target: jax.Array, valid: jax.Array, *,
 
   Args:
     logits: [B,H,W,C]. target: [B,H,W] int, garbage where not `valid`.
-    valid: [B,H,W] bool. activation: "softmax" or "sigmoid".
+    valid: [B,H,W] bool. activation: "softmax" or "sigmoid". unlabelled: "exclude" or
+      "count" (see `_soft_confusion`).
+
+  The authors' Dice (`loss_functions.py` of charyyev/semantic_md) is sigmoid,
+  unlabelled "count", and adds its epsilon (1e-4) to TP, i.e. 2e-4 in the numerator:
+  a difference of 1e-4 on sums over ~1e6 pixels, not reproduced.
   """
-  tp, fn, fp = _soft_confusion(logits, target, valid, activation)
+  tp, fn, fp = _soft_confusion(logits, target, valid, activation, unlabelled)
   return 1.0 - (2.0 * tp + smooth) / (2.0 * tp + fn + fp + smooth)
 
 
 def focal_tversky_loss(logits: jax.Array, target: jax.Array, valid: jax.Array, *,
                        alpha: float = 0.7, beta: float = 0.3, gamma: float = 1.5,
-                       smooth: float = 1e-4, activation: str = "softmax") -> jax.Array:
+                       smooth: float = 1e-4, activation: str = "softmax",
+                       unlabelled: str = "exclude") -> jax.Array:
   """Focal Tversky loss, paper eq. 9 (Salehi et al. 2017; Abraham & Khan 2019):
 
     TI = (TP + smooth) / (TP + alpha FN + beta FP + smooth),  L = (1 - TI)^gamma,
@@ -184,9 +225,11 @@ def focal_tversky_loss(logits: jax.Array, target: jax.Array, valid: jax.Array, *
   with the paper's alpha = 0.7 (on FN), beta = 0.3 (on FP), gamma = 1.5 used as
   the exponent exactly as eq. 9 prints it (Abraham & Khan write 1/gamma). Same
   pooled TP/FN/FP and `smooth` as `dice_loss`; no valid pixel gives TI = 1, L = 0.
-  With softmax, FN = FP, so alpha and beta only matter through alpha + beta.
+  With softmax, FN = FP, so alpha and beta only matter through alpha + beta. The
+  authors' code uses alpha = 0.8, beta = 1 - alpha = 0.2, sigmoid and unlabelled
+  "count" (the paper rows set these).
   """
-  tp, fn, fp = _soft_confusion(logits, target, valid, activation)
+  tp, fn, fp = _soft_confusion(logits, target, valid, activation, unlabelled)
   ti = (tp + smooth) / (tp + alpha * fn + beta * fp + smooth)
   base = 1.0 - ti
   # x^gamma only on x > 0: guards against 1 - TI rounding below 0 (NaN), and, for
@@ -196,18 +239,22 @@ def focal_tversky_loss(logits: jax.Array, target: jax.Array, valid: jax.Array, *
   return jnp.where(positive, jnp.where(positive, base, 1.0) ** gamma, 0.0)
 
 
-def dice_ce_loss(logits: jax.Array, target: jax.Array, valid: jax.Array,
+def dice_ce_loss(logits: jax.Array, target: jax.Array, valid: jax.Array, *,
+                 ce_weight: float = 1.0, other_weight: float = 1.0, normalize: str = "valid",
                  **dice_params) -> jax.Array:
-  """L_dice + L_ce, equally weighted (paper Sec. 4.3, after eq. 9)."""
-  return dice_loss(logits, target, valid, **dice_params) + cross_entropy_loss(
-      logits, target, valid)
+  """other_weight L_dice + ce_weight L_ce (paper Sec. 4.3, after eq. 9: equally
+  weighted). The authors' code: 0.5 L_ce + 0.5 L_dice (`weight_lambda` 0.5) with the CE
+  `normalize`d over all pixels. `normalize` goes to the CE, `dice_params` to Dice."""
+  return other_weight * dice_loss(logits, target, valid, **dice_params) + (
+      ce_weight * cross_entropy_loss(logits, target, valid, normalize=normalize))
 
 
-def focal_tversky_ce_loss(logits: jax.Array, target: jax.Array, valid: jax.Array,
-                          **tversky_params) -> jax.Array:
-  """L_ftl + L_ce, equally weighted (paper Sec. 4.3, after eq. 9)."""
-  return focal_tversky_loss(logits, target, valid, **tversky_params) + cross_entropy_loss(
-      logits, target, valid)
+def focal_tversky_ce_loss(logits: jax.Array, target: jax.Array, valid: jax.Array, *,
+                          ce_weight: float = 1.0, other_weight: float = 1.0,
+                          normalize: str = "valid", **tversky_params) -> jax.Array:
+  """other_weight L_ftl + ce_weight L_ce, as `dice_ce_loss`."""
+  return other_weight * focal_tversky_loss(logits, target, valid, **tversky_params) + (
+      ce_weight * cross_entropy_loss(logits, target, valid, normalize=normalize))
 
 
 LOSSES: dict[str, LossFn] = {

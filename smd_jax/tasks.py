@@ -87,15 +87,42 @@ class ClassificationTask:
     return metrics.segmentation_metric_sums(output, target, valid)
 
 
+def _class_table(classes: tuple[int, ...]) -> np.ndarray:
+  """Lookup NYU40 id + 1 (ids -1..40) -> class index, -1 = no class."""
+  table = np.full(semantics.NUM_NYU40_CLASSES + 2, -1, np.int32)
+  for index, label in enumerate(classes):
+    table[label + 1] = index
+  return table
+
+
+# Class index of each NYU40 id, by `class_order` name: "nyu_id" = id - 1 (ours);
+# "prevalence" = rank in semantics.PREVALENCE_ORDER (wall 0, floor 1, ceiling 2, ...),
+# the authors' target (`semantic_encode` in their conversions.py), which the semantic
+# heads of their checkpoints predict.
+CLASS_ORDERS: dict[str, tuple[int, ...]] = {
+    "nyu_id": tuple(range(1, semantics.NUM_NYU40_CLASSES + 1)),
+    "prevalence": semantics.PREVALENCE_ORDER,
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class SemanticTask(ClassificationTask):
-  """NYU40 semantic segmentation: class = label id - 1; unlabelled (-1) is ignored."""
+  """NYU40 semantic segmentation: class = index of the label in `CLASS_ORDERS[class_order]`
+  (the first `num_classes` of that order); unlabelled (-1) and other labels are ignored."""
 
   num_classes: int = semantics.NUM_NYU40_CLASSES
+  class_order: str = "nyu_id"
+
+  def __post_init__(self):
+    if self.class_order not in CLASS_ORDERS:
+      raise ValueError(f"Unknown class_order {self.class_order!r}; known: "
+                       f"{sorted(CLASS_ORDERS)}.")
 
   def targets(self, batch):
+    table = jnp.asarray(_class_table(CLASS_ORDERS[self.class_order][:self.num_classes]))
     label = batch["semantic"].astype(jnp.int32)
-    return jnp.clip(label - 1, 0, self.num_classes - 1), (label >= 1) & (label <= self.num_classes)
+    index = table[jnp.clip(label + 1, 0, semantics.NUM_NYU40_CLASSES + 1)]
+    return jnp.maximum(index, 0), index >= 0
 
   def finalize(self, sums):
     return metrics.finalize_segmentation_metrics(sums)
@@ -118,42 +145,82 @@ _SOBEL5_SMOOTH = np.array([1.0, 4.0, 6.0, 4.0, 1.0])
 _SOBEL5_DERIV = np.array([-1.0, -2.0, 0.0, 2.0, 1.0])
 
 
-def sobel_magnitude(image: jax.Array) -> jax.Array:
-  """|grad| of [B,H,W] with OpenCV's 5x5 Sobel kernels -> [B,H,W].
+def sobel_gradients(image: jax.Array) -> jax.Array:
+  """(d/dx, d/dy) of [B,H,W] with OpenCV's 5x5 Sobel kernels -> [B,H,W,2].
 
   Borders are mirrored without repeating the edge pixel, as OpenCV's default
-  BORDER_REFLECT_101 does, so the image boundary is no edge.
+  BORDER_REFLECT_101 does, so the image boundary is no edge. NaN spreads to every
+  response whose 5x5 window holds it.
   """
   kx = np.outer(_SOBEL5_SMOOTH, _SOBEL5_DERIV)  # d/dx: along W
   kernels = jnp.asarray(np.stack([kx, kx.T], axis=-1)[:, :, None, :], image.dtype)  # HWIO
   padded = jnp.pad(image, ((0, 0), (2, 2), (2, 2)), mode="reflect")
-  grad = jax.lax.conv_general_dilated(padded[..., None], kernels, (1, 1), "VALID",
+  return jax.lax.conv_general_dilated(padded[..., None], kernels, (1, 1), "VALID",
                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  return jnp.sqrt(jnp.sum(grad**2, axis=-1))
+
+
+def sobel_magnitude(image: jax.Array) -> jax.Array:
+  """|grad| of [B,H,W] with OpenCV's 5x5 Sobel kernels -> [B,H,W]."""
+  return jnp.sqrt(jnp.sum(sobel_gradients(image)**2, axis=-1))
+
+
+def _uint8_or(grad: jax.Array) -> jax.Array:
+  """The authors' `cv2.bitwise_or(convertScaleAbs(Sx), convertScaleAbs(Sy))`: |.|
+  rounded half to even and saturated to 0..255 (NaN -> 0), then bitwise OR."""
+  mag = jnp.where(jnp.isnan(grad), 0.0, jnp.clip(jnp.round(jnp.abs(grad)), 0.0, 255.0))
+  mag = mag.astype(jnp.int32)
+  return jnp.bitwise_or(mag[..., 0], mag[..., 1]).astype(jnp.float32)
+
+
+# How the two Sobel responses [B,H,W,2] become the edge strength [B,H,W], by name.
+EDGE_STRENGTHS = {
+    "magnitude": lambda grad: jnp.sqrt(jnp.sum(grad**2, axis=-1)),
+    "uint8_or": _uint8_or,
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class DepthEdgeTask(ClassificationTask):
   """Two classes: depth discontinuity or not, from the ground-truth depth.
 
-  The reference code's 'Sobel' variant of the 2-head model: a second head predicts
-  where the 5x5 Sobel magnitude of the ground-truth depth (metres, clamped to
-  `max_depth`) exceeds `threshold` (20: a step of about 0.42 m between neighbours,
-  since the kernel's weights on one side sum to 48). Pixels whose 5x5 window
-  touches invalid depth are ignored.
+  The 'Sobel' variant of the 2-head model: a second head predicts where the 5x5
+  Sobel response of the ground-truth depth (clamped to `max_depth`) exceeds
+  `threshold`. Options (config `tasks.<name>.params`):
+
+  * `normalised_depth`: False = depth in metres (a threshold of 20 is a step of
+    about 0.42 m, since the kernel's weights on one side sum to 48); True = depth /
+    max_depth, as the authors' `depth_to_sobel` (20 is then a step of ~6.25 m).
+  * `strength`: a name in `EDGE_STRENGTHS`: "magnitude" (sqrt(Sx^2 + Sy^2)) or
+    "uint8_or" (the authors' bitwise OR of the rounded, saturated |Sx| and |Sy|).
+  * `mask_invalid`: True ignores pixels whose 5x5 window touches invalid depth;
+    False (the authors') keeps every pixel: invalid depth is NaN there, and windows
+    holding NaN give no edge ("uint8_or": NaN -> 0; "magnitude": NaN > t is False).
   """
 
   threshold: float = 20.0
   max_depth: float = 15.0
+  normalised_depth: bool = False
+  strength: str = "magnitude"
+  mask_invalid: bool = True
+
+  def __post_init__(self):
+    if self.strength not in EDGE_STRENGTHS:
+      raise ValueError(f"Unknown strength {self.strength!r}; known: {sorted(EDGE_STRENGTHS)}.")
 
   def targets(self, batch):
     depth = batch["depth"]
-    valid = jnp.isfinite(depth) & (depth > 0) & example_mask(batch, depth.shape)
-    filled = jnp.where(valid, jnp.clip(depth, 0.0, self.max_depth), 0.0).astype(jnp.float32)
-    window_valid = jax.lax.reduce_window(valid, True, jax.lax.bitwise_and, (1, 5, 5),
-                                         (1, 1, 1), "SAME")
-    edges = (sobel_magnitude(filled) > self.threshold).astype(jnp.int32)
-    return edges, window_valid
+    real = example_mask(batch, depth.shape)
+    valid = jnp.isfinite(depth) & (depth > 0) & real
+    scale = 1.0 / self.max_depth if self.normalised_depth else 1.0
+    clamped = jnp.clip(depth, 0.0, self.max_depth).astype(jnp.float32) * scale
+    if self.mask_invalid:
+      image = jnp.where(valid, clamped, 0.0)
+      keep = jax.lax.reduce_window(valid, True, jax.lax.bitwise_and, (1, 5, 5), (1, 1, 1),
+                                   "SAME")
+    else:  # NaN where the depth is invalid, as in the authors' arrays
+      image, keep = jnp.where(valid, clamped, jnp.nan), real
+    strength = EDGE_STRENGTHS[self.strength](sobel_gradients(image))
+    return (strength > self.threshold).astype(jnp.int32), keep
 
   def finalize(self, sums):
     return metrics.finalize_contour_metrics(sums)

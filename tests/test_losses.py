@@ -375,3 +375,63 @@ def test_registry():
 def test_l1_all_invalid_is_zero():
   x = np.zeros(SHAPE, np.float32)
   assert float(REGRESSION_VG["l1"](x, x * np.nan, x > 1)[0]) == 0.0
+
+
+# ----------------------------------------------------------------------------
+# The authors' semantic losses (charyyev/semantic_md loss_functions.py and trainers,
+# as described in docs/results.md), in NumPy, against the paper rows' loss_params.
+# ----------------------------------------------------------------------------
+
+
+def np_authors_ce(logits, target, labelled):
+  """CrossEntropyLoss(ignore_index=-1, reduction='none') then nanmean: ignored pixels
+  contribute 0 and count in the denominator (all B*H*W pixels)."""
+  p = np_softmax(logits)
+  total = sum(-np.log(p[idx][target[idx]]) for idx in zip(*np.nonzero(labelled)))
+  return total / labelled.size
+
+
+def np_authors_region(logits, target, labelled, kind, alpha=0.8, eps=1e-4):
+  """Their Dice / Focal Tversky: sigmoid of every pixel's logits; target one-hot of the
+  labelled pixels (all zero for unlabelled ones); global sums. Their epsilon goes into
+  TP (Dice: 2 (I + eps) / (sum p + sum y + eps)); ours once into numerator and
+  denominator, a 1e-4 difference on these sums, covered by the tolerance below."""
+  p = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+  y = np.where(labelled[..., None], np.eye(logits.shape[-1])[np.where(labelled, target, 0)], 0.0)
+  tp = np.sum(p * y)
+  if kind == "dice":
+    return 1 - 2 * (tp + eps) / (p.sum() + y.sum() + eps)
+  fn, fp = np.sum((1 - p) * y), np.sum(p * (1 - y))
+  return (1 - (tp + eps) / (tp + alpha * fn + (1 - alpha) * fp + eps)) ** 1.5
+
+
+@pytest.mark.parametrize("row", ["unet_2head", "unet_2head_dice", "unet_2head_dice_ce",
+                                 "unet_2head_ftl_ce", "deeplab_2head_dice_ce"])
+def test_paper_rows_use_the_authors_semantic_losses(row):
+  from smd_jax.training import sweep  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  path = os.path.join(os.path.dirname(__file__), "..", "configs", "paper", f"{row}.py")
+  task = sweep.load_config_file(path).tasks.semantic
+  logits, target, labelled = _class_case(10)
+  target = np.where(labelled, target, -1)
+  want = {
+      "ce": lambda: np_authors_ce(logits, target, labelled),
+      "dice": lambda: np_authors_region(logits, target, labelled, "dice"),
+      "dice_ce": lambda: 0.5 * np_authors_ce(logits, target, labelled)
+                         + 0.5 * np_authors_region(logits, target, labelled, "dice"),
+      "focal_tversky_ce": lambda: 0.5 * np_authors_ce(logits, target, labelled)
+                                  + 0.5 * np_authors_region(logits, target, labelled, "ftl"),
+  }[task.loss]()
+  got = losses.get_loss(task.loss)(logits, target, labelled, **dict(task.loss_params))
+  # float32 sums of ~300 terms of size ~1 (rtol 1e-5) plus the epsilon placement (1e-4
+  # on sums of ~100: < 2e-6 absolute).
+  np.testing.assert_allclose(float(got), want, rtol=1e-5, atol=5e-6)
+
+
+def test_ce_normalisers():
+  logits, target, valid = _class_case(11)
+  mean = float(losses.cross_entropy_loss(logits, target, valid))
+  over_all = float(losses.cross_entropy_loss(logits, target, valid, normalize="all_pixels"))
+  np.testing.assert_allclose(over_all, mean * valid.sum() / valid.size, rtol=1e-6)
+  with pytest.raises(ValueError, match="all_pixels"):
+    losses.cross_entropy_loss(logits, target, valid, normalize="labelled")

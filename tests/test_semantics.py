@@ -156,3 +156,48 @@ def test_contour_targets_skip_padding_examples():
   target, valid = tasks.ContourTask().targets({"semantic": sem, "mask": np.array([True, False])})
   np.testing.assert_array_equal(np.asarray(target), numpy_contours(sem))
   assert np.asarray(valid)[0].all() and not np.asarray(valid)[1].any()
+
+
+def test_semantic_targets_in_the_authors_prevalence_order():
+  # Their `semantic_encode`: class = rank in the prevalence order (wall 0, floor 1,
+  # ceiling (22) 2, window (9) 3, ..., 28 last); unlabelled ignored.
+  sem = np.array([[[1, 2, 22, 9, -1, 28]]], np.int16)
+  target, valid = tasks.SemanticTask(class_order="prevalence").targets({"semantic": sem})
+  np.testing.assert_array_equal(np.asarray(valid)[0, 0], [True] * 4 + [False, True])
+  np.testing.assert_array_equal(np.asarray(target)[0, 0, [0, 1, 2, 3, 5]], [0, 1, 2, 3, 39])
+  with pytest.raises(ValueError, match="nyu_id"):
+    tasks.SemanticTask(class_order="alphabetical")
+
+
+def numpy_authors_sobel_target(depth, threshold=20.0, max_depth=15.0):
+  """The authors' `depth_to_sobel` on clip(depth, 0, 15) / 15 (NaN kept): 5x5 Sobel x
+  and y in float64, convertScaleAbs (|.| rounded half to even, saturated to uint8, NaN
+  -> 0), bitwise OR, > threshold."""
+  image = np.clip(depth.astype(np.float64), 0, max_depth) / max_depth
+  smooth, deriv = np.array([1, 4, 6, 4, 1.]), np.array([-1, -2, 0, 2, 1.])
+  kx = np.outer(smooth, deriv)
+  padded = np.pad(image, 2, mode="reflect")
+  out = np.zeros(image.shape, np.int64)
+  for i in range(image.shape[0]):
+    for j in range(image.shape[1]):
+      patch = padded[i:i + 5, j:j + 5]
+      gx, gy = (patch * kx).sum(), (patch * kx.T).sum()
+      ux, uy = [0 if np.isnan(g) else int(min(np.round(abs(g)), 255)) for g in (gx, gy)]
+      out[i, j] = (ux | uy) > threshold
+  return out
+
+
+def test_authors_sobel_target_matches_numpy():
+  rng = np.random.default_rng(4)
+  depth = rng.uniform(0.5, 4.0, (2, 12, 14)).astype(np.float32)
+  depth[:, :, 7:] += 9.0  # a 9 m step: 0.6 normalised, response ~29 > 20
+  depth[0, 3:5, 2:4] = 20.0  # clamped to 15 m
+  depth[1, 6, 5] = np.nan
+  task = tasks.DepthEdgeTask(normalised_depth=True, strength="uint8_or", mask_invalid=False)
+  target, valid = task.targets({"depth": depth})
+  want = np.stack([numpy_authors_sobel_target(d) for d in depth])
+  assert want.any() and not want.all()
+  np.testing.assert_array_equal(np.asarray(target), want)
+  assert np.asarray(valid).all()  # no ignore mask: every pixel counts
+  with pytest.raises(ValueError, match="uint8_or"):
+    tasks.DepthEdgeTask(strength="max")

@@ -1,4 +1,6 @@
-"""Table 1, Multi-Input, 1hot-40: RGB + one-hot over all 40 NYU40 classes.
+"""Table 1, Multi-Input, 1hot-40: RGB + one-hot over all 40 NYU40 classes (prevalence order).
+
+As the authors' SimplifiedOneHotModel(40): new stem channels with PyTorch's default init.
 
 Paper setup from configs/base.py; published numbers in smd_jax/paper.py.
 """
@@ -8,6 +10,6 @@ from configs import base
 
 def get_config():
   config = base.get_config()
-  config.semantic_transform = "onehot40"
+  base.authors_semantic_input(config, "onehot40")
   config.paper_row = "unet_1hot40"
   return config

@@ -1,4 +1,6 @@
-"""Table 1, Multi-Input, concat: RGB + the label map / 40 as a 4th channel.
+"""Table 1, Multi-Input, concat: RGB + clip(label, 0) / 40 as a 4th channel.
+
+As the authors' ConcatModel: the stem's new input channel has PyTorch's default init.
 
 Paper setup from configs/base.py; published numbers in smd_jax/paper.py.
 """
@@ -8,6 +10,6 @@ from configs import base
 
 def get_config():
   config = base.get_config()
-  config.semantic_transform = "concat"
+  base.authors_semantic_input(config, "concat")
   config.paper_row = "unet_concat"
   return config

@@ -101,13 +101,32 @@ def convert_encoder(state_dict: Mapping[str, np.ndarray], arch: str | None = Non
   return encoder, report, arch
 
 
+# Head activations are not in the weights. Defaults by the head's state-dict layout:
+# the authors' single-task smp models (`segmentation_head.*`, also inside their input
+# wrappers) were built with activation="sigmoid"; their multi-task models
+# (`head_<task>.*`: MultiLossModel, TripleLossModel, SobelLossModel, ContourModel) with
+# activation=None on every head, depth included. Tasks not listed: logits.
+HEAD_ACTIVATIONS: dict[str, dict[str, str]] = {
+    "segmentation_head": {"depth": "sigmoid"},
+    "head_": {},
+}
+
+
+def _head_layout(source: str) -> str:
+  """'head_' for a semantic_md multi-task head name, else 'segmentation_head'."""
+  module = source.split(".")[-3] if source.count(".") >= 2 else ""
+  return "head_" if module.startswith("head_") else "segmentation_head"
+
+
 def infer_model_config(converted: Converted, arch: str,
                        activations: Mapping[str, str] | None = None) -> dict[str, Any]:
   """The `build_model` config of a whole converted model (see the module docstring).
 
-  Head activations are not in the weights: ``activations`` (task -> name), else
-  'sigmoid' for depth (the paper's normalised depth) and 'identity' (logits) for the
-  rest.
+  Head activations are not in the weights: ``activations`` (task -> name), else the
+  default of the head's layout (`HEAD_ACTIVATIONS`: 'sigmoid' depth for smp models,
+  no activation for semantic_md multi-task heads) and 'identity' (logits) for the
+  rest. The head kernel size is read off the weights (semantic_md's multi-task
+  DeepLabV3 heads are 3x3, smp's DeepLabV3 head 1x1).
   """
   activations = dict(activations or {})
   arrays = converted.arrays
@@ -115,14 +134,16 @@ def infer_model_config(converted: Converted, arch: str,
   if not tasks:
     raise ConversionError("No heads in the weights (expected segmentation_head.* or "
                           "head_<task>.*): is this a whole smp / semantic_md model?")
-  heads, decoders = {}, {}
+  heads, decoders, kernel_sizes = {}, {}, set()
   for task in tasks:
-    kernel = arrays.get(("heads", task, "conv", "kernel"))
+    path = ("heads", task, "conv", "kernel")
+    kernel = arrays.get(path)
     if kernel is None:
       raise ConversionError(f"The head of task {task!r} has no conv weight")
+    layout = HEAD_ACTIVATIONS[_head_layout(converted.sources.get(path, ""))]
     heads[task] = {"num_outputs": int(kernel.shape[-1]),
-                   "activation": activations.get(
-                       task, "sigmoid" if task == "depth" else "identity")}
+                   "activation": activations.get(task, layout.get(task, "identity"))}
+    kernel_sizes.add(int(kernel.shape[0]))
     if ("decoders", task, "blocks", 0, "conv1", "conv", "kernel") in arrays:
       count = 1 + max(p[3] for p in arrays if p[:3] == ("decoders", task, "blocks"))
       decoders[task] = ("unet", tuple(
@@ -135,9 +156,12 @@ def infer_model_config(converted: Converted, arch: str,
       raise ConversionError(f"No UNet or DeepLabV3 decoder for task {task!r} in the weights")
   if len(set(decoders.values())) != 1:
     raise ConversionError(f"The tasks have different decoders: {decoders}")
+  if len(kernel_sizes) != 1:
+    raise ConversionError(f"The heads have different kernel sizes: {sorted(kernel_sizes)}")
   decoder, decoder_channels = next(iter(decoders.values()))
   config = {"encoder": arch, "decoder": decoder, "decoder_channels": decoder_channels,
-            "heads": heads, "dtype": "float32", "input_block": None}
+            "heads": heads, "dtype": "float32", "input_block": None,
+            "head_kernel_size": kernel_sizes.pop()}
   if any(p[0] == "input_block" for p in arrays):
     config["input_block"] = "semantic_conv"
     config["in_channels"] = RGB_CHANNELS + int(

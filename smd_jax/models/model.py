@@ -2,13 +2,53 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 RGB_CHANNELS = 3
+# The encoder's first conv, by attribute name (timm EfficientNet, ResNet).
+STEM_ATTRIBUTES = ("conv_stem", "conv1")
+
+
+def _torch_uniform_stem(kernel: jax.Array, key: jax.Array) -> jax.Array:
+  """Input channels after RGB ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = kh*kw*C_in of
+  the widened conv: PyTorch's default Conv2d init, which the authors' widened stem
+  keeps for its new channels (`extend_first_convolution`, charyyev/semantic_md
+  `model_utils.py`: a fresh nn.Conv2d whose first 3 input channels are then overwritten
+  with the RGB filters)."""
+  kh, kw, cin, cout = kernel.shape
+  bound = 1.0 / np.sqrt(kh * kw * cin)
+  extra = jax.random.uniform(key, (kh, kw, cin - RGB_CHANNELS, cout), kernel.dtype,
+                             -bound, bound)
+  return kernel.at[:, :, RGB_CHANNELS:, :].set(extra)
+
+
+# How the input channels beyond RGB of the encoder's first conv are initialised
+# (config `model.stem_init`): "encoder" (None: nothing to do, no random key drawn)
+# keeps the encoder's own init (timm's normal); "torch_uniform" is the authors'. The RGB filters are the encoder's either way (and
+# are replaced by ImageNet's when `init_from` loads them; the extra channels are kept).
+STEM_INITS: dict[str, Callable[[jax.Array, jax.Array], jax.Array] | None] = {
+    "encoder": None,
+    "torch_uniform": _torch_uniform_stem,
+}
+
+
+def init_stem(encoder: nnx.Module, name: str, rngs: nnx.Rngs) -> None:
+  """Applies `STEM_INITS[name]` to ``encoder``'s first conv in place when it has input
+  channels beyond RGB (encoders without a `STEM_ATTRIBUTES` conv are left alone)."""
+  if name not in STEM_INITS:
+    raise ValueError(f"Unknown stem_init {name!r}; known: {sorted(STEM_INITS)}")
+  init = STEM_INITS[name]
+  for attr in STEM_ATTRIBUTES:
+    conv = getattr(encoder, attr, None)
+    if (init is not None and isinstance(conv, nnx.Conv)
+        and conv.kernel.get_value().shape[2] > RGB_CHANNELS):
+      conv.kernel.set_value(init(conv.kernel.get_value(), rngs.params()))
+      return
 
 
 class DenseModel(nnx.Module):

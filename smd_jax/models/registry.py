@@ -28,7 +28,7 @@ from flax import nnx
 from smd_jax.models import deeplab, efficientnet, resnet, semantic_conv, unet
 from smd_jax.models.heads import ACTIVATIONS, SegmentationHead
 from smd_jax.models.layers import canonical_dtype
-from smd_jax.models.model import RGB_CHANNELS, DenseModel
+from smd_jax.models.model import RGB_CHANNELS, STEM_INITS, DenseModel, init_stem
 
 ENCODERS: dict[str, Callable[..., nnx.Module]] = {
     "efficientnet_b2": efficientnet.efficientnet_b2,
@@ -105,10 +105,14 @@ def _decoder_kwargs(model_config: Any) -> dict[str, Any]:
 
 
 def _build_task_branches(heads_config: Any, decoder_fn: Callable[..., nnx.Module],
-                         encoder_channels, decoder_kwargs: dict[str, Any], dtype,
-                         rngs: nnx.Rngs) -> tuple[dict[str, nnx.Module], dict[str, nnx.Module]]:
+                         encoder_channels, decoder_kwargs: dict[str, Any],
+                         head_kernel_size: int | None, dtype, rngs: nnx.Rngs
+                         ) -> tuple[dict[str, nnx.Module], dict[str, nnx.Module]]:
   """({task: decoder}, {task: head}): one decoder and one head per task, built in task
-  name order (so parameters do not depend on the config's key order)."""
+  name order (so parameters do not depend on the config's key order); heads use
+  ``head_kernel_size`` where given, else the decoder's."""
+  if head_kernel_size is None:
+    head_kernel_size = getattr(decoder_fn, "head_kernel_size", 3)
   decoders, heads = {}, {}
   for task in sorted(heads_config):
     head_config = heads_config[task]
@@ -116,7 +120,7 @@ def _build_task_branches(heads_config: Any, decoder_fn: Callable[..., nnx.Module
     heads[task] = SegmentationHead(
         decoders[task].out_channels, int(_field(head_config, "num_outputs")),
         _field(head_config, "activation", "identity"),
-        kernel_size=getattr(decoder_fn, "head_kernel_size", 3),
+        kernel_size=int(head_kernel_size),
         upsampling=getattr(decoder_fn, "head_upsampling", 1), dtype=dtype, rngs=rngs)
   return decoders, heads
 
@@ -134,6 +138,10 @@ def build_model(model_config: Any, *, rngs: nnx.Rngs) -> DenseModel:
     dtype: 'float32' (default) | 'bfloat16' compute dtype; parameters are always f32.
     heads: mapping task -> {'num_outputs': int, 'activation': str (default
       'identity')}; one decoder and one head per task, for any decoder.
+    head_kernel_size: optional head conv size overriding the decoder's (the authors'
+      multi-task DeepLabV3 heads are 3x3 where smp's single-task one is 1x1).
+    stem_init: name in `model.STEM_INITS` for the encoder stem's input channels beyond
+      RGB (default 'encoder': the encoder's own init).
     drop_path_rate: encoder stochastic depth (default 0).
     decoder_channels: optional decoder widths (UNet: a sequence; DeepLabV3: an int
       or a 1-sequence).
@@ -145,6 +153,8 @@ def build_model(model_config: Any, *, rngs: nnx.Rngs) -> DenseModel:
   dtype = canonical_dtype(_field(model_config, "dtype", "float32"))
   heads_config = _field(model_config, "heads")
   _check_heads(heads_config)  # fail before the (slow) construction
+  stem_init = _field(model_config, "stem_init") or "encoder"
+  lookup(STEM_INITS, stem_init, "stem_init")
   in_channels = int(_field(model_config, "in_channels", RGB_CHANNELS))
 
   input_block, encoder_in_channels = None, in_channels
@@ -152,6 +162,8 @@ def build_model(model_config: Any, *, rngs: nnx.Rngs) -> DenseModel:
     input_block = _build_input_block(block_fn, block_name, in_channels, dtype, rngs)
     encoder_in_channels = RGB_CHANNELS + input_block.out_channels
   encoder = _build_encoder(model_config, encoder_fn, decoder_fn, encoder_in_channels, dtype, rngs)
+  init_stem(encoder, stem_init, rngs)
   decoders, heads = _build_task_branches(heads_config, decoder_fn, encoder.out_channels,
-                                         _decoder_kwargs(model_config), dtype, rngs)
+                                         _decoder_kwargs(model_config),
+                                         _field(model_config, "head_kernel_size"), dtype, rngs)
   return DenseModel(encoder, decoders, heads, input_block=input_block)
