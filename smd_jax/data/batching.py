@@ -97,8 +97,9 @@ class _WorkerBatches(grain.IterDataset):
   """`batches` read by worker processes, with the in-process pipeline's iterator state.
 
   The per-example Python (record parsing, grain's map and batch) holds the GIL,
-  so threads alone top out near one core; processes do not. Worker w reads batches w, w+W, ... and grain interleaves them
-  round-robin: the same batches in the same order as without workers. grain
+  so threads alone top out near one core; processes do not. Worker w reads batches
+  w, w+W, ... and grain interleaves them round-robin: the same batches in the
+  same order as without workers. grain
   starts workers with "spawn", never fork, so they are safe next to JAX's
   threads in this process.
 

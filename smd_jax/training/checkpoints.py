@@ -93,7 +93,8 @@ class NoIntactCheckpoint(Exception):
 
 def _first_line(e: BaseException, limit: int = 200) -> str:
   lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-  return f"{type(e).__name__}: {lines[0][:limit] if lines else ''}".rstrip(": ")
+  text = lines[0].split(" See full TensorStore details")[0] if lines else ""  # a repr follows
+  return f"{type(e).__name__}: {text[:limit]}".rstrip(": ")
 
 
 class Checkpointer:
@@ -115,9 +116,12 @@ class Checkpointer:
     if read_only:
       options = ocp.CheckpointManagerOptions(read_only=True, create=False,
                                              enable_async_checkpointing=False)
-      # The state's handler is named so that its metadata can be read before a restore.
+      # Handlers are named so that the state's metadata can be read before a restore,
+      # and so that training can restore the data iterator through this read-only view.
       self._manager = ocp.CheckpointManager(
-          self.directory, options=options, item_handlers={"state": ocp.StandardCheckpointHandler()})
+          self.directory, options=options,
+          item_handlers={"state": ocp.StandardCheckpointHandler(),
+                         "data": grain.checkpoint.CheckpointHandler()})
       return
     # Every K steps. Preemption saves are the training loop's (forced, see
     # multihost.PreemptionWatch), so that one place decides when to stop.
