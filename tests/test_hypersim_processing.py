@@ -226,7 +226,7 @@ def test_process_frame_outputs():
   rng = np.random.default_rng(4)
   depth = (rng.random((768, 1024)) * 10).astype(np.float16)
   depth[:100] = np.nan
-  depth[700:, :10] = np.inf
+  depth[700:, 130:140] = np.inf  # sampled: raw column 136 (see below), rows 712..760
   raw = processing.RawFrame(
       color=(rng.random((768, 1024, 3)) * 2).astype(np.float16), depth=depth,
       semantic=rng.integers(-1, 45, (768, 1024)).astype(np.int16),
@@ -235,11 +235,25 @@ def test_process_frame_outputs():
   assert ex["image"].shape == (48, 48, 3) and ex["image"].dtype == np.uint8
   assert ex["depth"].shape == (48, 48) and ex["depth"].dtype == np.float32
   assert ex["semantic"].shape == (48, 48) and ex["semantic"].dtype == np.int16
-  rows, cols = processing.source_pixels(48)
+  # Written out: 768x1024 -> 48x64 is a factor of 16; nearest takes the raw pixel under
+  # each output pixel's centre, (i + 0.5) * 16 -> row 16i + 8; the 48-wide centre
+  # crop starts at column 8 of 64, i.e. raw column 16 * (j + 8) + 8.
+  rows, cols = 16 * np.arange(48) + 8, 16 * (np.arange(48) + 8) + 8
   expect = depth[rows][:, cols].astype(np.float32)
   expect[~np.isfinite(expect)] = np.nan
   np.testing.assert_array_equal(ex["depth"], expect)
-  assert np.isnan(ex["depth"][:6]).all()
+  assert np.isnan(ex["depth"][:6]).all() and np.isfinite(ex["depth"][6:44]).all()
+  assert np.isnan(ex["depth"][44:, 0]).all() and np.isfinite(ex["depth"][44:, 1:]).all()
+  np.testing.assert_array_equal(ex["semantic"], np.where(
+      (raw.semantic[rows][:, cols] >= 1) & (raw.semantic[rows][:, cols] <= 40),
+      raw.semantic[rows][:, cols], -1))
+  # The image: PIL's antialiased bilinear on the tone-mapped floats, then the crop,
+  # then x255 rounded; PIL and ours differ by ~1e-6 before rounding, so at most 1 level.
+  rgb = processing.tonemap(raw.color, raw.entity)
+  pil = np.stack([np.asarray(PIL.Image.fromarray(np.ascontiguousarray(rgb[..., c])).resize(
+      (64, 48), PIL.Image.BILINEAR)) for c in range(3)], axis=-1)[:, 8:56]
+  want = np.clip(np.round(pil * 255.0), 0, 255)
+  assert np.abs(ex["image"].astype(np.float64) - want).max() <= 1
   s = ex["semantic"]
   assert np.all((s == -1) | ((s >= 1) & (s <= 40)))
 
@@ -247,7 +261,13 @@ def test_process_frame_outputs():
 def test_planar_depth_factor():
   f = processing.FOCAL_PX
   factor = processing.planar_depth_factor(32)
-  rows, cols = processing.source_pixels(32)
+  # 768x1024 -> 32x43 (1024 * 32 / 768 = 42.7 rounds to 43), centre crop from column 5;
+  # nearest: the raw pixel under (i + 0.5) * in / out.
+  rows = np.floor((np.arange(32) + 0.5) * 24).astype(int)
+  cols = np.floor((np.arange(5, 37) + 0.5) * 1024 / 43).astype(int)
+  rows2, cols2 = processing.source_pixels(32)
+  np.testing.assert_array_equal(rows2, rows)
+  np.testing.assert_array_equal(cols2, cols)
   x = cols[None, :] + 0.5 - 512
   y = rows[:, None] + 0.5 - 384
   np.testing.assert_allclose(factor, f / np.sqrt(x**2 + y**2 + f**2), rtol=1e-6)
