@@ -109,20 +109,22 @@ def config_value(config_flag, argv: list[str]):
     raise UserError(_config_error(e, argv)) from e
 
 
-def run_command(run: Callable[..., int], define_flags: Callable[[], None]) -> None:
+def run_command(run: Callable[..., int], define_flags: Callable[[], None],
+                argv: Sequence[str] | None = None) -> None:
   """The `python -m` entry of a command: its flags, quiet library logs, one-line errors.
 
-  `run(flag_values, positional_args)` returns the exit status.
+  `run(flag_values, positional_args)` returns the exit status; `argv` (with the
+  program name) defaults to sys.argv.
   """
   from absl import app  # pylint: disable=g-import-not-at-top
 
-  def main(argv):
+  def main(parsed_argv):
     logging.set_verbosity(logging.INFO)
     quiet_library_logs()
-    sys.exit(run(flags.FLAGS, argv[1:]))
+    sys.exit(run(flags.FLAGS, parsed_argv[1:]))
 
   define_flags()
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, argv=None if argv is None else list(argv), flags_parser=parse_flags)
 
 
 def define_hyphen_aliases(flag_values: flags.FlagValues) -> None:

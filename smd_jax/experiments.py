@@ -1,7 +1,7 @@
 """Train and evaluate a list of configs, then tabulate them beside the paper's numbers.
 
     python -m smd_jax.experiments --out runs/paper configs/paper/unet_l1.py \\
-        configs/paper/unet_1hot40.py [--preset demo] [--set num_train_steps=800] ...
+        configs/paper/unet_1hot40.py [--preset demo] [--config.num_train_steps=800] ...
 
 Each config trains in `<out>/<config name>` with the same loop as
 `smd_jax.train`; a run whose final evaluation JSON already exists is not trained
@@ -9,35 +9,94 @@ again (delete it, or pass --retrain), so an interrupted sweep resumes where it
 stopped. The Markdown table (our numbers, and the paper's published row for each
 config where there is one) goes to `<out>/results.md` and stdout. Library code:
 `smd_jax.training.sweep`.
+
+Overrides apply to every config of the sweep, after --preset:
+`--config.KEY=VALUE` (dotted KEY, VALUE parsed by the type of the field, as
+`smd_jax.train --config.KEY=VALUE` does; `--config.KEY` / `--noconfig.KEY` for a
+boolean), and `--set KEY=VALUE`, the older spelling (VALUE read as a Python
+literal, else as a string), applied before them. A bad config path or override is
+one line `error: ...` with exit status 1, before anything is written.
 """
 
 from __future__ import annotations
 
-from absl import app, flags, logging
+import functools
+import re
+import sys
+from typing import Sequence
 
-from smd_jax import cli
+from absl import flags
+
+from smd_jax import cli, errors
 from smd_jax.training import sweep
 
-_OUT = flags.DEFINE_string("out", None, "Directory for the runs and results.md.")
-_PRESET = flags.DEFINE_enum("preset", None, ["demo"],
-                            "Small-scale setup applied to every config (configs/default.py).")
-_SET = flags.DEFINE_multi_string("set", [], "Config override KEY=VALUE (dotted key), repeatable.")
-_RETRAIN = flags.DEFINE_bool("retrain", False, "Train again even where results exist.")
-_REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Only tabulate existing results.")
+_CONFIG_OVERRIDE = re.compile(r"^--?(no)?config\.")
 
 
-def main(argv):
-  if len(argv) < 2 or not _OUT.value:
-    raise app.UsageError("Usage: python -m smd_jax.experiments --out DIR CONFIG.py [CONFIG.py ...]")
-  logging.set_verbosity(logging.INFO)
-  cli.quiet_library_logs()
-  try:  # a bad path or override: one line, before anything is written
-    sweep.prepare_configs(argv[1:], _OUT.value, _PRESET.value, _SET.value)
-  except (FileNotFoundError, KeyError, ValueError) as e:
-    raise app.UsageError(str(e).strip('"')) from None
-  print(sweep.run(argv[1:], _OUT.value, preset=_PRESET.value, overrides=_SET.value,
-                  retrain=_RETRAIN.value, report_only=_REPORT_ONLY.value))
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """Registers this command's flags (done by `__main__` only, so importing defines none)."""
+  fv = dict(flag_values=flag_values)
+  flags.DEFINE_string("out", None, "Directory for the runs and results.md.", **fv)
+  flags.DEFINE_enum("preset", None, ["demo"],
+                    "Small-scale setup applied to every config (configs/default.py).", **fv)
+  flags.DEFINE_multi_string("set", [], "Config override KEY=VALUE (dotted key), repeatable; "
+                            "the older spelling of --config.KEY=VALUE.", **fv)
+  flags.DEFINE_bool("retrain", False, "Train again even where results exist.", **fv)
+  flags.DEFINE_bool("report_only", False, "Only tabulate existing results.", **fv)
+
+
+def split_config_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+  """`argv` without its `--config.KEY...` overrides, and those overrides as `--config.KEY=VALUE`.
+
+  absl knows no `--config.*` flags here (there is no single --config file), so they
+  are taken out before parsing. `--config.KEY VALUE` becomes `--config.KEY=VALUE`
+  unless the next argument starts with "-" or is a config file (`*.py`): then the
+  override is a boolean one, as `--config.KEY` / `--noconfig.KEY`.
+  """
+  rest, overrides, i = [], [], 0
+  while i < len(argv):
+    arg = argv[i]
+    i += 1
+    if arg == "--":
+      rest.extend(argv[i - 1:])
+      break
+    if not _CONFIG_OVERRIDE.match(arg):
+      rest.append(arg)
+      continue
+    follows = argv[i] if i < len(argv) else "-"
+    if "=" in arg or follows.startswith("-") or re.search(r"\.py(:|$)", follows):
+      overrides.append(arg)
+    else:
+      overrides.append(f"{arg}={follows}")
+      i += 1
+  return rest, overrides
+
+
+def run(flag_values: flags.FlagValues, paths: Sequence[str], config_args: Sequence[str]) -> int:
+  """Runs the sweep over the config files `paths`; returns the exit status."""
+  def command() -> int:
+    if not paths or not flag_values.out:
+      raise errors.UserError("Usage: python -m smd_jax.experiments --out DIR CONFIG.py "
+                             "[CONFIG.py ...] [--config.KEY=VALUE ...]")
+    try:  # a bad path or override: one line, before anything is written
+      sweep.prepare_configs(paths, flag_values.out, flag_values.preset, flag_values.set,
+                            config_args=config_args)
+    except (FileNotFoundError, KeyError, ValueError) as e:
+      message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)  # str() quotes it
+      raise errors.UserError(message) from None
+    print(sweep.run(paths, flag_values.out, preset=flag_values.preset,
+                    overrides=flag_values.set, config_args=config_args,
+                    retrain=flag_values.retrain, report_only=flag_values.report_only))
+    return 0
+
+  return cli.report_user_errors(command)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  """`python -m smd_jax.experiments`: absl flags, plus `--config.*` overrides for every config."""
+  rest, config_args = split_config_overrides(sys.argv if argv is None else argv)
+  cli.run_command(functools.partial(run, config_args=config_args), define_flags, argv=rest)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  main()

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from smd_jax import paper
+from smd_jax import cli, experiments, paper
 from smd_jax.evaluation import report, tables
 from smd_jax.training import sweep
 
@@ -28,6 +28,58 @@ def test_overrides_and_demo_preset_apply(tmp_path):
 def test_bad_overrides_raise(bad, error, tmp_path):
   with pytest.raises(error):
     sweep.prepare_config(os.path.join(CONFIGS, "unet_l1.py"), str(tmp_path), None, [bad])
+
+
+def _command_line(argv):
+  """experiments' parse of `argv` (without the program name), as `python -m` does it."""
+  rest, config_args = experiments.split_config_overrides(["experiments"] + argv)
+  flag_values, paths = cli.parse_argv(experiments.define_flags, rest[1:], usage="")
+  return flag_values, paths, config_args
+
+
+def test_config_flag_overrides_reach_every_config(tmp_path):
+  paths = [os.path.join(CONFIGS, name) for name in ("unet_l1.py", "unet_2head.py")]
+  flag_values, got_paths, config_args = _command_line(
+      ["--out", str(tmp_path), paths[0], "--config.num_train_steps=7", "--preset", "demo",
+       "--config.optimizer.learning_rate", "1", paths[1], "--noconfig.data.synthetic.enabled",
+       "--config.model.encoder=efficientnet_b2", "--set", "seed=3"])
+  assert got_paths == paths and flag_values.preset == "demo" and flag_values.set == ["seed=3"]
+  configs = sweep.prepare_configs(got_paths, flag_values.out, flag_values.preset,
+                                  flag_values.set, config_args=config_args)
+  assert list(configs) == ["unet_l1", "unet_2head"]
+  for config in configs.values():
+    assert config.num_train_steps == 7 and config.model.encoder == "efficientnet_b2"
+    # config_flags parses by the field's type: "1" for a float field is 1.0, a float.
+    assert config.optimizer.learning_rate == 1.0
+    assert isinstance(config.optimizer.learning_rate, float)
+    assert config.data.synthetic.enabled is False  # --noconfig.* after the demo preset's True
+    assert config.seed == 3 and config.data.resolution == 64  # --set and the preset kept
+
+
+@pytest.mark.parametrize("spelling", [["--config.num_train_steps=9"],
+                                      ["--config.num_train_steps", "9"],
+                                      ["--set", "num_train_steps=9"],
+                                      ["--set=num_train_steps=9"]])
+def test_config_flag_and_set_spellings_agree(spelling, tmp_path):
+  path = os.path.join(CONFIGS, "unet_l1.py")
+  flag_values, paths, config_args = _command_line(["--out", str(tmp_path)] + spelling + [path])
+  assert paths == [path]
+  config, = sweep.prepare_configs(paths, flag_values.out, None, flag_values.set,
+                                  config_args=config_args).values()
+  assert config.num_train_steps == 9
+
+
+@pytest.mark.parametrize("bad, match", [("--config.num_train_step=3", "no such config field"),
+                                        ("--config.num_train_steps=x", "num_train_steps"),
+                                        ("--config.num_train_steps", "num_train_steps")])
+def test_bad_config_flag_overrides_are_one_line_errors(bad, match, tmp_path, capsys):
+  path = os.path.join(CONFIGS, "unet_l1.py")
+  out = tmp_path / "runs"
+  flag_values, paths, config_args = _command_line(["--out", str(out), path, bad])
+  assert experiments.run(flag_values, paths, config_args) == 1
+  err = capsys.readouterr().err
+  assert err.startswith("error: ") and err.count("\n") == 1 and match in err, err
+  assert not out.exists()  # checked before anything is written
 
 
 def test_missing_config_file_is_reported(tmp_path):
