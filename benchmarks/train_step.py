@@ -16,6 +16,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from smd_jax import cli
 from smd_jax.training import data_parallel, steps as steps_lib
 
 
@@ -70,4 +71,4 @@ def main(argv):
 
 if __name__ == "__main__":
   sys.path.insert(0, ".")  # configs/ imports `configs.base`
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)  # one-line errors for bad flags
