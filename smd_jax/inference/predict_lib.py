@@ -36,6 +36,7 @@ from absl import logging
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from smd_jax import semantics
+from smd_jax.errors import UserError
 from smd_jax.evaluation import figures, passes
 from smd_jax.inference import trained_run
 from tfds_hypersim import processing
@@ -52,11 +53,11 @@ def list_inputs(path: str, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list
   if os.path.isfile(path):
     return [path]
   if not os.path.isdir(path):
-    raise trained_run.UserError(f"No such file or folder: {path}.")
+    raise UserError(f"No such file or folder: {path}.")
   found = sorted(os.path.join(path, f) for f in os.listdir(path)
                  if f.lower().endswith(tuple(extensions)) and not f.startswith("."))
   if not found:
-    raise trained_run.UserError(f"No {'/'.join(e[1:].upper() for e in extensions)} file in {path}.")
+    raise UserError(f"No {'/'.join(e[1:].upper() for e in extensions)} file in {path}.")
   return found
 
 
@@ -68,7 +69,7 @@ def image_size(path: str) -> tuple[int, int]:
       if image.getexif().get(_EXIF_ORIENTATION) in (5, 6, 7, 8):  # rotated by 90 degrees
         w, h = h, w
   except (UnidentifiedImageError, OSError, ValueError) as e:
-    raise trained_run.UserError(f"Cannot read image {path}: {_reason(e)}") from e
+    raise UserError(f"Cannot read image {path}: {_reason(e)}") from e
   return h, w
 
 
@@ -84,7 +85,7 @@ def read_image(path: str) -> np.ndarray:
       image = ImageOps.exif_transpose(image)
       return np.asarray(image.convert("RGB"))
   except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-    raise trained_run.UserError(f"Cannot read image {path}: {_reason(e)}") from e
+    raise UserError(f"Cannot read image {path}: {_reason(e)}") from e
 
 
 def read_semantic(path: str, size: tuple[int, int], image_path: str = "") -> np.ndarray:
@@ -99,24 +100,24 @@ def read_semantic(path: str, size: tuple[int, int], image_path: str = "") -> np.
     else:
       with Image.open(path) as image:
         if image.mode not in ("L", "P", "I", "I;16", "I;16B", "I;16L"):
-          raise trained_run.UserError(
+          raise UserError(
               f"Semantic map {path} is a {image.mode} image; it must hold one channel of "
               "NYU40 ids (grey values 1..40, 0 = unlabelled).")
         labels = np.asarray(image)
   except (UnidentifiedImageError, OSError, ValueError) as e:
-    raise trained_run.UserError(f"Cannot read semantic map {path}: {_reason(e)}") from e
+    raise UserError(f"Cannot read semantic map {path}: {_reason(e)}") from e
   if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
-    raise trained_run.UserError(f"Semantic map {path} must be a 2-D integer label map, not "
-                            f"{labels.dtype} of shape {labels.shape}.")
+    raise UserError(f"Semantic map {path} must be a 2-D integer label map, not "
+                    f"{labels.dtype} of shape {labels.shape}.")
   if tuple(labels.shape) != tuple(size):
-    raise trained_run.UserError(
+    raise UserError(
         f"Semantic map {path} is {labels.shape[0]}x{labels.shape[1]} (HxW) but the image"
         f"{' ' + image_path if image_path else ''} is {size[0]}x{size[1]}.")
   labels = labels.astype(np.int64)
   low = -1 if path.lower().endswith(".npy") else 0
   bad = (labels < low) | (labels > semantics.NUM_NYU40_CLASSES)
   if bad.any():
-    raise trained_run.UserError(
+    raise UserError(
         f"Semantic map {path} has labels outside {low}..{semantics.NUM_NYU40_CLASSES} "
         f"(found {int(labels[bad].min())}..{int(labels[bad].max())}); expected NYU40 ids "
         "1..40 with 0 (or -1 in .npy) = unlabelled.")
@@ -205,7 +206,7 @@ def load_predictor(workdir: str, *, checkpoint: str | int = "latest",
   is rounded up to a multiple of the device count.
   """
   if jax.process_count() > 1:
-    raise trained_run.UserError("Prediction runs in one process (on all its devices).")
+    raise UserError("Prediction runs in one process (on all its devices).")
   loaded = trained_run.load(workdir, checkpoint=checkpoint, mesh=mesh)
   devices = loaded.mesh.devices.size
   size = int(batch_size or loaded.config.eval_batch_size)
@@ -243,11 +244,11 @@ def _semantic_paths(images: Sequence[str], semantic: str) -> list[str]:
   """The label map of each image: `semantic` itself for one image, else by file stem."""
   if os.path.isfile(semantic):
     if len(images) > 1:
-      raise trained_run.UserError(f"--semantic {semantic} is one file for {len(images)} images; "
-                              "give a folder of label maps named like the images.")
+      raise UserError(f"--semantic {semantic} is one file for {len(images)} images; "
+                      "give a folder of label maps named like the images.")
     return [semantic]
   if not os.path.isdir(semantic):
-    raise trained_run.UserError(f"No such semantic map file or folder: {semantic}.")
+    raise UserError(f"No such semantic map file or folder: {semantic}.")
   by_stem = {}
   for f in sorted(os.listdir(semantic)):
     stem, ext = os.path.splitext(f)
@@ -258,8 +259,8 @@ def _semantic_paths(images: Sequence[str], semantic: str) -> list[str]:
   for image in images:
     stem = os.path.splitext(os.path.basename(image))[0]
     if stem not in by_stem:
-      raise trained_run.UserError(f"No semantic map for {image} in {semantic} (expected "
-                              f"{stem}.png or {stem}.npy).")
+      raise UserError(f"No semantic map for {image} in {semantic} (expected "
+                      f"{stem}.png or {stem}.npy).")
     out.append(by_stem[stem])
   return out
 
@@ -269,7 +270,7 @@ def _stems(paths: Sequence[str]) -> list[str]:
   seen = {}
   for p, s in zip(paths, stems):
     if s in seen:
-      raise trained_run.UserError(f"{seen[s]} and {p} would write the same output files ({s}_*).")
+      raise UserError(f"{seen[s]} and {p} would write the same output files ({s}_*).")
     seen[s] = p
   return stems
 
@@ -284,48 +285,76 @@ def _batches(order: list[int], keys: list[Any], size: int) -> Iterable[list[int]
       yield members[start:start + size]
 
 
-def predict_files(workdir: str, inputs: str, out_dir: str, *, checkpoint: str | int = "latest",
-                  semantic: str | None = None, semantic_workdir: str | None = None,
-                  semantic_checkpoint: str | int = "latest", batch_size: int | None = None,
-                  write_npy: bool = False, progress: bool = False) -> dict[str, list[str]]:
-  """Predicts depth for a photo or a folder of photos; returns {input path: written files}.
-
-  Every input is checked (readable image, label map present, right size and
-  range) before anything is predicted or written.
-  """
+def _check_inputs(inputs: str, out_dir: str) -> tuple[list[str], list[str], list[tuple[int, int]]]:
+  """(image paths, output stems, (H, W) sizes) of the photos in `inputs`; UserError for an
+  unreadable image, two photos with one stem, or an `out_dir` that is a file."""
   images = list_inputs(inputs)
   stems = _stems(images)
   sizes = [image_size(p) for p in images]
   if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-    raise trained_run.UserError(f"--out {out_dir} exists and is not a folder.")
-  predictor = load_predictor(workdir, checkpoint=checkpoint, batch_size=batch_size,
-                             num_inputs=len(images))
+    raise UserError(f"--out {out_dir} exists and is not a folder.")
+  return images, stems, sizes
+
+
+def _check_semantic_source(predictor: Predictor, workdir: str, semantic: str | None,
+                           semantic_workdir: str | None) -> None:
+  """UserError unless the label maps come from exactly the source the model needs: none for
+  an RGB model, `semantic` or `semantic_workdir` for one that takes semantics."""
   if semantic and semantic_workdir:
-    raise trained_run.UserError("Give --semantic or --semantic_workdir, not both.")
+    raise UserError("Give --semantic or --semantic_workdir, not both.")
   if (semantic or semantic_workdir) and not predictor.takes_semantics:
-    raise trained_run.UserError(f"The model in {workdir} takes no semantic input (semantic_transform "
-                            "'none'); leave out --semantic / --semantic_workdir.")
+    raise UserError(f"The model in {workdir} takes no semantic input (semantic_transform "
+                    "'none'); leave out --semantic / --semantic_workdir.")
   if predictor.takes_semantics and not (semantic or semantic_workdir):
-    raise trained_run.UserError(
+    raise UserError(
         f"The model in {workdir} takes a semantic input (semantic_transform "
         f"'{predictor.loaded.config.semantic_transform}'): pass --semantic LABELS (PNG/NPY "
         "NYU40 label maps) or --semantic_workdir RUN (a model with a semantic head, run first).")
-  label_paths = _semantic_paths(images, semantic) if semantic else None
-  if label_paths:  # checked up front: sizes and label ranges
-    for image, path, size in zip(images, label_paths, sizes):
-      read_semantic(path, size, image)
-  first_stage = None
-  if semantic_workdir:
-    first_stage = load_predictor(semantic_workdir, checkpoint=semantic_checkpoint,
-                                 batch_size=batch_size, num_inputs=len(images))
-    if not first_stage.semantic_head:
-      raise trained_run.UserError(f"The model in {semantic_workdir} has no semantic head to predict "
-                              "label maps with (e.g. use a 2-head run).")
-    if first_stage.takes_semantics:
-      raise trained_run.UserError(f"The model in {semantic_workdir} itself takes a semantic input; "
-                              "two-stage inference needs an RGB-only model with a semantic head.")
-  os.makedirs(out_dir, exist_ok=True)
 
+
+def _checked_label_maps(images: Sequence[str], sizes: Sequence[tuple[int, int]],
+                        semantic: str) -> list[str]:
+  """The label map of each image, each read once up front to check its size and labels."""
+  label_paths = _semantic_paths(images, semantic)
+  for image, path, size in zip(images, label_paths, sizes):
+    read_semantic(path, size, image)
+  return label_paths
+
+
+def _load_first_stage(semantic_workdir: str, checkpoint: str | int, batch_size: int | None,
+                      num_inputs: int) -> Predictor:
+  """The two-stage setup's first model, which predicts the label maps the second takes:
+  UserError unless it is RGB-only and has a semantic head."""
+  first_stage = load_predictor(semantic_workdir, checkpoint=checkpoint, batch_size=batch_size,
+                               num_inputs=num_inputs)
+  if not first_stage.semantic_head:
+    raise UserError(f"The model in {semantic_workdir} has no semantic head to predict "
+                    "label maps with (e.g. use a 2-head run).")
+  if first_stage.takes_semantics:
+    raise UserError(f"The model in {semantic_workdir} itself takes a semantic input; "
+                    "two-stage inference needs an RGB-only model with a semantic head.")
+  return first_stage
+
+
+def _batch_labels(chunk: Sequence[int], pixels: Sequence[np.ndarray], images: Sequence[str],
+                  sizes: Sequence[tuple[int, int]], label_paths: Sequence[str] | None,
+                  first_stage: Predictor | None):
+  """(label maps [H,W] int16 of the photos in `chunk`, the first stage's predictions): read
+  from `label_paths`, else predicted by `first_stage`; (None, None) for an RGB model."""
+  if label_paths:
+    return [read_semantic(label_paths[i], sizes[i], images[i]) for i in chunk], None
+  if first_stage is not None:
+    stage_one = first_stage(pixels)
+    return [r["semantic"] for r in stage_one], stage_one
+  return None, None
+
+
+def _predict_in_batches(predictor: Predictor, first_stage: Predictor | None,
+                        images: Sequence[str], stems: Sequence[str],
+                        sizes: Sequence[tuple[int, int]], label_paths: Sequence[str] | None,
+                        out_dir: str, *, write_npy: bool, progress: bool
+                        ) -> dict[str, list[str]]:
+  """Predicts and writes every photo, batched by network shape; {image path: written files}."""
   bar = None
   if progress:
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
@@ -337,12 +366,7 @@ def predict_files(workdir: str, inputs: str, out_dir: str, *, checkpoint: str | 
   size = min(predictor.batch_size, first_stage.batch_size if first_stage else predictor.batch_size)
   for chunk in _batches(list(range(len(images))), keys, size):
     pixels = [read_image(images[i]) for i in chunk]
-    labels, stage_one = None, None
-    if label_paths:
-      labels = [read_semantic(label_paths[i], sizes[i], images[i]) for i in chunk]
-    elif first_stage is not None:
-      stage_one = first_stage(pixels)
-      labels = [r["semantic"] for r in stage_one]
+    labels, stage_one = _batch_labels(chunk, pixels, images, sizes, label_paths, first_stage)
     results = predictor(pixels, labels)
     for j, i in enumerate(chunk):
       if "semantic" not in results[j] and stage_one is not None:
@@ -352,5 +376,29 @@ def predict_files(workdir: str, inputs: str, out_dir: str, *, checkpoint: str | 
       bar.update(len(chunk))
   if bar is not None:
     bar.close()
+  return written
+
+
+def predict_files(workdir: str, inputs: str, out_dir: str, *, checkpoint: str | int = "latest",
+                  semantic: str | None = None, semantic_workdir: str | None = None,
+                  semantic_checkpoint: str | int = "latest", batch_size: int | None = None,
+                  write_npy: bool = False, progress: bool = False) -> dict[str, list[str]]:
+  """Predicts depth for a photo or a folder of photos; returns {input path: written files}.
+
+  Every input is checked (readable image, label map present, right size and
+  range) before anything is predicted or written.
+  """
+  images, stems, sizes = _check_inputs(inputs, out_dir)
+  predictor = load_predictor(workdir, checkpoint=checkpoint, batch_size=batch_size,
+                             num_inputs=len(images))
+  _check_semantic_source(predictor, workdir, semantic, semantic_workdir)
+  label_paths = _checked_label_maps(images, sizes, semantic) if semantic else None
+  first_stage = None
+  if semantic_workdir:
+    first_stage = _load_first_stage(semantic_workdir, semantic_checkpoint, batch_size,
+                                    len(images))
+  os.makedirs(out_dir, exist_ok=True)
+  written = _predict_in_batches(predictor, first_stage, images, stems, sizes, label_paths,
+                                out_dir, write_npy=write_npy, progress=progress)
   logging.info("Wrote depth for %d image(s) to %s.", len(images), out_dir)
   return written
