@@ -14,13 +14,16 @@ The second prints one table over several workdirs from their latest results
 
 from __future__ import annotations
 
+import os
 import sys
 
+import jax
 from absl import flags
 from ml_collections import config_flags
 
-from smd_jax import cli, errors
+from smd_jax import cli, errors, validation
 from smd_jax.evaluation import report
+from smd_jax.inference import trained_run
 
 
 def define_flags(flag_values=flags.FLAGS) -> None:
@@ -60,8 +63,13 @@ def run(fv, args) -> int:
                              "--compare).")
     if not fv.workdir:
       raise errors.UserError("--workdir is required.")
+    config = cli.config_value(fv["config"], sys.argv)
+    validation.validate_config(
+        trained_run.load_config(fv.workdir, config), command="evaluate", workdir=fv.workdir,
+        num_devices=jax.device_count(), eval_batch_size=fv.batch_size,
+        source="--config" if config is not None else os.path.join(fv.workdir, "config.json"))
     result = report.evaluate_workdir(
-        fv.workdir, config=cli.config_value(fv["config"], sys.argv), checkpoint=fv.checkpoint, split=fv.split,
+        fv.workdir, config=config, checkpoint=fv.checkpoint, split=fv.split,
         batch_size=fv.batch_size, max_examples=fv.max_examples, per_image=fv.per_image,
         num_images=fv.num_images, progress=True)
     print(result.table)

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 from absl import flags
 
-from smd_jax import cli, errors
-from smd_jax.inference import predict_lib
+import os
+
+from smd_jax import cli, errors, validation
+from smd_jax.inference import predict_lib, trained_run
 
 
 def define_flags(flag_values=flags.FLAGS) -> None:
@@ -51,6 +53,9 @@ def run(fv, args) -> int:
     missing = [f"--{name}" for name in ("workdir", "input", "out") if not fv[name].value]
     if missing:
       raise errors.UserError(f"{', '.join(missing)} required.")
+    for workdir in filter(None, (fv.workdir, fv.semantic_workdir)):  # before any output
+      validation.validate_config(trained_run.load_config(workdir), command="predict",
+                                 workdir=workdir, source=os.path.join(workdir, "config.json"))
     written = predict_lib.predict_files(
         fv.workdir, fv.input, fv.out, checkpoint=fv.checkpoint, semantic=fv.semantic,
         semantic_workdir=fv.semantic_workdir, semantic_checkpoint=fv.semantic_checkpoint,

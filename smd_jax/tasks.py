@@ -38,6 +38,8 @@ class DepthTask:
   """
 
   max_depth: float = 15.0
+  # Channels of the head this task reads (config `model.heads.<task>.num_outputs`).
+  num_outputs = 1
 
   def valid(self, batch):
     depth = batch["depth"]
@@ -71,6 +73,8 @@ def example_mask(batch, shape) -> jax.Array:
 @dataclasses.dataclass(frozen=True)
 class ClassificationTask:
   """Shared part of the per-pixel classification tasks: logits [B,H,W,C] vs int targets."""
+
+  num_outputs = 2  # C of the head: two classes (edge or not) unless a task says otherwise
 
   def targets(self, batch) -> tuple[jax.Array, jax.Array]:
     raise NotImplementedError
@@ -112,6 +116,10 @@ class SemanticTask(ClassificationTask):
 
   num_classes: int = semantics.NUM_NYU40_CLASSES
   class_order: str = "nyu_id"
+
+  @property
+  def num_outputs(self) -> int:
+    return self.num_classes
 
   def __post_init__(self):
     if self.class_order not in CLASS_ORDERS:

@@ -15,10 +15,11 @@ saved at the next step and the same command resumes); 1 with a one-line
 
 import sys
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from smd_jax import cli
+from smd_jax import cli, validation
 from smd_jax.training import multihost, trainer
 
 
@@ -38,6 +39,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 def run(config, workdir: str) -> int:
   multihost.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                          auto=_JAX_DISTRIBUTED.value)
+  # Every field and path checked before any data are made or anything is written.
+  validation.validate_config(config, command="train", workdir=workdir,
+                             num_devices=jax.device_count())
   results = trainer.train_and_evaluate(config, workdir)
   if results.get("preempted"):
     print(f"Preempted at step {results['step']}: checkpoint saved; run the same command to "

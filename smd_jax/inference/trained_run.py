@@ -37,9 +37,14 @@ def load_config(workdir: str, config: Any = None):
                     "pass --config CONFIG.py.")
   try:
     with open(path) as f:
-      return ml_collections.ConfigDict(json.load(f))
-  except (OSError, ValueError) as e:
-    raise UserError(f"Cannot read {path}: {e}") from e
+      fields = json.load(f)
+  except (OSError, ValueError) as e:  # unreadable, cut short, not JSON
+    raise UserError(f"Cannot read {path}: {str(e).splitlines()[0]}; it is damaged: pass "
+                    "--config CONFIG.py (the file the run was trained with).") from e
+  if not isinstance(fields, dict):
+    raise UserError(f"{path} holds a {type(fields).__name__}, not the config's fields; it is "
+                    "damaged: pass --config CONFIG.py (the file the run was trained with).")
+  return ml_collections.ConfigDict(fields)
 
 
 def parse_checkpoint(which: str | int) -> str | int:

@@ -449,13 +449,17 @@ def upsample_nearest_2x(x: jax.Array) -> jax.Array:
   return x.reshape(b, 2 * h, 2 * w, c)
 
 
+# Compute dtypes by config name (`model.dtype`); parameters stay float32 whatever is chosen.
+DTYPES: dict[str, Dtype] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16,
+                            "float16": jnp.float16}
+
+
 def canonical_dtype(dtype: str | Dtype | None) -> Dtype | None:
   """'float32' | 'bfloat16' | 'float16' | a numpy/jnp dtype | None -> jnp dtype or None."""
   if dtype is None:
     return None
   if isinstance(dtype, str):
-    known = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-    if dtype not in known:
-      raise ValueError(f"Unknown dtype {dtype!r}; known: {sorted(known)}")
-    return known[dtype]
+    if dtype not in DTYPES:
+      raise ValueError(f"Unknown dtype {dtype!r}; known: {sorted(DTYPES)}")
+    return DTYPES[dtype]
   return jnp.dtype(dtype).type

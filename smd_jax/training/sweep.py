@@ -18,7 +18,7 @@ from typing import Sequence
 from absl import flags, logging
 from ml_collections import config_flags
 
-from smd_jax import output_files
+from smd_jax import output_files, validation
 from smd_jax.evaluation import report, tables
 from smd_jax.training import trainer
 
@@ -100,9 +100,15 @@ def prepare_config(path: str, out: str, preset: str | None, overrides: Sequence[
 
 def prepare_configs(paths: Sequence[str], out: str, preset: str | None,
                     overrides: Sequence[str], config_args: Sequence[str] = ()) -> dict:
-  """Config name -> prepared config, all parsed first: a typo fails before hours of training."""
-  return {os.path.splitext(os.path.basename(p))[0]:
-          prepare_config(p, out, preset, overrides, config_args) for p in paths}
+  """Config name -> prepared config, all parsed and validated first (`validation`): a typo
+  fails before hours of training, as one `UserError`."""
+  import jax  # pylint: disable=g-import-not-at-top
+  configs = {os.path.splitext(os.path.basename(p))[0]:
+             prepare_config(p, out, preset, overrides, config_args) for p in paths}
+  for (name, config), path in zip(configs.items(), paths):
+    validation.validate_config(config, command="experiments", workdir=os.path.join(out, name),
+                               num_devices=jax.device_count(), source=path)
+  return configs
 
 
 def run(paths: Sequence[str], out: str, *, preset: str | None = None,
