@@ -46,11 +46,14 @@ def get_config() -> config_dict.ConfigDict:
       # STEM_INITS): "encoder" (its own init) or "torch_uniform" (the authors').
       stem_init="encoder",
   ))
-  # Converted PyTorch weights to start from (a directory written by
-  # `python -m smd_jax.convert`, e.g. timm's ImageNet efficientnet_b4 encoder: the
-  # paper's setting). Loaded only when the workdir has no checkpoint yet; None: the
-  # models' own random init.
+  # Weights to start from, loaded only when the workdir has no checkpoint yet:
+  # "imagenet" = the ImageNet weights the authors used for model.encoder (timm 0.9.2's
+  # default tag on the Hugging Face Hub, smd_jax/convert/hub.py DEFAULT_WEIGHTS: the
+  # paper's setting; downloaded and converted once, then cached), a Hub id
+  # org/name[@revision], or a directory written by `python -m smd_jax.convert`.
+  # "" or None (--config.init_from=): the models' own random init.
   config.init_from = config_dict.placeholder(str)
+  config.init_from = "imagenet"
   # Name of the semantic input transform (smd_jax/semantics.py); "none" = RGB only.
   config.semantic_transform = "none"
   # Per task: kind (smd_jax/tasks.py TASKS; default: the task's name), loss name and

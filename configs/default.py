@@ -11,6 +11,7 @@ from configs import base
 
 def demo_settings(config):
   """Shrinks a paper config to the demo's data and schedule (same model and losses)."""
+  config.init_from = ""  # from scratch: the demo needs no network (no ImageNet weights)
   config.data.resolution = 64
   config.data.num_threads = 2
   config.data.num_workers = 0  # threads outpace the demo's CPU steps; workers only add start-up

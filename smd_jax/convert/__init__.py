@@ -4,6 +4,7 @@ Command line (writes an Orbax checkpoint that ``config.init_from`` loads)::
 
     python -m smd_jax.convert --from timm --arch efficientnet_b4 model.safetensors --out DIR
     python -m smd_jax.convert --from semantic_md weights.pth --out DIR
+    python -m smd_jax.convert --from timm timm/efficientnet_b4.ra2_in1k   # Hub -> cache
 
 Library::
 
@@ -12,14 +13,17 @@ Library::
     encoder, report, arch = convert.convert_encoder(state_dict, 'efficientnet_b4')
     model, report, model_config = convert.convert_model(state_dict, source='smp')
     convert.load_pretrained(model, 'DIR')                        # what init_from does
+    convert.hub.fetch('timm/efficientnet_b4.ra2_in1k').directory  # Hub id -> cached DIR
 
 Modules: `names` (state-dict names -> our paths per source), `core` (layout
 transforms, checks, writes), `io` (reading .safetensors / .pth, the converted
 checkpoint format), `converters` (per source; model inference; init_from),
+`hub` (Hugging Face Hub ids: download, convert, cache; the authors' default weights),
 `reference` and `fidelity` (the optional PyTorch reference and the numerical
 comparison against it; need the torch extra).
 """
 
+from smd_jax.convert import hub
 from smd_jax.convert.converters import (ENCODER_SOURCES, MODEL_SOURCES, SOURCES,
                                         convert_encoder, convert_model, infer_arch,
                                         infer_model_config, load_pretrained,
@@ -32,7 +36,7 @@ from smd_jax.convert.names import SEMANTIC_MD_TASKS
 __all__ = [
     "AssignReport", "ConversionError", "Converted", "ENCODER_SOURCES", "MODEL_SOURCES",
     "SEMANTIC_MD_TASKS", "SOURCES", "assign", "convert_encoder", "convert_model",
-    "convert_state_dict", "infer_arch", "infer_model_config", "load_converted",
+    "convert_state_dict", "hub", "infer_arch", "infer_model_config", "load_converted",
     "load_pretrained", "load_state_dict", "maybe_init_from", "name_map", "read_state_dict",
     "save_converted", "stem_path",
 ]

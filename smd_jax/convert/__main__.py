@@ -11,6 +11,12 @@
     # off the weights; --arch is inferred when left out):
     python -m smd_jax.convert --from semantic_md weights.pth --out DIR
     python -m smd_jax.convert --from semantic_md weights.pth --task sobel=depth_edges --out DIR
+    # A Hugging Face Hub model id (org/name[@revision]) in place of the file: its
+    # model.safetensors is downloaded through huggingface_hub. Without --out it is
+    # converted into the cache that config.init_from=<id> reads (smd_jax/convert/hub.py):
+    # pre-fetch once, then train with HF_HUB_OFFLINE=1.
+    python -m smd_jax.convert --from timm timm/efficientnet_b4.ra2_in1k
+    python -m smd_jax.convert --from timm timm/efficientnet_b4.ra2_in1k@main --out DIR
 
 Writes ``DIR/state`` (Orbax) and ``DIR/smd_jax_convert.json`` and prints what was
 loaded and what was ignored. Exit status 1 with the list of problems when the
@@ -31,7 +37,7 @@ import jax
 from absl import flags
 
 from smd_jax import cli
-from smd_jax.convert import converters, io
+from smd_jax.convert import converters, hub, io
 from smd_jax.convert.core import ConversionError, dotted
 from smd_jax.errors import UserError
 from smd_jax.models import registry
@@ -47,6 +53,7 @@ class Request:
   in_channels: int | None = None
   task: Sequence[str] = ()
   seed: int = 0
+  hub: dict | None = None  # where a Hub download came from (repo_id, revision, commit)
 
 
 def define_flags(flag_values: flags.FlagValues) -> None:
@@ -56,7 +63,8 @@ def define_flags(flag_values: flags.FlagValues) -> None:
   flags.DEFINE_enum("arch", None, sorted(registry.ENCODERS),
                     "The encoder (inferred from the shapes when left out).",
                     flag_values=flag_values)
-  flags.DEFINE_string("out", None, "Output directory.", flag_values=flag_values)
+  flags.DEFINE_string("out", None, "Output directory (for a Hub id, default: the converted "
+                      "cache config.init_from reads).", flag_values=flag_values)
   flags.DEFINE_integer("in_channels", None, "Encoder sources: input channels of the first conv "
                        "(3 + k); the RGB filters are kept, new ones get the encoder init "
                        "(--seed).", flag_values=flag_values)
@@ -65,7 +73,7 @@ def define_flags(flag_values: flags.FlagValues) -> None:
                             "contours, sobel=depth_edges).", flag_values=flag_values)
   flags.DEFINE_integer("seed", 0, "Init of what the weights do not cover (new input channels).",
                        flag_values=flag_values)
-  flags.mark_flags_as_required(["from", "out"], flag_values=flag_values)
+  flags.mark_flags_as_required(["from"], flag_values=flag_values)
   cli.define_hyphen_aliases(flag_values)
 
 
@@ -85,6 +93,8 @@ def convert(request: Request) -> dict:
   common = {"source": request.source, "input": os.path.abspath(request.weights),
             "sha256": io.sha256(request.weights),
             "versions": {"jax": jax.__version__, "flax": flax.__version__}}
+  if request.hub:
+    common["hub"] = dict(request.hub)
   if request.source in converters.ENCODER_SOURCES:
     in_channels = request.in_channels or 3
     encoder, report, arch = converters.convert_encoder(
@@ -96,7 +106,8 @@ def convert(request: Request) -> dict:
     if request.in_channels is not None:
       raise UserError("--in_channels is for encoder sources; whole models keep theirs.")
     model, report, model_config = converters.convert_model(
-        state_dict, request.arch, source=request.source, tasks=_tasks(request.task), seed=request.seed)
+        state_dict, request.arch, source=request.source, tasks=_tasks(request.task),
+        seed=request.seed)
     arrays = converters.arrays_of(model, report.loaded)
     meta = {**common, "arch": model_config["encoder"], "scope": "model",
             "in_channels": model_config["in_channels"],
@@ -113,9 +124,22 @@ def run(flag_values: flags.FlagValues, args: Sequence[str]) -> int:
   if len(args) != 1:
     raise UserError(f"Expected one weights file, got {len(args)} ({' '.join(args) or 'none'}): "
                     "python -m smd_jax.convert --from timm WEIGHTS --out DIR.")
-  request = Request(weights=args[0], source=flag_values["from"].value, out=flag_values.out,
+  hub_id = hub.parse_hub_id(args[0])
+  if hub_id is not None and flag_values.out is None:
+    return _prefetch(flag_values, hub_id)
+  if flag_values.out is None:
+    raise UserError(f"--out DIR is needed to convert {args[0]} (a Hub id org/name[@revision] "
+                    "without --out fills the init_from cache instead).")
+  weights, provenance = args[0], None
+  if hub_id is not None:
+    weights = hub.download(hub_id)
+    provenance = {"repo_id": hub_id.repo_id,
+                  "revision": hub_id.revision or hub.DEFAULT_REVISION,
+                  "commit": os.path.basename(os.path.dirname(weights)),
+                  "filename": hub.WEIGHTS_FILE}
+  request = Request(weights=weights, source=flag_values["from"].value, out=flag_values.out,
                     arch=flag_values.arch, in_channels=flag_values.in_channels,
-                    task=flag_values.task, seed=flag_values.seed)
+                    task=flag_values.task, seed=flag_values.seed, hub=provenance)
   try:
     meta = convert(request)
   except (ConversionError, ValueError, ImportError, FileNotFoundError) as e:
@@ -134,6 +158,19 @@ def run(flag_values: flags.FlagValues, args: Sequence[str]) -> int:
   if ignored:
     shown = ", ".join(ignored[:8]) + (f" (+{len(ignored) - 8} more)" if len(ignored) > 8 else "")
     print(f"  ignored {len(ignored)}: {shown}")
+  return 0
+
+
+def _prefetch(flag_values: flags.FlagValues, hub_id: hub.HubId) -> int:
+  """A Hub id without --out: download and convert into the cache `hub.fetch` reads."""
+  if flag_values["from"].value not in converters.ENCODER_SOURCES or flag_values.in_channels:
+    raise UserError("Without --out a Hub id is converted into the init_from cache, which holds "
+                    "ImageNet encoders (--from timm, 3 input channels; init_from widens the "
+                    "stem): pass --out DIR for other conversions.")
+  fetched = hub.fetch(hub_id, expect_arch=flag_values.arch)
+  print(f"{hub_id} -> {fetched.arch} at commit {fetched.commit} "
+        f"({'downloaded and converted' if fetched.downloaded else 'already cached'}): "
+        f"{fetched.directory}")
   return 0
 
 

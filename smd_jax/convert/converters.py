@@ -22,18 +22,23 @@ from typing import Any, Mapping, Sequence
 
 import ml_collections
 from absl import logging
+import jax
 import numpy as np
 from flax import nnx
 
+from smd_jax import output_files
 from smd_jax.convert import io, names
 from smd_jax.convert.core import (AssignReport, ConversionError, Converted, Path, assign,
                                   convert_state_dict, dotted, model_variables, stem_path)
+from smd_jax.errors import UserError
 from smd_jax.models import registry
 from smd_jax.models.model import RGB_CHANNELS
 
 ENCODER_SOURCES = ("timm", "torchvision")
 MODEL_SOURCES = ("smp", "semantic_md")
 SOURCES = ENCODER_SOURCES + MODEL_SOURCES
+# What `maybe_init_from` loaded, next to the run's config.json.
+INIT_FROM_FILE = "init_from.json"
 
 
 def name_map(source: str, arch: str | None = None,
@@ -223,15 +228,33 @@ def load_pretrained(model: nnx.Module, directory: str, *, encoder: str | None = 
 def maybe_init_from(model: nnx.Module, config, workdir: str) -> AssignReport | None:
   """`load_pretrained` of ``config.init_from`` into ``model``, when it is set and
   ``workdir`` holds no checkpoint yet (a run that has one resumes from it instead).
-  Returns the report, or None when nothing was loaded."""
-  directory = config.get("init_from")
-  if not directory:
+
+  ``init_from`` is a converted directory, a Hub model id ``org/name[@revision]``, or
+  ``imagenet`` (the authors' weights for ``config.model.encoder``, `hub.DEFAULT_WEIGHTS`);
+  Hub weights are downloaded, converted and cached on first use (`hub.fetch`). What was
+  loaded (for Hub ids: repository, resolved commit, file sha256) goes to
+  ``<workdir>/init_from.json``. Returns the report, or None when nothing was loaded."""
+  value = config.get("init_from")
+  if not value:
     return None
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   checkpoints = os.path.join(os.path.abspath(workdir), "checkpoints")  # checkpoints.Checkpointer
   if os.path.isdir(checkpoints) and ocp.utils.checkpoint_steps(checkpoints):
-    logging.info("%s has checkpoints: resuming, not loading init_from %s", workdir, directory)
+    logging.info("%s has checkpoints: resuming, not loading init_from %s", workdir, value)
     return None
-  report = load_pretrained(model, directory, encoder=config.model.get("encoder"))
-  logging.info("Initialised from %s: %s.", directory, report.summary())
+  from smd_jax.convert import hub  # pylint: disable=g-import-not-at-top
+  encoder = config.model.get("encoder")
+  directory, fetched = hub.resolve(value, encoder)
+  try:
+    report = load_pretrained(model, directory, encoder=encoder)
+  except (ConversionError, FileNotFoundError, ValueError) as e:
+    raise UserError(f"init_from {value}: {e}") from e
+  logging.info("Initialised from %s%s: %s.", value,
+               f" ({fetched.repo_id}@{fetched.commit})" if fetched else "", report.summary())
+  if jax.process_index() == 0:
+    record = {"init_from": value, "directory": os.path.abspath(directory),
+              "arch": io.read_metadata(directory).get("arch"),
+              "widened": dotted(report.widened) if report.widened else None,
+              "hub": fetched.provenance() if fetched else None}
+    output_files.write_json(os.path.join(workdir, INIT_FROM_FILE), record)
   return report

@@ -39,9 +39,10 @@ import flax
 import jax
 
 from smd_jax import output_files
-from smd_jax.convert import io
-from smd_jax.convert.core import ConversionError
+from smd_jax.convert import io, names
+from smd_jax.convert.core import ConversionError, convert_state_dict
 from smd_jax.errors import UserError
+from smd_jax.models import registry
 
 WEIGHTS_FILE = "model.safetensors"
 DEFAULT_REVISION = "main"
@@ -251,6 +252,22 @@ def _check_arch(arch: str, expect: str | None, hub_id: HubId) -> None:
                     f"{hub_id} holds {arch} weights, but the model's encoder is {expect}.")
 
 
+def _fits(state_dict: Mapping[str, Any], arch: str | None) -> bool:
+  """Whether ``state_dict`` (timm names) has exactly the variables of encoder ``arch``."""
+  from smd_jax.convert import converters  # pylint: disable=g-import-not-at-top
+  try:
+    arrays = convert_state_dict(state_dict, names.timm_encoder(arch)).sub(("encoder",)).arrays
+  except (ValueError, TypeError):  # no arch, or one without a timm name map
+    return False
+  if arch not in registry.ENCODERS:
+    return False
+  stem = arrays.get((names.STEM[names.family(arch)], "kernel"))
+  if stem is None:
+    return False
+  want = converters._encoder_shapes(arch, stem.shape[2])  # pylint: disable=protected-access
+  return want == {p: tuple(a.shape) for p, a in arrays.items()}
+
+
 def convert_file(weights: str, out_dir: str, extra: Mapping[str, Any] | None = None, *,
                  expect_arch: str | None = None, label: str | None = None) -> dict[str, Any]:
   """A timm ImageNet ``weights`` file (.safetensors) -> the encoder's converted checkpoint
@@ -262,7 +279,9 @@ def convert_file(weights: str, out_dir: str, extra: Mapping[str, Any] | None = N
   label = label or weights
   try:
     state_dict = io.read_state_dict(weights)
-    encoder, report, arch = converters.convert_encoder(state_dict, None, source="timm")
+    # The expected encoder first: one abstract model instead of trying every registered one.
+    arch = expect_arch if _fits(state_dict, expect_arch) else None
+    encoder, report, arch = converters.convert_encoder(state_dict, arch, source="timm")
   except (ConversionError, ValueError, KeyError) as e:
     first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
     raise UserError(f"{label} is not the weights of a timm ImageNet encoder smd_jax knows "
@@ -319,6 +338,8 @@ def fetch(hub_id: HubId | str, *, expect_arch: str | None = None) -> Fetched:
       hub = {"repo_id": hub_id.repo_id, "revision": revision, "commit": commit,
              "filename": WEIGHTS_FILE}
       convert_file(path, tmp, {"hub": hub}, expect_arch=expect_arch, label=str(hub_id))
+      if os.path.isdir(final) and not _is_converted(final):  # not ours: half a foreign copy
+        shutil.rmtree(final, ignore_errors=True)
       try:
         os.rename(tmp, final)
       except OSError:  # another process got there first: keep theirs
