@@ -351,9 +351,9 @@ def test_paper_row_init_from_widens_the_stem(tiny, fake_hub, tmp_path, monkeypat
   got = {p: np.asarray(v.get_value()) for p, v in core.model_variables(model).items()}
   np.testing.assert_array_equal(got[stem_path][:, :, :3], expected[stem_path])
   np.testing.assert_array_equal(got[stem_path][:, :, 3:], fresh[stem_path][:, :, 3:])
-  if config.model.get("stem_init") == "torch_uniform":
-    kh, kw, cin, _ = got[stem_path].shape
-    assert np.abs(got[stem_path][:, :, 3:]).max() <= 1 / np.sqrt(cin * kh * kw)
+  assert config.model.stem_init == "torch_uniform"
+  kh, kw, cin, _ = got[stem_path].shape
+  assert np.abs(got[stem_path][:, :, 3:]).max() <= 1 / np.sqrt(cin * kh * kw)
   np.testing.assert_array_equal(got[("encoder", "bn1", "var")], expected[("encoder", "bn1", "var")])
   with open(os.path.join(workdir, converters.INIT_FROM_FILE)) as f:
     record = json.load(f)
