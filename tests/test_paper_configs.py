@@ -25,6 +25,10 @@ CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "configs", "paper")
 CONFIG_FILES = sorted(p for p in glob.glob(os.path.join(CONFIG_DIR, "*.py"))
                       if not p.endswith("__init__.py"))
 NAMES = [os.path.splitext(os.path.basename(p))[0] for p in CONFIG_FILES]
+# Our own choices next to the rows (configs/paper/variants/).
+VARIANT_FILES = sorted(p for p in glob.glob(os.path.join(CONFIG_DIR, "variants", "*.py"))
+                       if not p.endswith("__init__.py"))
+VARIANT_NAMES = [os.path.splitext(os.path.basename(p))[0] for p in VARIANT_FILES]
 
 
 # Table 2's encoder rows: the same encoder classes at toy width and depth.
@@ -66,7 +70,61 @@ def test_every_published_row_has_a_config():
     assert sweep.load_config_file(path).paper_row == name
 
 
+def test_every_variant_compares_with_a_published_row():
+  assert VARIANT_NAMES
+  for path in VARIANT_FILES:
+    assert sweep.load_config_file(path).paper_row in paper.PUBLISHED, path
+
+
+# What the authors' code builds per row (charyyev/semantic_md @3278e81; docs/results.md):
+# encoder stem input channels (3 + their wrapper's k; sem. conv.: 3 + its 3 outputs),
+# the input block's input channels, and per head (outputs, activation, kernel,
+# upsampling). Single-task smp models: sigmoid depth, UNet 3x3 / DeepLabV3 1x1 x8;
+# multi-task models: every head 3x3 without activation (DeepLabV3: x8).
+SMP_UNET = {"depth": (1, "sigmoid", 3, 1)}
+SMP_DEEPLAB = {"depth": (1, "sigmoid", 1, 8)}
+MULTI = {"depth": (1, "identity", 3, 1), "semantic": (40, "identity", 3, 1)}
+AUTHORS = {
+    "unet_l1": (3, None, SMP_UNET), "unet_berhu": (3, None, SMP_UNET),
+    "unet_concat": (4, None, SMP_UNET), "unet_1hot40": (43, None, SMP_UNET),
+    "unet_1hot20": (23, None, SMP_UNET), "unet_1hot3": (6, None, SMP_UNET),
+    "unet_contour": (4, None, SMP_UNET), "unet_semconv": (6, 1, SMP_UNET),
+    "unet_2head": (3, None, MULTI),
+    "unet_3head": (3, None, {**MULTI, "contours": (2, "identity", 3, 1)}),
+    "unet_resnet50": (3, None, SMP_UNET), "unet_effnet_b2": (3, None, SMP_UNET),
+    "unet_effnet_b3": (3, None, SMP_UNET), "unet_effnet_b4": (3, None, SMP_UNET),
+    "unet_2head_dice": (3, None, MULTI), "unet_2head_dice_ce": (3, None, MULTI),
+    "unet_2head_ftl_ce": (3, None, MULTI),
+    "unet_2head_sobel": (3, None, {"depth": (1, "identity", 3, 1),
+                                   "depth_edges": (2, "identity", 3, 1)}),
+    "deeplab_l1": (3, None, SMP_DEEPLAB), "deeplab_1hot40": (43, None, SMP_DEEPLAB),
+    "deeplab_2head_ce": (3, None, {t: (n, "identity", 3, 8) for t, (n, *_) in MULTI.items()}),
+    "deeplab_2head_dice_ce": (3, None, {t: (n, "identity", 3, 8)
+                                        for t, (n, *_) in MULTI.items()}),
+}
+
+
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=NAMES)
+def test_row_builds_the_authors_model(path, monkeypatch):
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  config = sweep.load_config_file(path)
+  stem_in, block_in, heads = AUTHORS[config.paper_row]
+  # The encoder's family at toy size (stem widths do not depend on it); shapes only.
+  tiny = TINY_ENCODERS.get(config.model.encoder, TINY_ENCODERS["efficientnet_b2"])
+  monkeypatch.setitem(registry.ENCODERS, "tiny", tiny)
+  config.model.encoder = "tiny"
+  model = nnx.eval_shape(lambda: steps_lib.create_model(config, seed=0))
+  stem = getattr(model.encoder, "conv_stem", None) or model.encoder.conv1
+  assert stem.kernel.get_value().shape[2] == stem_in
+  assert (model.input_block.in_channels if model.input_block else None) == block_in
+  got = {t: (h.conv.kernel.get_value().shape[-1], h.activation,
+             h.conv.kernel.get_value().shape[0], h.upsampling) for t, h in model.heads.items()}
+  assert got == heads
+  # New stem input channels get PyTorch's default init, as their wrappers give them.
+  assert config.model.stem_init == ("torch_uniform" if stem_in > 3 else "encoder")
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES + VARIANT_FILES, ids=NAMES + VARIANT_NAMES)
 def test_config_trains_and_evaluates(path, monkeypatch):
   config = shrink(sweep.load_config_file(path), monkeypatch)
   mesh = data_parallel.make_mesh(2)
