@@ -47,24 +47,59 @@ def test_formulation_is_chosen_per_backend():
               backend='cpu') == 'native'
 
 
-@pytest.mark.parametrize('dtype,tol', [(jnp.float32, 1e-4), (jnp.bfloat16, 0.1)])
+def unit_roundoff(dtype):
+  """Relative error of one rounding: 2^-8 for bfloat16 (8 significant bits), 2^-24 for f32."""
+  return float(jnp.finfo(dtype).eps) / 2
+
+
+def pointwise_error_bounds(x, w, ct, stride, dtype):
+  """NumPy float64 reference of y = x . w (1x1, strided) and of its vector-Jacobian
+  products with the cotangent `ct` (g_x = ct . w^T, g_w = x^T . ct), each with
+  per-element error bounds for a `dtype` computation.
+
+  Standard worst-case bounds: a sum of n products accumulated in float32 is off by
+  at most n * u32 * (the sum of the terms' magnitudes), and rounding the result to
+  `dtype` adds u times it (u: the dtype's unit roundoff; inputs and cotangent are
+  already `dtype` values, so products are exact).
+  """
+  u, u32 = unit_roundoff(dtype), unit_roundoff(jnp.float32)
+  xs = np.asarray(x, np.float64)[:, ::stride, ::stride]
+  w2 = np.asarray(w, np.float64)[0, 0]
+  c = np.asarray(ct, np.float64)
+  cin, cout = w2.shape
+  n = xs.shape[0] * xs.shape[1] * xs.shape[2]
+  y = xs @ w2
+  e_y = (u + cin * u32) * (np.abs(xs) @ np.abs(w2))
+  gx = np.zeros(np.shape(x))
+  gx[:, ::stride, ::stride] = c @ w2.T
+  gx_bound = np.zeros(np.shape(x))
+  gx_bound[:, ::stride, ::stride] = (u + cout * u32) * (np.abs(c) @ np.abs(w2).T)
+  gw = np.einsum('bhwi,bhwo->io', xs, c)[None, None]
+  gw_bound = (u + n * u32) * np.einsum('bhwi,bhwo->io', np.abs(xs), np.abs(c))[None, None]
+  return (y, e_y), (gx, gx_bound), (gw, gw_bound)
+
+
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize('stride', [1, 2])
-def test_pointwise_dot_equals_plain_conv_with_gradients(dtype, tol, stride):
+def test_pointwise_dot_equals_plain_conv_with_gradients(dtype, stride):
+  """Both formulations against a float64 NumPy reference of the same (rounded) inputs,
+  within bounds derived from the dtype's rounding and the terms' magnitudes."""
   x, w = _data((2, 7, 6, 24), (1, 1, 24, 40), dtype)
   pad = ((0, 0), (0, 0))
-  got = layers.pointwise_conv_dot(x, w, (stride, stride))
-  want = plain_conv(x, w, (stride, stride), pad)
-  assert got.dtype == want.dtype == dtype and got.shape == want.shape
-  np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32),
-                             atol=tol, rtol=tol)
-  loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w).astype(jnp.float32)))
-  grads = jax.grad(loss(lambda x, w: layers.pointwise_conv_dot(x, w, (stride, stride))),
-                   argnums=(0, 1))(x, w)
-  want_grads = jax.grad(loss(lambda x, w: plain_conv(x, w, (stride, stride), pad)),
-                        argnums=(0, 1))(x, w)
-  for g, h in zip(grads, want_grads):
-    np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(h, np.float32),
-                               atol=tol * 10, rtol=tol)
+  dot = lambda x, w: layers.pointwise_conv_dot(x, w, (stride, stride))
+  conv = lambda x, w: plain_conv(x, w, (stride, stride), pad)
+  out_shape = (2, -(-7 // stride), -(-6 // stride), 40)
+  ct = jnp.asarray(np.random.default_rng(5).normal(size=out_shape), dtype)
+  (want_y, y_bound), *want_grads = pointwise_error_bounds(x, w, ct, stride, dtype)
+  for name, f in (('dot', dot), ('conv', conv)):
+    got, vjp = jax.vjp(f, x, w)
+    assert got.dtype == dtype and got.shape == out_shape, name
+    err = np.abs(np.asarray(got, np.float64) - want_y)
+    assert np.all(err <= y_bound), (name, float((err / y_bound).max()))
+    for g, (want, bound), what in zip(vjp(ct), want_grads, ('x', 'w')):
+      assert g.dtype == dtype and g.shape == want.shape
+      err = np.abs(np.asarray(g, np.float64) - want)
+      assert np.all(err <= bound), (name, what, float((err / bound).max()))
 
 
 def test_nnx_convs_use_the_cpu_formulations_and_match_plain():
