@@ -28,6 +28,7 @@ from absl import logging
 
 from smd_jax import metrics, output_files
 from smd_jax.data import datasets
+from smd_jax.errors import UserError
 from smd_jax.evaluation import breakdown, figures, passes, tables
 from smd_jax.inference import trained_run
 
@@ -54,10 +55,10 @@ def load_split(config, workdir: str, split: str) -> Sequence:
   try:
     sources = datasets.load_data_sources(config.data, workdir)
   except (FileNotFoundError, ValueError) as e:
-    raise trained_run.UserError(str(e).splitlines()[0]) from e
+    raise UserError(str(e).splitlines()[0]) from e
   if split not in sources:
-    raise trained_run.UserError(f"The data set has no {split!r} split (splits: "
-                            f"{', '.join(sorted(sources))}).")
+    raise UserError(f"The data set has no {split!r} split (splits: "
+                    f"{', '.join(sorted(sources))}).")
   return sources[split]
 
 
@@ -75,6 +76,67 @@ def markdown(name: str, config, results: dict[str, Any], split: str) -> str:
     lines.append(f"Best constant depth ({results['constant_baseline/depth']:.2f} m): RMSE "
                  f"{results['constant_baseline/rmse']:.3f} m.\n")
   return "\n".join(lines)
+
+
+def _checked_batch_size(batch_size: int | None, config, mesh) -> int:
+  """The global evaluation batch (default `config.eval_batch_size`); UserError unless it is
+  a multiple of the device count (and of the process count)."""
+  batch_size = int(batch_size or config.eval_batch_size)
+  if batch_size % mesh.devices.size or batch_size % jax.process_count():
+    raise UserError(f"The batch size {batch_size} is not a multiple of the "
+                    f"{mesh.devices.size} devices.")
+  return batch_size
+
+
+def _split_results(loaded: trained_run.Loaded, source: Sequence, split: str,
+                   checkpoint: str | int, batch_size: int, max_examples: int | None,
+                   progress: bool) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+  """(every metric of the split, with the run's step and the constant-depth baseline;
+  per-image depth metrics), over the first `max_examples` examples (None = all)."""
+  step_fn = passes.make_analysis_step(loaded.steps, loaded.mesh)
+  results, image_rows = passes.analyse(
+      step_fn, loaded.state, loaded.steps.tasks, source, global_batch_size=batch_size,
+      mesh=loaded.mesh, max_examples=max_examples, progress=progress)
+  base_rmse, base_depth = passes.constant_baseline(source, loaded.max_depth, max_examples)
+  results = {"step": loaded.step, "split": split, "checkpoint": str(checkpoint),
+             "num_examples": len(image_rows), **results,
+             "constant_baseline/rmse": base_rmse, "constant_baseline/depth": base_depth}
+  return results, image_rows
+
+
+def _figure_grid(loaded: trained_run.Loaded, source: Sequence, num_images: int,
+                 batch_size: int):
+  """The figure grid (uint8 [H,W,3]) of the split's first `num_images` examples, or None
+  for 0."""
+  if num_images <= 0:
+    return None
+  batch = passes.first_batch(source, num_images, batch_size)
+  outputs_fn = passes.make_outputs_fn(loaded.steps, loaded.mesh)
+  out = passes.global_outputs(outputs_fn, loaded.state, batch, loaded.mesh)
+  head = passes.semantic_head(loaded.steps.tasks)
+  return figures.figure(batch, out["depth"], max_depth=loaded.max_depth,
+                        semantic_input=loaded.config.semantic_transform != "none",
+                        semantic_pred=out[head] if head else None,
+                        rows=batch["mask"].nonzero()[0])
+
+
+def _write_report_files(workdir: str, split: str, step: int, results: dict[str, Any],
+                        table: str, image_rows: list[dict[str, Any]] | None, source: Sequence,
+                        grid) -> dict[str, str]:
+  """Writes the results JSON and Markdown, the per-image CSV (with `image_rows`) and the
+  grid PNG (with a `grid`) in `workdir`; returns {kind: path} of what was written."""
+  paths = {}
+  stem = os.path.join(workdir, f"eval_{split}_{step}")
+  paths["json"], paths["markdown"] = stem + ".json", stem + ".md"
+  output_files.write_json(paths["json"], results)
+  output_files.write_text(paths["markdown"], table)
+  if image_rows is not None:
+    paths["csv"] = stem + "_per_image.csv"
+    write_per_image_csv(paths["csv"], image_rows, source)
+  if grid is not None:
+    paths["grid"] = os.path.join(workdir, "images", f"eval_{split}_{step}_grid.png")
+    output_files.write_png(paths["grid"], grid)
+  return paths
 
 
 def evaluate_workdir(workdir: str, *, config=None, checkpoint: str | int = "latest",
@@ -95,51 +157,22 @@ def evaluate_workdir(workdir: str, *, config=None, checkpoint: str | int = "late
       most one batch); 0 = no grid.
   """
   loaded = trained_run.load(workdir, config=config, checkpoint=checkpoint, mesh=mesh)
-  config, mesh = loaded.config, loaded.mesh
-  batch_size = int(batch_size or config.eval_batch_size)
-  if batch_size % mesh.devices.size or batch_size % jax.process_count():
-    raise trained_run.UserError(f"The batch size {batch_size} is not a multiple of the "
-                            f"{mesh.devices.size} devices.")
+  config = loaded.config
+  batch_size = _checked_batch_size(batch_size, config, loaded.mesh)
   if max_examples is None:
     max_examples = config.get("max_eval_examples", None)
   source = load_split(config, workdir, split)
-  transform = config.semantic_transform
-  step_fn = passes.make_analysis_step(loaded.steps, mesh)
-  results, image_rows = passes.analyse(
-      step_fn, loaded.state, loaded.steps.tasks, source, global_batch_size=batch_size, mesh=mesh,
-      max_examples=max_examples, progress=progress)
-  base_rmse, base_depth = passes.constant_baseline(source, loaded.max_depth, max_examples)
-  results = {"step": loaded.step, "split": split, "checkpoint": str(checkpoint),
-             "num_examples": len(image_rows), **results,
-             "constant_baseline/rmse": base_rmse, "constant_baseline/depth": base_depth}
-
-  grid = None
+  results, image_rows = _split_results(loaded, source, split, checkpoint, batch_size,
+                                       max_examples, progress)
   num_images = config.get("num_images", 4) if num_images is None else num_images
-  num_images = min(int(num_images), batch_size)
-  if num_images > 0:
-    batch = passes.first_batch(source, num_images, batch_size)
-    outputs_fn = passes.make_outputs_fn(loaded.steps, mesh)
-    out = passes.global_outputs(outputs_fn, loaded.state, batch, mesh)
-    head = passes.semantic_head(loaded.steps.tasks)
-    grid = figures.figure(batch, out["depth"], max_depth=loaded.max_depth,
-                             semantic_input=transform != "none",
-                             semantic_pred=out[head] if head else None,
-                             rows=batch["mask"].nonzero()[0])
+  grid = _figure_grid(loaded, source, min(int(num_images), batch_size), batch_size)
 
   name = run_name(workdir)
   table = markdown(name, config, results, split)
   paths = {}
   if write and jax.process_index() == 0:
-    stem = os.path.join(workdir, f"eval_{split}_{loaded.step}")
-    paths["json"], paths["markdown"] = stem + ".json", stem + ".md"
-    output_files.write_json(paths["json"], results)
-    output_files.write_text(paths["markdown"], table)
-    if per_image:
-      paths["csv"] = stem + "_per_image.csv"
-      write_per_image_csv(paths["csv"], image_rows, source)
-    if grid is not None:
-      paths["grid"] = os.path.join(workdir, "images", f"eval_{split}_{loaded.step}_grid.png")
-      output_files.write_png(paths["grid"], grid)
+    paths = _write_report_files(workdir, split, loaded.step, results, table,
+                                image_rows if per_image else None, source, grid)
   logging.info("%s %s step %d: RMSE %.4f m over %d examples.", name, split, loaded.step,
                results["depth/rmse"], len(image_rows))
   return Report(results=results, per_image=image_rows, paths=paths, table=table)
@@ -157,8 +190,8 @@ def compare(workdirs: Sequence[str], *, split: str = "validation", evaluate_miss
   for workdir in workdirs:
     name = os.path.normpath(workdir)
     if name in results:
-      raise trained_run.UserError(f"{workdir} is listed twice.")
-    configs[name] = trained_run.load_run_config(workdir)
+      raise UserError(f"{workdir} is listed twice.")
+    configs[name] = trained_run.load_config(workdir)
     results[name] = final_results(workdir, split)
     if results[name] is None and evaluate_missing:
       logging.info("No %s results in %s: evaluating its latest checkpoint.", split, workdir)
