@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import os
 import re
 from typing import Any, Iterable, Mapping
 
@@ -40,7 +41,19 @@ def is_hub_id(value: str) -> bool:
   return not value.startswith((".", "/", "~")) and bool(_HUB_ID.match(value))
 
 
-_STEPS = dict(special=(-1,), meaning=": -1 = none")
+def converted_problem(directory: str) -> str | None:
+  """Why `directory` is not one `python -m smd_jax.convert` wrote (its metadata file and
+  state folder, smd_jax/convert/io.py), or None; the arrays are read when loaded."""
+  from smd_jax.convert import io  # pylint: disable=g-import-not-at-top
+  try:
+    io.read_metadata(directory)
+  except (OSError, ValueError) as e:  # missing, unreadable or damaged metadata
+    reason = (str(e).splitlines() or [type(e).__name__])[0][:160]
+    return f"is not a converted checkpoint ({reason})"
+  if not os.path.isdir(os.path.join(directory, io.STATE_DIR)):
+    return (f"is not a converted checkpoint (no {io.STATE_DIR}/ folder: damaged? convert the "
+            "weights again with python -m smd_jax.convert)")
+  return None
 
 FIELDS = {
     "seed": Int(0, 2**32 - 1, required=True),
@@ -76,7 +89,7 @@ FIELDS = {
     "model.drop_path_rate": Float(0, 1, hi_open=True),
     "model.decoder_channels": Ints(optional=True),
 
-    "init_from": Weights((IMAGENET,), is_hub_id, commands=TRAINING),
+    "init_from": Weights((IMAGENET,), is_hub_id, converted_problem, commands=TRAINING),
     "semantic_transform": Name(semantics.SEMANTIC_TRANSFORMS, "semantic transform",
                                required=True),
 

@@ -248,11 +248,14 @@ class Directory(Rule):
 
 class Weights(Rule):
   """`init_from`: '' / None (random init), a keyword (`keywords`, e.g. 'imagenet'), a Hub id
-  org/name[@revision] (`is_hub_id`), or an existing directory."""
+  org/name[@revision] (`is_hub_id`), or an existing directory that `directory_problem`
+  (-> why not, or None) accepts."""
 
-  def __init__(self, keywords: Sequence[str], is_hub_id: Callable[[str], bool], **kwargs):
+  def __init__(self, keywords: Sequence[str], is_hub_id: Callable[[str], bool],
+               directory_problem: Callable[[str], str | None] = lambda d: None, **kwargs):
     super().__init__(optional=True, **kwargs)
     self.keywords, self.is_hub_id = keywords, is_hub_id
+    self.directory_problem = directory_problem
 
   def expects(self) -> str:
     return (f"{' or '.join(repr(k) for k in self.keywords)}, a Hugging Face Hub id "
@@ -267,7 +270,8 @@ class Weights(Rule):
       return None
     path = os.path.expanduser(value)
     if os.path.isdir(path):
-      return None
+      why = self.directory_problem(path)
+      return self.bad(value, field, why) if why else None
     if os.path.exists(path):
       return self.bad(value, field, "is a file, not a directory of converted weights")
     if self.is_hub_id(value):

@@ -9,6 +9,7 @@ import glob
 import importlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -16,6 +17,7 @@ import pytest
 from ml_collections import config_dict
 
 from smd_jax import config_rules, validation
+from smd_jax.convert import io as convert_io
 from smd_jax.errors import UserError
 from smd_jax.models import registry
 from tests import subprocess_runs as runs
@@ -233,11 +235,21 @@ def test_task_and_loss_parameters_by_name():
 
 def test_init_from_kinds(tmp_path, a_file):
   config = load("configs/base.py").to_dict()
-  converted = tmp_path / "converted"
-  converted.mkdir()
+  converted = tmp_path / "converted"  # the layout smd_jax.convert writes
+  (converted / convert_io.STATE_DIR).mkdir(parents=True)
+  (converted / convert_io.METADATA_FILE).write_text(json.dumps({"format": convert_io.FORMAT}))
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  cut = tmp_path / "cut"  # metadata cut short
+  shutil.copytree(converted, cut)
+  (cut / convert_io.METADATA_FILE).write_text('{"format": ')
+  no_state = tmp_path / "no_state"
+  no_state.mkdir()
+  shutil.copy(converted / convert_io.METADATA_FILE, no_state)
   good = ["", None, "imagenet", "timm/efficientnet_b4.ra2_in1k",
           "timm/efficientnet_b4.ra2_in1k@" + "0" * 40, str(converted)]
-  bad = [a_file, str(tmp_path / "gone"), "imagenett", "not a hub id", "/abs/not/there", 3]
+  bad = [a_file, str(tmp_path / "gone"), "imagenett", "not a hub id", "/abs/not/there", 3,
+         str(empty), str(cut), str(no_state)]
   for value in good:
     config["init_from"] = value
     assert _problems(config) == [], value

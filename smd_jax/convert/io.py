@@ -28,6 +28,7 @@ import datetime
 import hashlib
 import json
 import os
+import pickle
 from typing import Any, Mapping
 
 import numpy as np
@@ -54,6 +55,10 @@ def _unwrap(obj: Any) -> Mapping[str, Any]:
   return obj
 
 
+def _first_line(e: Exception) -> str:
+  return (str(e).splitlines() or [type(e).__name__])[0][:200]
+
+
 def _torch_load(path: str) -> Mapping[str, Any]:
   try:
     import torch  # pylint: disable=g-import-not-at-top
@@ -63,7 +68,12 @@ def _torch_load(path: str) -> Mapping[str, Any]:
         f"or tools/install_torch_reference.sh), or convert the file to .safetensors "
         f'(safetensors.torch.save_file(torch.load(path), "weights.safetensors")) and '
         f"pass that.") from e
-  obj = _unwrap(torch.load(path, map_location="cpu", weights_only=True))
+  try:
+    loaded = torch.load(path, map_location="cpu", weights_only=True)
+  except (RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError) as e:
+    raise ValueError(f"{path} is not a PyTorch state dict torch.load can read (damaged, cut "
+                     f"short or another format): {_first_line(e)}") from e
+  obj = _unwrap(loaded)
   out = {}
   for name, tensor in obj.items():
     if not hasattr(tensor, "detach"):
@@ -87,10 +97,14 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
       raise ImportError(f"Reading {path} needs the safetensors package: pip install "
                         f"safetensors (or the torch / test extra)") from e
     try:
-      obj = dict(_unwrap(st_numpy.load_file(path)))
+      loaded = st_numpy.load_file(path)
     except TypeError as e:  # e.g. bfloat16, which numpy lacks
       raise ValueError(f"{path}: safetensors.numpy cannot read it ({e}); save it as "
                        f"float32") from e
+    except Exception as e:  # pylint: disable=broad-except  # safetensors' own SafetensorError
+      raise ValueError(f"{path} is not a safetensors file (damaged, cut short or another "
+                       f"format): {_first_line(e)}") from e
+    obj = dict(_unwrap(loaded))
   elif suffix in TORCH_SUFFIXES:
     obj = _torch_load(path)
   else:
