@@ -8,10 +8,11 @@ converted directory::
     imagenet                               # DEFAULT_WEIGHTS[config.model.encoder]
 
 The repository's ``model.safetensors`` comes through ``huggingface_hub.hf_hub_download``
-(its cache, ``HF_HOME`` / ``HF_HUB_CACHE``; ``HF_ENDPOINT``, ``HF_TOKEN`` and
-``HF_HUB_OFFLINE`` as huggingface_hub reads them, the latter three also when set after
-import). It is converted without torch (`converters.convert_encoder`, encoder only,
-3 input channels) and written as a converted checkpoint (`io.save_converted`) under::
+into its cache. ``HF_HOME`` / ``HF_HUB_CACHE``, ``HF_ENDPOINT`` and ``HF_HUB_OFFLINE`` are
+read at each call (huggingface_hub reads them once, at import), ``HF_TOKEN`` by
+huggingface_hub for private or gated repositories. The file is converted without torch
+(`converters.convert_encoder`, encoder only, 3 input channels) and written as a
+converted checkpoint (`io.save_converted`) under::
 
     $SMD_JAX_CACHE/converted/<org>--<name>/<commit>/     (default ~/.cache/smd_jax)
     $SMD_JAX_CACHE/converted/<org>--<name>/refs/<revision>   -> <commit>
@@ -204,7 +205,7 @@ def _download_error(error: Exception, hub_id: HubId, endpoint: str) -> UserError
   # a RepositoryNotFoundError.
   messages = (
       (errors.LocalEntryNotFoundError, lambda: (
-          f"{hub_id} is not in the cache and "
+          f"{hub_id} is neither a directory nor in the cache, and "
           + ("HF_HUB_OFFLINE is set" if offline() else f"the Hub at {endpoint} cannot be reached")
           + f": {_prefetch_hint(hub_id)}.")),
       (errors.GatedRepoError, lambda: (
