@@ -70,6 +70,9 @@ _CONFIG_ERRORS = (AttributeError, KeyError, OSError, TypeError, ValueError, Synt
 
 def _config_error(e: BaseException, argv: list[str]) -> str:
   """One line for an error in loading a `--config` file or applying `--config.*` overrides."""
+  if isinstance(e, AttributeError) and "has no attribute 'get_config'" in _innermost_message(e):
+    return ("Cannot load the config: the file defines no get_config() (cut short?). --config "
+            "takes a Python file with get_config(), e.g. configs/default.py.")
   if isinstance(e, (AttributeError, KeyError)):
     lines = _innermost_message(e).strip("'\" ").splitlines()
     field = lines[0].strip("'\"")

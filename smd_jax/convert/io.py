@@ -73,7 +73,10 @@ def _torch_load(path: str) -> Mapping[str, Any]:
   except (RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError) as e:
     raise ValueError(f"{path} is not a PyTorch state dict torch.load can read (damaged, cut "
                      f"short or another format): {_first_line(e)}") from e
-  obj = _unwrap(loaded)
+  try:
+    obj = _unwrap(loaded)
+  except ValueError as e:  # a pickle of something else
+    raise ValueError(f"{path}: {e}; pass a file of the model's weights.") from e
   out = {}
   for name, tensor in obj.items():
     if not hasattr(tensor, "detach"):
