@@ -477,3 +477,22 @@ def test_known_broken_trajectories_are_not_fetched():
   assert wanted["ai_004_009"] == sorted(
       (c, int(i)) for s, c, i in lines if s == "ai_004_009" and c == "cam_00")
   assert sum(map(len, download.wanted_frames("semantic_md").values())) == len(lines) - 99
+
+
+def test_present_file_of_the_right_size_but_wrong_crc_is_fetched_again(server, zips, tmp_path):
+  """A file already on disk is kept only if its CRC32 matches the zip's directory: one
+  corrupted byte (same size) makes the member be fetched again, and only that one."""
+  del zips
+  out = tmp_path / "raw"
+  first = _fetch(server, out)
+  assert first.errors == [] and first.kept_members == 0
+  victim = sorted(_dummy_files(SCENES[0]))[0]
+  path = out / victim
+  data = bytearray(path.read_bytes())
+  data[len(data) // 2] ^= 0xFF
+  path.write_bytes(bytes(data))  # same size, other content
+  server.reset()
+  again = _fetch(server, out)
+  assert again.errors == []
+  assert again.fetched_members == 1 and again.kept_members == first.fetched_members - 1
+  _assert_same_files(out)  # the corrupted file was replaced by the zip's content
