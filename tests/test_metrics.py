@@ -66,6 +66,24 @@ def test_hand_computed_case():
   np.testing.assert_allclose([float(got[f"delta{i}"]) for i in (1, 2, 3)], [1 / 3, 2 / 3, 2 / 3], rtol=1e-6)
 
 
+def test_predictions_below_1mm_are_clamped_to_1mm():
+  # gt = [2, 0.5]; pred = [0, 1e-4] (a dead output): both count as 1 mm = 0.001 m, so
+  # ratios and logs stay finite. Written out with 0.001, not the module's constant.
+  gt = np.array([2.0, 0.5], np.float32)
+  pred = np.array([0.0, 1e-4], np.float32)
+  got = DEPTH_METRICS(pred, gt, np.ones(2, bool))
+  p = 0.001
+  np.testing.assert_allclose(float(got["rmse"]), np.sqrt(((2 - p) ** 2 + (0.5 - p) ** 2) / 2),
+                             rtol=1e-6)
+  np.testing.assert_allclose(float(got["abs_rel"]), ((2 - p) / 2 + (0.5 - p) / 0.5) / 2,
+                             rtol=1e-6)
+  np.testing.assert_allclose(float(got["rme"]), ((2 - p) / p + (0.5 - p) / p) / 2, rtol=1e-6)
+  np.testing.assert_allclose(float(got["log10"]), (np.log10(2 / p) + np.log10(0.5 / p)) / 2,
+                             rtol=1e-6)
+  assert [float(got[f"delta{i}"]) for i in (1, 2, 3)] == [0.0, 0.0, 0.0]
+  assert metrics.MIN_PREDICTED_DEPTH == 1e-3
+
+
 def test_invalid_pixels_are_not_delta_failures():
   gt = np.array([2.0, np.nan, np.nan, np.nan], np.float32)
   pred = np.array([2.0, 7.0, 0.0, 5.0], np.float32)
