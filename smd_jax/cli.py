@@ -172,9 +172,9 @@ def _help_text(flag_values: flags.FlagValues, usage: str) -> str:
   """The usage lines and one line per flag (hyphen aliases next to the flag they stand for)."""
   lines = [usage.strip(), "", "flags:"]
   for name in sorted(flag_values):
+    if "-" in name and name.replace("-", "_") in flag_values:
+      continue  # a hyphen alias; shown with its flag
     flag = flag_values[name]
-    if flag.name != name or "-" in name and name.replace("-", "_") in flag_values:
-      continue  # an alias; shown with its flag
     alias = name.replace("_", "-")
     also = f" (also --{alias})" if alias != name and alias in flag_values else ""
     default = f" [default: {flag.default!r}]" if flag.default not in (None, [], False) else ""
