@@ -13,8 +13,10 @@ implementation (charyyev/semantic_md, ``SemanticConvolutionModel``):
      8 -> BN, + identity with stochastic depth 0.2 ('row' mode: per sample, train only)
   -> conv1x1 (8 -> 3, no bias) -> BN -> sigmoid.
 
-The reference feeds a 1-channel label map; here k is the number of semantic input
-channels (e.g. 40 for a one-hot map). PyTorch BatchNorm2d defaults (eps 1e-5,
+The reference feeds the raw label map as one float channel (values -1, 1..40, not
+normalised), as the paper row does (``semantic_transform="labels_raw"``, k = 1); k is
+the number of semantic input channels, e.g. 40 for our one-hot variant
+(configs/paper/variants/unet_semconv_onehot40.py). PyTorch BatchNorm2d defaults (eps 1e-5,
 momentum 0.1) and PyTorch's default conv init, as in the reference, which builds the
 block from plain torch / torchvision modules.
 
