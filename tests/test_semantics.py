@@ -93,12 +93,38 @@ def test_label_contours_of_two_halves_is_a_two_pixel_band():
   np.testing.assert_array_equal(np.asarray(semantics.label_contours(sem)), expected)
 
 
+# torchvision / timm ImageNet statistics, the normalisation every encoder was trained with.
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])
+IMAGENET_STD = np.array([0.229, 0.224, 0.225])
+# float32 (x / 255 - mean) / std: three roundings of values up to |2.7|.
+NORMALIZE_ATOL = 3 * 2.0**-24 * 2.7
+
+
+def test_normalize_image_hand_computed():
+  image = np.array([[[[0, 0, 0], [255, 255, 255], [124, 116, 104]]]], np.uint8)
+  got = np.asarray(semantics.normalize_image(image))
+  assert got.dtype == np.float32 and got.shape == (1, 1, 3, 3)
+  want = [[-0.485 / 0.229, -0.456 / 0.224, -0.406 / 0.225],  # black
+          [0.515 / 0.229, 0.544 / 0.224, 0.594 / 0.225],  # white
+          [(124 / 255 - 0.485) / 0.229, (116 / 255 - 0.456) / 0.224,
+           (104 / 255 - 0.406) / 0.225]]  # about the mean: about 0
+  np.testing.assert_allclose(got[0, 0], want, rtol=0, atol=NORMALIZE_ATOL)
+  assert np.abs(got[0, 0, 2]).max() < 0.01
+
+
 @pytest.mark.parametrize("name", sorted(semantics.SEMANTIC_TRANSFORMS))
 def test_extra_channels_match_transform_output(name):
-  batch = {"image": np.zeros((2, 8, 12, 3), np.uint8), "semantic": labels((2, 8, 12))}
-  x = semantics.model_inputs(batch, name)
-  assert x.shape == (2, 8, 12, 3 + semantics.EXTRA_CHANNELS[name])
-  assert np.isfinite(np.asarray(x)).all()
+  """model_inputs = [the normalised image | the transform's channels], in that order."""
+  image = np.random.default_rng(3).integers(0, 256, (2, 8, 12, 3), dtype=np.uint8)
+  sem = np.repeat(np.repeat(labels((2, 2, 3)), 4, axis=1), 4, axis=2)  # 4x4 blocks: contours
+  x = np.asarray(semantics.model_inputs({"image": image, "semantic": sem}, name))
+  extra = semantics.EXTRA_CHANNELS[name]
+  assert x.shape == (2, 8, 12, 3 + extra) and x.dtype == np.float32
+  np.testing.assert_allclose(x[..., :3], (image / 255.0 - IMAGENET_MEAN) / IMAGENET_STD,
+                             rtol=0, atol=NORMALIZE_ATOL)
+  want = np.asarray(semantics.get_transform(name)(sem), np.float32).reshape(2, 8, 12, extra)
+  np.testing.assert_array_equal(x[..., 3:], want)
+  assert extra == 0 or np.ptp(want) > 0  # random labels: the channels carry them
 
 
 def test_unknown_transform_names_the_known_ones():
