@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from typing import Any, Sequence
 
 import jax
@@ -146,6 +147,109 @@ def depthwise_conv_taps(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
   return out.astype(x.dtype)
 
 
+def explicit_padding(in_hw: Sequence[int], kernel_hw: Sequence[int], strides: Sequence[int],
+                     padding: str | Sequence[tuple[int, int]],
+                     dilation: Sequence[int] = (1, 1)) -> tuple[tuple[int, int], ...]:
+  """((lo, hi), (lo, hi)) for 'SAME' / 'VALID' (XLA's rule: for stride 2, 'SAME' pads
+  one more row at the bottom than at the top) or an explicit padding, as given."""
+  if isinstance(padding, str):
+    extent = [d * (k - 1) + 1 for k, d in zip(kernel_hw, dilation)]
+    return tuple(tuple(p) for p in jax.lax.padtype_to_pads(tuple(in_hw), extent,
+                                                            tuple(strides), padding))
+  return tuple((int(lo), int(hi)) for lo, hi in padding)
+
+
+def depthwise_input_grad(g: jax.Array, kernel: jax.Array, in_hw: Sequence[int],
+                         strides: Sequence[int], padding: Sequence[tuple[int, int]],
+                         dilation: Sequence[int] = (1, 1)) -> jax.Array:
+  """Gradient of `depthwise_conv_taps` w.r.t. its input: g [B, Ho, Wo, C] (the output
+  cotangent), kernel [kh, kw, 1, C] -> [B, H, W, C] in g's dtype.
+
+  Output pixel o read padded input row ``a * dilation + stride * o`` with tap a, so
+  input row r gets ``sum_a g[(r + lo - a * dilation) / stride] * w[a]`` over the taps
+  where that index is a whole output row: a stride-1 correlation with the flipped
+  kernel over g dilated by the stride (stride - 1 zeros between rows) and padded by
+  ``dilation * (k - 1) - lo`` before / what is left to H after (negative: cropped).
+  One `lax.pad` and one fused taps pass, accumulated in (at least) float32.
+  """
+  config = [(0, 0, 0)]
+  for axis in range(2):
+    k, s, d, lo = kernel.shape[axis], strides[axis], dilation[axis], padding[axis][0]
+    out = g.shape[1 + axis]
+    low = d * (k - 1) - lo
+    # Length low + s * (out - 1) + 1 + high = H + d * (k - 1): H rows after the taps.
+    config.append((low, in_hw[axis] + lo - s * (out - 1) - 1, s - 1))
+  config.append((0, 0, 0))
+  spread = jax.lax.pad(g, jnp.zeros((), g.dtype), config)
+  return depthwise_conv_taps(spread, kernel[::-1, ::-1], (1, 1), ((0, 0), (0, 0)), dilation)
+
+
+def depthwise_kernel_grad(x: jax.Array, g: jax.Array, kernel_hw: Sequence[int],
+                          strides: Sequence[int], padding: Sequence[tuple[int, int]],
+                          dilation: Sequence[int] = (1, 1)) -> jax.Array:
+  """Gradient of `depthwise_conv_taps` w.r.t. its kernel: x [B, H, W, C] (its input),
+  g [B, Ho, Wo, C] (the output cotangent) -> [kh, kw, 1, C] in float32 (or wider).
+
+  Tap (i, j) of channel c: the sum over batch and output pixels of g times the
+  strided input slice that tap multiplied in the forward pass; k*k reductions.
+  """
+  (kh, kw), (sh, sw), (dh, dw) = tuple(kernel_hw), tuple(strides), tuple(dilation)
+  acc_dtype = jnp.promote_types(x.dtype, jnp.float32)
+  x = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
+  b, ho, wo, c = g.shape
+  g = g.astype(acc_dtype)
+  rows = []
+  for i in range(kh):
+    row = []
+    for j in range(kw):
+      tap = jax.lax.slice(x, (0, i * dh, j * dw, 0),
+                          (b, i * dh + sh * (ho - 1) + 1, j * dw + sw * (wo - 1) + 1, c),
+                          (1, sh, sw, 1))
+      row.append(jnp.sum(tap.astype(acc_dtype) * g, axis=(0, 1, 2)))
+    rows.append(jnp.stack(row))
+  return jnp.stack(rows)[:, :, None, :]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _depthwise_taps_vjp(x, kernel, strides, padding, dilation):
+  return depthwise_conv_taps(x, kernel, strides, padding, dilation)
+
+
+def _depthwise_taps_vjp_fwd(x, kernel, strides, padding, dilation):
+  # Residuals: the unpadded input and the kernel (the padding is redone in the
+  # backward pass, where XLA fuses it into the reductions).
+  return depthwise_conv_taps(x, kernel, strides, padding, dilation), (x, kernel)
+
+
+def _depthwise_taps_vjp_bwd(strides, padding, dilation, residuals, g):
+  x, kernel = residuals
+  grad_x = depthwise_input_grad(g, kernel, x.shape[1:3], strides, padding, dilation)
+  grad_k = depthwise_kernel_grad(x, g, kernel.shape[:2], strides, padding, dilation)
+  return grad_x.astype(x.dtype), grad_k.astype(kernel.dtype)
+
+
+_depthwise_taps_vjp.defvjp(_depthwise_taps_vjp_fwd, _depthwise_taps_vjp_bwd)
+
+
+def depthwise_conv_vjp(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
+                       padding: str | Sequence[tuple[int, int]],
+                       dilation: Sequence[int] = (1, 1)) -> jax.Array:
+  """`depthwise_conv_taps` (same arguments, also 'SAME' / 'VALID' padding, same values)
+  with a hand-written gradient (`jax.custom_vjp`): the input gradient as one fused taps
+  pass over the stride-dilated, padded output gradient with the flipped kernel
+  (`depthwise_input_grad`), the kernel gradient as k*k reductions
+  (`depthwise_kernel_grad`), both accumulated in (at least) float32 and cast once to
+  the input's / kernel's dtype.
+
+  Why: autodiff of the taps transposes every strided slice into a pad of the full
+  padded input and adds the k*k of them, in x's dtype (for bfloat16, k*k roundings);
+  on XLA:CPU that backward costs ~25x the fused forward (docs/benchmarks.md).
+  """
+  strides, dilation = tuple(int(s) for s in strides), tuple(int(d) for d in dilation)
+  padding = explicit_padding(x.shape[1:3], kernel.shape[:2], strides, padding, dilation)
+  return _depthwise_taps_vjp(x, kernel, strides, padding, dilation)
+
+
 def pointwise_conv_dot(x: jax.Array, kernel: jax.Array, strides: Sequence[int] = (1, 1),
                        precision: Any = None) -> jax.Array:
   """1x1 convolution without padding as one ``dot_general`` over the channels; equal to
@@ -220,17 +324,35 @@ def trim_dead_taps(lhs_shape: Sequence[int], rhs: jax.Array, window_strides: Seq
   return rhs, (pad_h, pad_w)
 
 
+def _depthwise_vjp_from_env() -> bool:
+  value = os.environ.get("SMD_DEPTHWISE_VJP", "")
+  if value not in ("", "0", "1"):
+    raise ValueError(f"SMD_DEPTHWISE_VJP must be 0 or 1 (or unset), got {value!r}")
+  return DEPTHWISE_VJP_DEFAULT if value == "" else value == "1"
+
+
+# Whether depthwise convs on the CPU backend use the hand-written gradient
+# (`depthwise_conv_vjp`, formulation 'taps_vjp') or autodiff's of the same taps
+# ('taps'). Off by default: see docs/benchmarks.md. SMD_DEPTHWISE_VJP=1 / 0 in the
+# environment sets it at import; assigning `layers.depthwise_vjp` works too, before a
+# function is traced (jit caches do not see it).
+DEPTHWISE_VJP_DEFAULT = False
+depthwise_vjp = _depthwise_vjp_from_env()
+
+
 def conv_formulation(lhs_shape: Sequence[int], rhs_shape: Sequence[int], padding: Any, *,
                      lhs_dilation: Sequence[int] | None = None, dimension_numbers: Any = None,
                      feature_group_count: int = 1, backend: str | None = None,
-                     **kwargs) -> str:
+                     custom_vjp: bool | None = None, **kwargs) -> str:
   """Which formulation `_conv_general_dilated` uses for a convolution: 'taps'
-  (`depthwise_conv_taps`), 'dot' (`pointwise_conv_dot`) or 'native' (XLA's own).
+  (`depthwise_conv_taps`), 'taps_vjp' (`depthwise_conv_vjp`: the same taps with a
+  hand-written gradient), 'dot' (`pointwise_conv_dot`) or 'native' (XLA's own).
 
   The alternatives are chosen on the CPU backend only (``backend``: default
   ``jax.default_backend()``), for 2-D NHWC / HWIO convolutions without input
   dilation, string padding, an explicit output sharding or a preferred element type;
-  every other case, and every convolution on GPU/TPU, is 'native'.
+  every other case, and every convolution on GPU/TPU, is 'native'. Depthwise convs
+  get 'taps_vjp' if ``custom_vjp`` (default: the module's `depthwise_vjp`), else 'taps'.
   """
   backend = backend or jax.default_backend()
   if backend != "cpu" or not _explicit_nhwc(lhs_shape, rhs_shape, padding, lhs_dilation,
@@ -238,7 +360,8 @@ def conv_formulation(lhs_shape: Sequence[int], rhs_shape: Sequence[int], padding
     return "native"
   if (feature_group_count > 1 and feature_group_count == lhs_shape[-1] == rhs_shape[-1]
       and rhs_shape[-2] == 1):
-    return "taps"
+    use_vjp = depthwise_vjp if custom_vjp is None else custom_vjp
+    return "taps_vjp" if use_vjp else "taps"
   if (feature_group_count == 1 and tuple(rhs_shape[:2]) == (1, 1)
       and all(tuple(p) == (0, 0) for p in padding)):
     return "dot"
@@ -251,22 +374,34 @@ def _conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   # Drop-in for lax.conv_general_dilated inside nnx.Conv (NHWC / HWIO). On every
   # backend, kernel taps that read only padding are dropped first (`trim_dead_taps`:
   # the same maths, less work; an atrous 3x3 may become a 1x1). Then, on the CPU
-  # backend, depthwise convs go to `depthwise_conv_taps` and 1x1 convs to
-  # `pointwise_conv_dot` (`conv_formulation` decides); everything else, and every
-  # conv on GPU/TPU, to XLA's native convolution.
+  # backend, depthwise convs go to `depthwise_conv_taps` (or `depthwise_conv_vjp`) and
+  # 1x1 convs to `pointwise_conv_dot` (`conv_formulation` decides, `_CPU_FORMULATIONS`
+  # maps its answer to the function); everything else, and every conv on GPU/TPU, to
+  # XLA's native convolution.
   if _explicit_nhwc(lhs.shape, rhs.shape, padding, lhs_dilation, dimension_numbers, kwargs):
     rhs, padding = trim_dead_taps(lhs.shape, rhs, window_strides, padding, rhs_dilation)
   formulation = conv_formulation(lhs.shape, rhs.shape, padding, lhs_dilation=lhs_dilation,
                                  dimension_numbers=dimension_numbers,
                                  feature_group_count=feature_group_count, **kwargs)
-  if formulation == "taps":
-    return depthwise_conv_taps(lhs, rhs, window_strides, padding, rhs_dilation or (1, 1))
-  if formulation == "dot":
-    return pointwise_conv_dot(lhs, rhs, window_strides, precision)
-  return jax.lax.conv_general_dilated(
-      lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
-      rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
-      feature_group_count=feature_group_count, precision=precision, **kwargs)
+  if formulation == "native":
+    return jax.lax.conv_general_dilated(
+        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+        feature_group_count=feature_group_count, precision=precision, **kwargs)
+  return _CPU_FORMULATIONS[formulation](lhs, rhs, tuple(window_strides), padding,
+                                       tuple(rhs_dilation or (1, 1)), precision)
+
+
+# conv_formulation's CPU alternatives: (x, kernel, strides, explicit padding, kernel
+# dilation, precision) -> output. The taps accumulate in float32 whatever `precision`.
+_CPU_FORMULATIONS = {
+    "taps": lambda x, k, strides, pad, dilation, _: depthwise_conv_taps(
+        x, k, strides, pad, dilation),
+    "taps_vjp": lambda x, k, strides, pad, dilation, _: depthwise_conv_vjp(
+        x, k, strides, pad, dilation),
+    "dot": lambda x, k, strides, pad, dilation, precision: pointwise_conv_dot(
+        x, k, strides, precision),
+}
 
 
 def conv2d(
