@@ -6,15 +6,19 @@ Two toy-encoder runs train two steps each with the real trainer (tests/test_eval
 with the first model's predicted labels.
 """
 
+from __future__ import annotations
+
 import os
 
+import jax
 import numpy as np
 import pytest
+from flax import nnx
 from PIL import Image
 
-from smd_jax import predict
+from smd_jax import predict, semantics
 from smd_jax.inference import predict_lib, trained_run
-from smd_jax.training import trainer
+from smd_jax.training import data_parallel, trainer
 from tests.test_evaluate import tiny_config, toy_encoder  # noqa: F401  (fixture)
 
 # (height, width, format): landscape, portrait, square, odd sizes, RGBA and JPEG.
@@ -75,6 +79,77 @@ def test_predict_round_trips_sizes_and_writes_files(runs, photos, tmp_path):
     labels = np.asarray(Image.open(out / f"{stem}_semantic.png"))  # the 2-head's own head
     assert labels.shape == (h, w) and labels.min() >= 1 and labels.max() <= 40
     assert np.asarray(Image.open(out / f"{stem}_semantic_color.png")).shape == (h, w, 3)
+
+
+def expected_outputs(workdir, image):
+  """The model's outputs for one photo, computed here step by step: the documented
+  resize to the network shape (short side 32, multiples of 32), the restored model's
+  eval-mode forward pass on a batch of 8 copies, depth resized back with PIL's
+  bilinear (float) and labels as arg-max + 1 (NYU40 ids; only where no resize is needed).
+  """
+  loaded = trained_run.load(workdir)
+  h, w = image.shape[:2]
+  shape = predict_lib.network_shape(h, w, 32)
+  x = predict_lib.prepare_image(image, shape)
+  batch = {"image": np.repeat(x[None], 8, 0), "semantic": np.full((8, *shape), -1, np.int16)}
+  global_batch = data_parallel.to_global(batch, loaded.mesh)
+  depth = data_parallel.fetch(loaded.steps.predict_step(loaded.state, global_batch))[0]
+  back = np.asarray(Image.fromarray(depth.astype(np.float32)).resize((w, h), Image.BILINEAR))
+
+  @jax.jit
+  def semantic_logits(state, batch):
+    net = nnx.merge(loaded.steps.eval_graph, state.params, state.model_state, copy=True)
+    return net(semantics.model_inputs(batch, "none"))["semantic"]
+
+  labels = np.argmax(data_parallel.fetch(semantic_logits(loaded.state, global_batch))[0], -1) + 1
+  return back, (labels if (h, w) == shape else None)
+
+
+# Depth is at most 15 m; the same forward pass on another batch layout and PIL's resize
+# against ours differ by float32 rounding through ~10 layers of sums of ~100 terms:
+# eps * sqrt(100) * 10 ~ 1e-5 relative.
+DEPTH_ATOL_M = 15.0 * 1e-5
+
+
+def test_predictions_are_the_models_own_for_each_photo(runs, photos, tmp_path):
+  """Each photo's depth (and labels) are the model's on that photo, not a constant,
+  not another photo's, not a channel-swapped or un-normalised input."""
+  two_head, _ = runs
+  out = tmp_path / "out"
+  predict_lib.predict_files(two_head, str(photos), str(out), write_npy=True, batch_size=8)
+  for stem, (h, w, fmt) in PHOTOS.items():
+    with Image.open(photos / f"{stem}.{fmt}") as im:
+      image = np.asarray(im.convert("RGB"))
+    want_depth, want_labels = expected_outputs(two_head, image)
+    metres = np.load(out / f"{stem}_depth.npy")
+    assert metres.shape == (h, w) and np.ptp(metres) > 1e-3, stem
+    np.testing.assert_allclose(metres, want_depth, rtol=0, atol=DEPTH_ATOL_M, err_msg=stem)
+    if want_labels is not None:  # the square photo: the network's own size
+      labels = np.asarray(Image.open(out / f"{stem}_semantic.png"))
+      assert np.mean(labels == want_labels) > 0.99, stem  # near-ties may flip a pixel
+
+
+def test_exif_rotation_is_applied(runs, tmp_path):
+  """A photo stored sideways with EXIF orientation 6 (display: rotate 90 deg clockwise)
+  gives the depth of the same photo stored upright."""
+  two_head, _ = runs
+  folder = tmp_path / "exif"
+  folder.mkdir()
+  stored = np.random.default_rng(1).integers(0, 256, (45, 70, 3), dtype=np.uint8)
+  exif = Image.Exif()
+  exif[0x0112] = 6
+  Image.fromarray(stored).save(folder / "sideways.png", exif=exif)
+  Image.fromarray(np.ascontiguousarray(np.rot90(stored, k=-1))).save(folder / "upright.png")
+  out = tmp_path / "out"
+  predict_lib.predict_files(two_head, str(folder), str(out), write_npy=True)
+  sideways, upright = (np.load(out / f"{s}_depth.npy") for s in ("sideways", "upright"))
+  assert sideways.shape == upright.shape == (70, 45)
+  assert np.asarray(Image.open(out / "sideways_depth.png")).shape == (70, 45)
+  np.testing.assert_allclose(sideways, upright, rtol=0, atol=DEPTH_ATOL_M)
+  # Not trivially equal: the other rotation gives another depth.
+  Image.fromarray(np.ascontiguousarray(np.rot90(stored, k=1))).save(folder / "other.png")
+  predict_lib.predict_files(two_head, str(folder / "other.png"), str(out), write_npy=True)
+  assert np.abs(np.load(out / "other_depth.npy") - upright).max() > 100 * DEPTH_ATOL_M
 
 
 def test_semantic_input_given_or_two_stage(runs, photos, tmp_path):
