@@ -55,6 +55,11 @@ def run(fv, args) -> int:
       workdirs = ([fv.workdir] if fv.workdir else []) + list(args)
       if not workdirs:
         raise errors.UserError("--compare needs workdirs: --compare runs/a runs/b ...")
+      for workdir in workdirs:  # all checked before any is evaluated
+        validation.validate_config(
+            trained_run.load_config(workdir), command="evaluate", workdir=workdir,
+            num_devices=jax.device_count(), eval_batch_size=fv.batch_size,
+            source=os.path.join(workdir, "config.json"))
       print(report.compare(workdirs, split=fv.split, batch_size=fv.batch_size,
                            max_examples=fv.max_examples, num_images=fv.num_images))
       return 0

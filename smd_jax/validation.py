@@ -59,9 +59,10 @@ def _is_number(value: Any) -> bool:
   return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def suggest(value: Any, known: Iterable[str]) -> str:
-  """' (did you mean 'x'?)' for the nearest known names, else ''."""
-  close = difflib.get_close_matches(str(value), [str(k) for k in known], n=2, cutoff=0.6)
+def suggest(value: Any, known: Iterable[str], cutoff: float = 0.5) -> str:
+  """' (did you mean 'x'?)' for the nearest known names, else ''. The default cutoff
+  still pairs two-letter names one letter apart ('l2' -> 'l1')."""
+  close = difflib.get_close_matches(str(value), [str(k) for k in known], n=2, cutoff=cutoff)
   return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
 
 
@@ -326,7 +327,7 @@ def _walk(node: Mapping[str, Any], prefix: str, fields: Mapping[str, Rule], ctx:
     if rule is None:
       # Only names close to a known field are reported (a typo in a config file or
       # config.json); other extra fields are left to their readers.
-      hint = suggest(key, _siblings(prefix[:-1], fields))
+      hint = suggest(key, _siblings(prefix[:-1], fields), cutoff=0.8)
       if hint:
         problems.append(Problem(path, f"config.{path} is not a config field{hint}; rename it."))
       elif isinstance(value, Mapping):

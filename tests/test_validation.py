@@ -344,3 +344,25 @@ def test_evaluate_command_checks_the_runs_config(change, expect, tmp_path):
                         cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
   last = _one_line_exit(proc, str(workdir), before)
   assert expect in last and "config.json" in last, last
+
+
+def test_evaluate_compare_checks_every_run_first(tmp_path, capsys):
+  """--compare: every workdir's config.json is checked before any run is evaluated."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from smd_jax import evaluate  # pylint: disable=g-import-not-at-top
+  good, bad = tmp_path / "good", tmp_path / "bad"
+  for workdir, loss in ((good, "l1"), (bad, "l2")):
+    workdir.mkdir()
+    config = load("configs/default.py").to_dict()
+    config["tasks"]["depth"]["loss"] = loss
+    (workdir / "config.json").write_text(json.dumps(config))
+  before = [runs.tree_snapshot(str(w)) for w in (good, bad)]
+  fv = flags.FlagValues()
+  evaluate.define_flags(fv)
+  rest = fv(["evaluate", "--compare", str(good), str(bad)])
+  assert evaluate.run(fv, rest[1:]) == 1
+  err = capsys.readouterr().err
+  assert err.startswith("error: config.tasks.depth.loss='l2' is not a known loss (did you mean "
+                        "'l1'?)") and err.count("\n") == 1, err
+  assert os.path.join(str(bad), "config.json") in err
+  assert [runs.tree_snapshot(str(w)) for w in (good, bad)] == before
