@@ -366,3 +366,35 @@ def test_evaluate_compare_checks_every_run_first(tmp_path, capsys):
                         "'l1'?)") and err.count("\n") == 1, err
   assert os.path.join(str(bad), "config.json") in err
   assert [runs.tree_snapshot(str(w)) for w in (good, bad)] == before
+
+
+def test_predict_checks_the_runs_config(tmp_path, capsys):
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from smd_jax import predict  # pylint: disable=g-import-not-at-top
+  workdir, out = tmp_path / "run", tmp_path / "out"
+  workdir.mkdir()
+  config = load("configs/default.py").to_dict()
+  config["semantic_transform"] = "onehot41"
+  (workdir / "config.json").write_text(json.dumps(config))
+  fv = flags.FlagValues()
+  predict.define_flags(fv)
+  rest = fv(["predict", f"--workdir={workdir}", f"--input={tmp_path}", f"--out={out}"])
+  assert predict.run(fv, rest[1:]) == 1
+  err = capsys.readouterr().err
+  assert err.startswith("error: config.semantic_transform='onehot41' is not a known semantic "
+                        "transform (did you mean 'onehot40'") and err.count("\n") == 1, err
+  assert not out.exists()
+
+
+def test_experiments_check_every_config_first(tmp_path):
+  from smd_jax.training import sweep  # pylint: disable=g-import-not-at-top
+  out = tmp_path / "sweep"
+  paths = [os.path.join(ROOT, "configs", "paper", "unet_l1.py"),
+           os.path.join(ROOT, "configs", "paper", "deeplab_l1.py")]
+  with pytest.raises(UserError) as e:  # 96 suits the UNet's stride 32 and DeepLabV3's 8
+    sweep.prepare_configs(paths, str(out), "demo", ["data.resolution=100"])
+  message = str(e.value)
+  assert message.startswith("config.data.resolution=100 is not a multiple of 32") and (
+      "[" + paths[0] + "]") in message and "\n" not in message
+  sweep.prepare_configs(paths, str(out), "demo", ["data.resolution=96"])
+  assert not out.exists()
