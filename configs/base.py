@@ -2,7 +2,9 @@
 
 EfficientNet-b4 UNet, L1 depth loss, Adam at 1e-3 with cosine decay to 1e-6 over
 15 epochs, batch 32, 256x256 crops, depth clamped to 15 m and divided by 15.
-Other configs import this one and change a few fields.
+Other configs import this one and change a few fields. Every field has its rule (type,
+range, registry) in smd_jax/config_rules.py FIELDS, which every command checks before it
+starts (smd_jax/validation.py); a new field gets its entry there too.
 """
 
 from __future__ import annotations
