@@ -176,3 +176,15 @@ def test_cli(tmp_path, capsys):
 def test_unknown_split_rejected(tmp_path):
   with pytest.raises(ValueError):
     synthetic.generate(tmp_path, num_frames={"val": 2})
+
+
+def test_cli_flag_spellings_and_errors(capsys):
+  """Both spellings set the same flag (argparse had --frames_per_scene only; absl adds hyphens);
+  a bad flag or a missing --out is one line with exit status 1."""
+  from smd_jax import cli  # pylint: disable=g-import-not-at-top
+  for spelling in ("--frames_per_scene", "--frames-per-scene"):
+    values, _ = cli.parse_argv(synthetic.define_flags, ["--out", "x", spelling, "3"], usage="")
+    assert values.frames_per_scene == 3
+  assert synthetic.main(["--train", "1"]) == 1
+  err = capsys.readouterr().err.strip()
+  assert err.startswith("error: --out") and "\n" not in err

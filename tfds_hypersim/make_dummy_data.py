@@ -11,11 +11,14 @@ is missing (-> missing_file). `broken_frames.json` lists them.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
+import sys
 
+from absl import flags
+
+from smd_jax import cli
 from tfds_hypersim import processing, synthetic
 
 SEED = 1
@@ -48,12 +51,19 @@ def make_dummy_data(out_dir: str) -> dict[str, list]:
   return broken
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--out", default=default_dir())
-  args = parser.parse_args()
-  print(make_dummy_data(args.out))
+def define_flags(flag_values: flags.FlagValues) -> None:
+  flags.DEFINE_string("out", default_dir(), "Output folder.", flag_values=flag_values)
+
+
+def main(argv: list[str] | None = None) -> int:
+  """The command on `argv` (without the program name; None: sys.argv); the exit status."""
+  def run(args, positional):
+    del positional
+    print(make_dummy_data(args.out))
+    return 0
+  return cli.run_argv(run, define_flags, argv, usage=__doc__.split("\n")[0], positional=False,
+                      prog="python -m tfds_hypersim.make_dummy_data")
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

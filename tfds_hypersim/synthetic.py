@@ -62,7 +62,6 @@ World model
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import json
@@ -77,7 +76,10 @@ from collections.abc import Callable, Iterable
 
 import h5py
 import numpy as np
+from absl import flags
 
+from smd_jax import cli
+from smd_jax.errors import UserError
 from tfds_hypersim import metadata, processing
 
 H, W = processing.HEIGHT, processing.WIDTH
@@ -1221,30 +1223,39 @@ def load_manifest(out_dir: str | os.PathLike) -> dict:
     return json.load(f)
 
 
-def main(argv: Iterable[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--out", required=True, help="output manual_dir")
+def define_flags(flag_values: flags.FlagValues) -> None:
+  """The command's flags (absl, underscore names; the hyphen spellings work too)."""
+  flags.DEFINE_string("out", None, "Output manual_dir.", flag_values=flag_values)
   for split, n in DEFAULT_NUM_FRAMES.items():
-    parser.add_argument(f"--{split}", type=int, default=n, help=f"{split} frames")
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--frames_per_scene", type=int, default=6)
-  parser.add_argument("--noise", type=float, default=0.0)
-  parser.add_argument("--compression_level", type=int, default=4)
-  parser.add_argument("--color_step", type=float, default=0.0)
-  parser.add_argument("--workers", type=int, default=None)
+    flags.DEFINE_integer(split, n, f"{split} frames.", flag_values=flag_values)
+  flags.DEFINE_integer("seed", 0, "Random seed.", flag_values=flag_values)
+  flags.DEFINE_integer("frames_per_scene", 6, "Frames per scene.", flag_values=flag_values)
+  flags.DEFINE_float("noise", 0.0, "Sensor noise.", flag_values=flag_values)
+  flags.DEFINE_integer("compression_level", 4, "gzip level of the HDF5 datasets.",
+                       flag_values=flag_values)
+  flags.DEFINE_float("color_step", 0.0, "Colour quantisation step.", flag_values=flag_values)
+  flags.DEFINE_integer("workers", None, "Worker processes (default: one per core).",
+                       flag_values=flag_values)
   # Internal: one shard of the frames, run by generate()'s worker processes.
-  parser.add_argument("--shard", type=int, default=None, help=argparse.SUPPRESS)
-  parser.add_argument("--num_shards", type=int, default=1, help=argparse.SUPPRESS)
-  parser.add_argument("--records", default=None, help=argparse.SUPPRESS)
-  args = parser.parse_args(argv)
-  num_frames = {s: getattr(args, s) for s in DEFAULT_NUM_FRAMES}
+  flags.DEFINE_integer("shard", None, "(internal) shard to write.", flag_values=flag_values)
+  flags.DEFINE_integer("num_shards", 1, "(internal) number of shards.", flag_values=flag_values)
+  flags.DEFINE_string("records", None, "(internal) where a shard writes its frame records.",
+                      flag_values=flag_values)
+  cli.define_hyphen_aliases(flag_values)
+
+
+def run(args: flags.FlagValues, positional: list[str]) -> int:
+  del positional
+  if not args.out:
+    raise UserError("--out DIR (the manual_dir to write the raw frames to) is required.")
+  num_frames = {s: args[s].value for s in DEFAULT_NUM_FRAMES}
   if args.shard is not None:
     jobs = _jobs(os.path.abspath(args.out), num_frames, args.seed, args.frames_per_scene,
                  args.noise, args.compression_level, args.color_step)
     records = [_make_frame(j) for j in jobs[args.shard::args.num_shards]]
     with open(args.records, "w") as f:
       json.dump(records, f)
-    return
+    return 0
   start = time.perf_counter()
   frames = generate(args.out, num_frames=num_frames, seed=args.seed,
                     frames_per_scene=args.frames_per_scene, noise=args.noise,
@@ -1253,7 +1264,15 @@ def main(argv: Iterable[str] | None = None) -> None:
   dt = time.perf_counter() - start
   print(f"wrote {len(frames)} frames to {args.out} in {dt:.1f} s "
         f"({dt / max(len(frames), 1):.2f} s/frame)")
+  return 0
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+  """The command on `argv` (without the program name; None: sys.argv); the exit status."""
+  return cli.run_argv(run, define_flags, None if argv is None else list(argv),
+                      usage=__doc__.split("\n")[0], positional=False,
+                      prog="python -m tfds_hypersim.synthetic")
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())
