@@ -24,8 +24,8 @@ from typing import Any, Iterable, Mapping
 from smd_jax import losses, paper, semantics, tasks as tasks_lib
 from smd_jax.models import layers, model as model_lib, registry
 from smd_jax.training import steps
-from smd_jax.validation import (TRAINING, Bool, Check, Context, Directory, Float, Int, Ints,
-                                Name, Problem, Section, Text, Weights, suggest)
+from smd_jax.validation import (TRAINING, Bool, Check, Directory, Float, Int, Ints, Name,
+                                Problem, Section, Text, Weights, suggest)
 from tfds_hypersim import hypersim_dataset_builder as hdb
 
 DATA_SETS = ("hypersim",)  # data.name: the one data set the input pipeline reads
@@ -322,4 +322,4 @@ CHECKS = (
     Check(("data.synthetic",), synthetic_has_training_frames),
 )
 
-__all__ = ["CHECKS", "FIELDS", "Context", "is_hub_id", "loss_keywords"]
+__all__ = ["CHECKS", "FIELDS", "converted_problem", "is_hub_id", "loss_keywords"]

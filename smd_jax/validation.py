@@ -167,7 +167,7 @@ class Bool(Rule):
 
 
 class Text(Rule):
-  """Any string matching `pattern` (a description for the message), e.g. a metric name."""
+  """A string that `accept` takes (`what` describes it in the message), e.g. a metric name."""
 
   def __init__(self, accept: Callable[[str], bool] = lambda s: True, what: str = "a string",
                **kwargs):

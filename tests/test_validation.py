@@ -274,7 +274,8 @@ def test_paths_and_their_kinds(tmp_path, a_file):
   config = load("configs/base.py").to_dict()
   config["data"]["data_dir"] = os.path.join(a_file, "tfds")  # under a file: cannot be made
   problems = _problems(config)
-  assert [p.field for p in problems] == ["data.data_dir"] and "which is a file" in problems[0].message
+  assert [p.field for p in problems] == ["data.data_dir"]
+  assert "which is a file" in problems[0].message
   config["data"]["data_dir"] = str(tmp_path / "new" / "tfds")  # made when needed
   assert _problems(config) == []
   with pytest.raises(UserError, match="--workdir .* is a file"):
