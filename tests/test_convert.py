@@ -384,21 +384,28 @@ def test_maybe_init_from_only_on_fresh_runs(tiny, tmp_path):
 # --------------------------------------------------- numerics vs PyTorch (torch extra)
 
 
+# Train-mode bound, in float32 ulps of the largest value: BatchNorm over a 2x64x64 batch
+# divides nearly constant channels by ~sqrt(eps), which amplifies rounding ~100-fold
+# (calibrate_batch_norm). Measured distances from the float64 result: 1.5e-4 (2-head
+# b2, scale 3.9) on one machine, up to ~3e-4 on another; 2^12 ulps of 3.9 = 1.9e-3
+# leaves a margin of 6 over both, while a wrong activation or normalisation is off by
+# O(1) of the scale.
+TRAIN_ULPS = 2.0**12
+
+
 def _assert_fidelity(result):
-  """Parameter counts equal. Eval mode: every feature map and output within 1e-4.
-  Train mode (batch statistics of a 2x64x64 batch, ill-conditioned in float32 for
-  nearly constant channels): within 1e-4, or within twice PyTorch's own float32 error
-  (against PyTorch in float64 on the same input) and no farther from that exact result
-  than twice PyTorch is. Running statistics after the pass: within 1e-4 (relative
-  above 1)."""
+  """Parameter counts equal. Eval mode: every feature map and output within 1e-4 of
+  PyTorch. Train mode (batch statistics): within `TRAIN_ULPS` float32 ulps of the
+  largest value of the exact result (PyTorch in float64 on the same input), a bound
+  from the dtype and the magnitude only. Running statistics after the pass: within
+  1e-4 (relative above 1), which a wrong BatchNorm momentum breaks."""
   print(result)
   assert result.params == result.reference_params
   assert result.eval_features <= TOLERANCE, result
   assert result.eval_outputs <= TOLERANCE, result
-  train_bound = max(TOLERANCE, 2 * result.reference_train_error)
-  assert result.train_features <= train_bound, result
-  assert result.train_outputs <= train_bound, result
-  assert result.exact_train_error <= train_bound, result
+  scale = max(1.0, result.feature_scale, result.output_scale)
+  train_bound = max(TOLERANCE, TRAIN_ULPS * float(np.finfo(np.float32).eps) * scale)
+  assert result.exact_train_error <= train_bound, (train_bound, result)
   assert result.train_stats <= TOLERANCE, result
 
 
