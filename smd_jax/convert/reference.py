@@ -20,6 +20,10 @@ here calls them.
 
 from __future__ import annotations
 
+import glob
+import importlib.util
+import os
+
 _TORCHVISION_SCHEMAS = (
     "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
     "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
@@ -27,15 +31,29 @@ _TORCHVISION_SCHEMAS = (
 _library = None  # kept alive: dropping the Library object unregisters the schemas
 
 
+def _load_torchvision_operators(torch) -> bool:
+  """Loads torchvision's compiled operators without importing torchvision; False when
+  they do not load next to this torch. Defining the schemas when they do load (PyPI's
+  torch and torchvision on Python 3.12+) would abort the process at `import torchvision`
+  (the same operator registered twice)."""
+  spec = importlib.util.find_spec("torchvision")
+  if spec is None or spec.origin is None:
+    return False
+  for path in glob.glob(os.path.join(os.path.dirname(spec.origin), "_C*.so")):
+    try:
+      torch.ops.load_library(path)
+      return True
+    except (OSError, RuntimeError):
+      return False
+  return False
+
+
 def _define_torchvision_schemas(torch) -> None:
   global _library
   if _library is not None:
     return
-  try:
-    torch.ops.torchvision.nms  # pylint: disable=pointless-statement
-    return  # the compiled operators loaded
-  except (AttributeError, RuntimeError):
-    pass
+  if _load_torchvision_operators(torch):
+    return  # a torchvision built for this torch: its own schemas and kernels
   _library = torch.library.Library("torchvision", "DEF")
   for schema in _TORCHVISION_SCHEMAS:
     _library.define(schema)
