@@ -47,6 +47,9 @@ def get_config() -> config_dict.ConfigDict:
       # Init of the stem's input channels beyond RGB (smd_jax/models/model.py
       # STEM_INITS): "encoder" (its own init) or "torch_uniform" (the authors').
       stem_init="encoder",
+      # Init of the decoders and heads (smd_jax/models/model.py BRANCH_INITS): "smp" or
+      # "torch" (PyTorch's default, the authors' multi-task models).
+      branch_init="smp",
   ))
   # Weights to start from, loaded only when the workdir has no checkpoint yet:
   # "imagenet" = the ImageNet weights the authors used for model.encoder (timm 0.9.2's
@@ -147,9 +150,11 @@ AUTHORS_SOBEL_WEIGHT = 1.0
 def authors_heads(config) -> None:
   """Their multi-task heads (`MultiLossModel`, `TripleLossModel`, `SobelLossModel`):
   SegmentationHead(kernel_size=3, activation=None) for every task, so the depth head
-  is linear (no sigmoid), and DeepLabV3's heads are 3x3 (x8 upsampling as smp's)."""
+  is linear (no sigmoid), and DeepLabV3's heads are 3x3 (x8 upsampling as smp's); bare
+  smp decoders and heads that keep PyTorch's default init (no smp `initialize()`)."""
   config.model.heads.depth.activation = "identity"
   config.model.head_kernel_size = 3
+  config.model.branch_init = "torch"
 
 
 def add_authors_semantic_head(config, loss: str = "ce") -> None:

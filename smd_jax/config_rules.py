@@ -86,6 +86,7 @@ FIELDS = {
     "model.input_block": Name(registry.INPUT_BLOCKS, "input block", optional=True),
     "model.head_kernel_size": Int(1, 15, optional=True),
     "model.stem_init": Name(model_lib.STEM_INITS, "stem init"),
+    "model.branch_init": Name(model_lib.BRANCH_INITS, "branch init"),
     "model.drop_path_rate": Float(0, 1, hi_open=True),
     "model.decoder_channels": Ints(optional=True),
 

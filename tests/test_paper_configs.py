@@ -122,6 +122,8 @@ def test_row_builds_the_authors_model(path, monkeypatch):
   assert got == heads
   # New stem input channels get PyTorch's default init, as their wrappers give them.
   assert config.model.stem_init == ("torch_uniform" if stem_in > 3 else "encoder")
+  # Multi-task decoders and heads keep PyTorch's default init (no smp initialize()).
+  assert config.model.branch_init == ("torch" if len(heads) > 1 else "smp")
 
 
 @pytest.mark.parametrize("path", CONFIG_FILES + VARIANT_FILES, ids=NAMES + VARIANT_NAMES)

@@ -37,6 +37,46 @@ STEM_INITS: dict[str, Callable[[jax.Array, jax.Array], jax.Array] | None] = {
 }
 
 
+def _torch_default_convs(module: nnx.Module, rngs: nnx.Rngs) -> None:
+  """Every conv of ``module``: kernel and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)),
+  fan_in = kh * kw * C_in / groups (PyTorch's Conv2d.reset_parameters:
+  kaiming_uniform_(a=sqrt(5)) for the weight, the same bound for the bias). BatchNorm
+  stays 1 / 0 as in PyTorch."""
+  for _, conv in nnx.iter_modules(module):
+    if not isinstance(conv, nnx.Conv):
+      continue
+    kernel = conv.kernel.get_value()
+    bound = 1.0 / np.sqrt(np.prod(kernel.shape[:-1]))
+    conv.kernel.set_value(jax.random.uniform(rngs.params(), kernel.shape, kernel.dtype,
+                                             -bound, bound))
+    if conv.bias is not None:
+      bias = conv.bias.get_value()
+      conv.bias.set_value(jax.random.uniform(rngs.params(), bias.shape, bias.dtype,
+                                             -bound, bound))
+
+
+# How the decoders and heads are initialised (config `model.branch_init`): "smp" (None:
+# as built, smp's `initialize()`: kaiming-uniform(relu) decoder convs, xavier-uniform
+# heads, zero biases; what the authors' single-task smp models get) or "torch"
+# (PyTorch's default conv init: the authors' multi-task models build bare smp decoders
+# and heads and never call `initialize()`).
+BRANCH_INITS: dict[str, Callable[[nnx.Module, nnx.Rngs], None] | None] = {
+    "smp": None,
+    "torch": _torch_default_convs,
+}
+
+
+def init_branches(modules: Mapping[str, nnx.Module], name: str, rngs: nnx.Rngs) -> None:
+  """Applies `BRANCH_INITS[name]` to each module of ``modules`` in key order, in place."""
+  if name not in BRANCH_INITS:
+    raise ValueError(f"Unknown branch_init {name!r}; known: {sorted(BRANCH_INITS)}")
+  init = BRANCH_INITS[name]
+  if init is None:
+    return
+  for key in sorted(modules):
+    init(modules[key], rngs)
+
+
 def init_stem(encoder: nnx.Module, name: str, rngs: nnx.Rngs) -> None:
   """Applies `STEM_INITS[name]` to ``encoder``'s first conv in place when it has input
   channels beyond RGB (encoders without a `STEM_ATTRIBUTES` conv are left alone)."""

@@ -28,7 +28,8 @@ from flax import nnx
 from smd_jax.models import deeplab, efficientnet, resnet, semantic_conv, unet
 from smd_jax.models.heads import ACTIVATIONS, SegmentationHead
 from smd_jax.models.layers import canonical_dtype
-from smd_jax.models.model import RGB_CHANNELS, STEM_INITS, DenseModel, init_stem
+from smd_jax.models.model import (BRANCH_INITS, RGB_CHANNELS, STEM_INITS, DenseModel,
+                                  init_branches, init_stem)
 
 ENCODERS: dict[str, Callable[..., nnx.Module]] = {
     "efficientnet_b2": efficientnet.efficientnet_b2,
@@ -142,6 +143,8 @@ def build_model(model_config: Any, *, rngs: nnx.Rngs) -> DenseModel:
       multi-task DeepLabV3 heads are 3x3 where smp's single-task one is 1x1).
     stem_init: name in `model.STEM_INITS` for the encoder stem's input channels beyond
       RGB (default 'encoder': the encoder's own init).
+    branch_init: name in `model.BRANCH_INITS` for the decoders and heads (default
+      'smp'; 'torch': PyTorch's default conv init, as the authors' multi-task models).
     drop_path_rate: encoder stochastic depth (default 0).
     decoder_channels: optional decoder widths (UNet: a sequence; DeepLabV3: an int
       or a 1-sequence).
@@ -155,6 +158,8 @@ def build_model(model_config: Any, *, rngs: nnx.Rngs) -> DenseModel:
   _check_heads(heads_config)  # fail before the (slow) construction
   stem_init = _field(model_config, "stem_init") or "encoder"
   lookup(STEM_INITS, stem_init, "stem_init")
+  branch_init = _field(model_config, "branch_init") or "smp"
+  lookup(BRANCH_INITS, branch_init, "branch_init")
   in_channels = int(_field(model_config, "in_channels", RGB_CHANNELS))
 
   input_block, encoder_in_channels = None, in_channels
@@ -166,4 +171,6 @@ def build_model(model_config: Any, *, rngs: nnx.Rngs) -> DenseModel:
   decoders, heads = _build_task_branches(heads_config, decoder_fn, encoder.out_channels,
                                          _decoder_kwargs(model_config),
                                          _field(model_config, "head_kernel_size"), dtype, rngs)
+  init_branches({**{f"decoder/{t}": m for t, m in decoders.items()},
+                 **{f"head/{t}": m for t, m in heads.items()}}, branch_init, rngs)
   return DenseModel(encoder, decoders, heads, input_block=input_block)

@@ -11,6 +11,7 @@ def get_config():
   config = unet_2head_sobel.get_config()
   config.model.heads.depth.activation = "sigmoid"
   config.model.head_kernel_size = None
+  config.model.branch_init = "smp"
   config.tasks.depth_edges.weight = base.SEMANTIC_WEIGHT
   config.tasks.depth_edges.params = dict(threshold=20.0)
   return config

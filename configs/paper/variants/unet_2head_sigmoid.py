@@ -10,5 +10,6 @@ def get_config():
   config = unet_2head.get_config()
   config.model.heads.depth.activation = "sigmoid"
   config.model.head_kernel_size = None
+  config.model.branch_init = "smp"
   del config.tasks.semantic["loss_params"], config.tasks.semantic["params"]
   return config
