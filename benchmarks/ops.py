@@ -1,12 +1,19 @@
 """Micro-benchmarks of alternative formulations of the step's hot operations.
 
-    python -m benchmarks.ops [--repeats 5] [--batch_size 8] [--groups 1x1 depthwise bn kxk]
+    python -m benchmarks.ops [--repeats 5] [--batch_size 8]
+        [--groups 1x1 depthwise depthwise_vjp bn kxk] [--unet_inputs 8x64 2x256]
 
 Forward + backward (gradient w.r.t. input and kernel) of one layer, jitted, median of
-`--repeats` calls, on EfficientNet-b4 UNet shapes at batch 8, 64x64 input (the demo):
+`--repeats` calls (A and B interleaved: A, B, A, B, ...), on EfficientNet-b4 UNet
+shapes at batch 8, 64x64 input (the demo):
 
 * 1x1 convolution: XLA's convolution vs the same contraction as `dot_general`;
 * depthwise convolution: XLA's grouped convolution vs `layers.depthwise_conv_taps`;
+* depthwise_vjp: every distinct depthwise convolution of the b4 UNet's encoder at the
+  `--unet_inputs` (batch x size, traced from the model itself: shape, stride,
+  dilation, padding, how many layers share it), `layers.depthwise_conv_taps` with
+  autodiff's gradient vs the same taps with the hand-written one
+  (`layers.depthwise_conv_vjp`), and a total over all layers (time x count);
 * BatchNorm statistics: E[x], E[x^2] in two reductions (ours) vs mean then centred
   variance (two passes over x);
 * 3x3 convolution (UNet decoder shapes): XLA's convolution vs im2col (nine shifted
@@ -20,13 +27,16 @@ Each pair is also checked equal (printed max |difference|). Markdown on stdout.
 
 from __future__ import annotations
 
+import collections
 import os
+import re
 import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import flags
+from flax import nnx
 
 from smd_jax import cli
 
@@ -47,6 +57,35 @@ def conv1x1_dot(x, w):
 
 def depthwise_taps(x, w, stride=1, pad=0):
   return layers.depthwise_conv_taps(x, w, (stride, stride), ((pad, pad), (pad, pad)))
+
+
+def unet_depthwise_layers(batch_size: int, size: int) -> collections.Counter:
+  """The depthwise convolutions of the EfficientNet-b4 UNet (the paper's base config)
+  at a [batch_size, size, size, 3] input, as `_conv_general_dilated` hands them to the
+  taps (after dead taps are dropped): {(x shape, kernel shape, strides, padding,
+  dilation): number of layers}. Traced abstractly (no compile)."""
+  from benchmarks import flax_side  # pylint: disable=g-import-not-at-top
+  from smd_jax.models import build_model  # pylint: disable=g-import-not-at-top
+  config = flax_side.make_config('unet', encoder='efficientnet_b4', batch_size=batch_size,
+                                 size=size, precision='f32')
+  model = nnx.eval_shape(lambda: build_model(config.model, rngs=nnx.Rngs(0)))
+  graphdef, state = nnx.split(model)
+  found = collections.Counter()
+  taps, use_vjp = layers.depthwise_conv_taps, layers.depthwise_vjp
+
+  def record(x, w, strides, padding, dilation=(1, 1)):
+    found[(tuple(x.shape), tuple(w.shape), tuple(strides), tuple(map(tuple, padding)),
+           tuple(dilation))] += 1
+    return taps(x, w, strides, padding, dilation)
+
+  layers.depthwise_conv_taps, layers.depthwise_vjp = record, False
+  try:
+    in_channels = config.model.get('in_channels', 3)
+    jax.eval_shape(lambda s, x: nnx.merge(graphdef, s)(x), state,
+                   jax.ShapeDtypeStruct((batch_size, size, size, in_channels), jnp.float32))
+  finally:
+    layers.depthwise_conv_taps, layers.depthwise_vjp = taps, use_vjp
+  return found
 
 
 def conv3x3_im2col(x, w):
@@ -101,24 +140,30 @@ def bn_stats_centred(x):
 
 
 def time_pair(name, fns, args, repeats):
-  """Median seconds of forward+backward for each formulation, and their max diff."""
-  results = []
-  for fn in fns:
-    grad = jax.jit(jax.grad(lambda *a, fn=fn: _scalar(fn(*a)), argnums=tuple(range(len(args)))))
-    jax.block_until_ready(grad(*args))
-    t = timing.repeat(lambda grad=grad: jax.block_until_ready(grad(*args)), repeats=repeats,
-                      warmup=1, items=1)
-    results.append((t.median_s, jax.jit(fn)(*args)))
+  """Median seconds of forward+backward for each formulation, timed interleaved (A, B,
+  A, B, ...: a change of machine load hits both alike), and the max |difference| of
+  their values and of their gradients."""
+  grads = [jax.jit(jax.grad(lambda *a, fn=fn: _scalar(fn(*a)), argnums=tuple(range(len(args)))))
+           for fn in fns]
+  outs = []
+  for fn, grad in zip(fns, grads):
+    outs.append((jax.jit(fn)(*args), jax.block_until_ready(grad(*args))))  # compile + warm-up
+  times = [[] for _ in fns]
+  for _ in range(repeats):
+    for grad, t in zip(grads, times):
+      t.extend(timing.repeat(lambda grad=grad: jax.block_until_ready(grad(*args)), repeats=1,
+                             warmup=0, items=1).times)
   diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(
-      jax.tree.leaves(results[0][1]), jax.tree.leaves(results[1][1])))
-  return name, results[0][0], results[1][0], diff
+      jax.tree.leaves(outs[0]), jax.tree.leaves(outs[1])))
+  return name, timing.Timing(times[0], 1).median_s, timing.Timing(times[1], 1).median_s, diff
 
 
 def _scalar(out):
   return sum(jnp.sum(jnp.sin(o)) for o in jax.tree.leaves(out))
 
 
-GROUPS = ('1x1', 'depthwise', 'bn', 'kxk')
+GROUPS = ('1x1', 'depthwise', 'depthwise_vjp', 'bn', 'kxk')
+_UNET_INPUT = re.compile(r'([1-9][0-9]*)x([1-9][0-9]*)')
 
 
 def define_flags(flag_values: flags.FlagValues) -> None:
@@ -128,12 +173,18 @@ def define_flags(flag_values: flags.FlagValues) -> None:
   flags.DEFINE_integer('batch_size', 8, 'Batch of the layer inputs.', **fv)
   flags.DEFINE_multi_enum('groups', list(GROUPS), GROUPS, 'Groups of operations to time: '
                           '--groups 1x1 bn or repeated.', **fv)
+  flags.DEFINE_multi_string('unet_inputs', ['8x64', '2x256'], 'Inputs BATCHxSIZE of the b4 '
+                            'UNet whose depthwise layers the depthwise_vjp group times.', **fv)
+  flags.register_validator(
+      'unet_inputs', lambda values: all(_UNET_INPUT.fullmatch(v) for v in values),
+      'must be BATCHxSIZE, e.g. 8x64', flag_values=flag_values)
   cli.define_hyphen_aliases(flag_values)
 
 
 def parse_args(argv=None):
   """The flags of `argv` (without the program name; None: sys.argv); exits 1 on a bad one."""
-  flag_values, _ = cli.parse_argv(define_flags, argv, usage=__doc__, multi_value=('groups',),
+  flag_values, _ = cli.parse_argv(define_flags, argv, usage=__doc__,
+                                  multi_value=('groups', 'unet_inputs'),
                                   positional=False, prog='python -m benchmarks.ops')
   return cli.flag_namespace(flag_values)
 
@@ -157,6 +208,22 @@ def main(argv=None) -> int:
       fn_taps = lambda x, w, k=k, s=s: depthwise_taps(x, w, s, (k - 1) // 2)
       rows.append(time_pair(f'depthwise ({b},{h},{h},{c}) k{k} s{s}: native \\| taps',
                             (fn_native, fn_taps), (r(b, h, h, c), r(k, k, 1, c)), args.repeats))
+  if 'depthwise_vjp' in args.groups:
+    autodiff = lambda x, w, geometry: layers.depthwise_conv_taps(x, w, *geometry)
+    custom = lambda x, w, geometry: layers.depthwise_conv_vjp(x, w, *geometry)
+    for unet_input in args.unet_inputs:
+      batch, size = map(int, _UNET_INPUT.fullmatch(unet_input).groups())
+      total = [0.0, 0.0]
+      for (x_shape, w_shape, *geometry), count in unet_depthwise_layers(batch, size).items():
+        fns = [lambda x, w, f=f, g=tuple(geometry): f(x, w, g) for f in (autodiff, custom)]
+        row = time_pair(
+            f'depthwise {x_shape} k{w_shape[0]}x{w_shape[1]} s{geometry[0][0]} '
+            f'd{geometry[2][0]} x{count} ({unet_input} UNet): autodiff \\| custom_vjp', fns,
+            (r(*x_shape), r(*w_shape)), args.repeats)
+        rows.append(row)
+        total = [total[0] + count * row[1], total[1] + count * row[2]]
+      rows.append((f'all depthwise layers, time x count ({unet_input} UNet): autodiff \\| '
+                   'custom_vjp', *total, float('nan')))
   if 'bn' in args.groups:
     for h, c in ((32, 144), (16, 336), (64, 16)):
       rows.append(time_pair(f'BN statistics ({b},{h},{h},{c}): E[x^2]-E[x]^2 \\| centred',

@@ -115,9 +115,9 @@ def test_values_and_gradients_match_grouped_conv_bf16(x_shape, k, stride, dilati
 
 def test_gradient_of_a_hand_computed_case():
   """1-D in effect (H = 1, W = 4, one channel), 3-tap kernel [1, 2, 3], stride 2,
-  padding 1: outputs y0 = 2 x0 + 3 x1, y1 = x1 + 2 x2 + 3 x3. With cotangent (1, 10):
-  dx = (2, 3 + 10, 20, 30); dw = (x-1*1 + x1*10, x0 + x2*10, x1 + x3*10) = (10 x1,
-  x0 + 10 x2, x1 + 10 x3) with x-1 the zero padding."""
+  padding 1: the padded row is (0, x0, x1, x2, x3, 0), so y0 = 2 x0 + 3 x1 and
+  y1 = x1 + 2 x2 + 3 x3. With cotangent (1, 10): dx = (2, 3 + 10, 20, 30) and
+  dw = (0 + 10 x1, x0 + 10 x2, x1 + 10 x3)."""
   x = jnp.asarray([1.0, 2.0, 4.0, 8.0]).reshape(1, 1, 4, 1)
   w = jnp.asarray([1.0, 2.0, 3.0]).reshape(1, 3, 1, 1)
   f = lambda x, w: layers.depthwise_conv_vjp(x, w, (1, 2), ((0, 0), (1, 1)))

@@ -424,7 +424,8 @@ def conv2d(
   is ``dilation * (k - 1) // 2``, what torchvision / smp (``replace_strides_with_
   dilation``) and timm give dilated convs. ``groups == in_channels == out_channels``
   gives a depthwise conv: XLA's grouped convolution (``feature_group_count``) on
-  GPU/TPU, `depthwise_conv_taps` on CPU. ``bias_init`` defaults to zeros.
+  GPU/TPU, `depthwise_conv_taps` (or `depthwise_conv_vjp`: `depthwise_vjp`) on CPU.
+  ``bias_init`` defaults to zeros.
   """
   pad = torch_padding(kernel_size, stride, dilation)
   if kernel_init is None:  # torch's default conv init: kaiming_uniform_(a=sqrt(5))
