@@ -12,6 +12,7 @@ import pytest
 from benchmarks import build_throughput, curves, device_scaling, fidelity, flax_side, ops
 from benchmarks import pipeline, profile_step, run, timing
 from smd_jax.training import steps as steps_lib
+from tests import torch_reference
 
 
 def test_repeat_times_only_the_timed_calls():
@@ -130,7 +131,7 @@ def test_tiled_source_repeats_examples():
 def test_torch_loss_equals_our_loss():
   """Both sides optimise the same objective: the PyTorch side's masked L1 on sigmoid
   depth + 0.07 CE equals steps.total_loss of the 2-head config on the same logits."""
-  torch = pytest.importorskip('torch')
+  torch = torch_reference.import_torch()  # skips, or fails under SMD_REQUIRE_TORCH_REFERENCE
   from benchmarks import torch_side
   from smd_jax import tasks as tasks_lib
 
