@@ -43,7 +43,9 @@ class DepthTask:
 
   def valid(self, batch):
     depth = batch["depth"]
-    return jnp.isfinite(depth) & (depth > 0)
+    # Padded evaluation rows carry NaN depth, but `mask` is what marks them: honour it
+    # too, so a padded row counts for nothing whatever its content.
+    return jnp.isfinite(depth) & (depth > 0) & example_mask(batch, depth.shape)
 
   def target_metres(self, batch):
     return jnp.clip(batch["depth"], 0.0, self.max_depth)
