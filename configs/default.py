@@ -15,6 +15,7 @@ def demo_settings(config):
   config.data.resolution = 64
   config.data.num_threads = 2
   config.data.num_workers = 0  # threads outpace the demo's CPU steps; workers only add start-up
+  config.data.worker_timeout_s = 300.0  # longest worker start (first batch), s
   config.data.synthetic.enabled = True
   config.data.synthetic.num_frames = dict(train=160, validation=32, test=8)
   config.batch_size = 8
