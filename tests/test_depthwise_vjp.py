@@ -128,16 +128,27 @@ def test_gradient_of_a_hand_computed_case():
   np.testing.assert_array_equal(np.ravel(gw), [20, 1 + 40, 2 + 80])
 
 
-def test_formulation_is_chosen_per_backend_and_flag():
-  nhwc = jax.lax.conv_dimension_numbers((2, 8, 8, 16), (3, 3, 1, 16), DN)
-  kw = dict(dimension_numbers=nhwc, feature_group_count=16)
+def test_formulation_is_chosen_per_backend_flag_and_geometry():
   pick = layers.conv_formulation
-  args = ((2, 8, 8, 16), (3, 3, 1, 16), ((1, 1), (1, 1)))
-  assert pick(*args, backend="cpu", custom_vjp=True, **kw) == "taps_vjp"
-  assert pick(*args, backend="cpu", custom_vjp=False, **kw) == "taps"
-  for backend in ("gpu", "tpu"):
-    assert pick(*args, backend=backend, custom_vjp=True, **kw) == "native"
+
+  def depthwise(k, stride, backend="cpu", **kw):
+    shape_x, shape_w = (2, 8, 8, 16), (k, k, 1, 16)
+    nhwc = jax.lax.conv_dimension_numbers(shape_x, shape_w, DN)
+    return pick(shape_x, shape_w, ((k // 2, k // 2),) * 2, dimension_numbers=nhwc,
+                feature_group_count=16, window_strides=(stride, stride), backend=backend,
+                **kw)
+
+  # Where it was measured faster: 3x3 kernels, and any kernel at stride 2.
+  assert depthwise(3, 1, custom_vjp=True) == "taps_vjp"
+  assert depthwise(3, 2, custom_vjp=True) == "taps_vjp"
+  assert depthwise(5, 2, custom_vjp=True) == "taps_vjp"
+  assert depthwise(5, 1, custom_vjp=True) == "taps"
+  for k, stride in ((3, 1), (3, 2), (5, 2)):
+    assert depthwise(k, stride, custom_vjp=False) == "taps"
+    for backend in ("gpu", "tpu"):
+      assert depthwise(k, stride, backend, custom_vjp=True) == "native"
   # Not depthwise: the flag changes nothing.
+  nhwc = jax.lax.conv_dimension_numbers((2, 8, 8, 16), (3, 3, 16, 8), DN)
   assert pick((2, 8, 8, 16), (3, 3, 16, 8), ((1, 1), (1, 1)), dimension_numbers=nhwc,
               backend="cpu", custom_vjp=True) == "native"
 

@@ -331,19 +331,30 @@ def _depthwise_vjp_from_env() -> bool:
   return DEPTHWISE_VJP_DEFAULT if value == "" else value == "1"
 
 
-# Whether depthwise convs on the CPU backend use the hand-written gradient
-# (`depthwise_conv_vjp`, formulation 'taps_vjp') or autodiff's of the same taps
-# ('taps'). Off by default: see docs/benchmarks.md. SMD_DEPTHWISE_VJP=1 / 0 in the
-# environment sets it at import; assigning `layers.depthwise_vjp` works too, before a
-# function is traced (jit caches do not see it).
-DEPTHWISE_VJP_DEFAULT = False
+# Whether depthwise convs on the CPU backend may use the hand-written gradient
+# (`depthwise_conv_vjp`, formulation 'taps_vjp') where `_depthwise_vjp_pays` says it is
+# faster, or always autodiff's of the same taps ('taps'). SMD_DEPTHWISE_VJP=1 / 0 in
+# the environment sets it at import; assigning `layers.depthwise_vjp` works too, before
+# a function is traced (jit caches do not see it).
+DEPTHWISE_VJP_DEFAULT = True
 depthwise_vjp = _depthwise_vjp_from_env()
+
+
+def _depthwise_vjp_pays(kernel_hw: Sequence[int], strides: Sequence[int]) -> bool:
+  """Where the hand-written gradient was measured faster than autodiff's (per layer,
+  every depthwise shape of the b4 UNet at 8x64x64 and 2x256x256, `benchmarks.ops
+  --groups depthwise_vjp`, 2026-11-29; loaded machine, indicative only): 3x3 kernels
+  (0.1-0.5x the time) and 5x5 at stride 2 (0.6-0.9x); not 5x5 at stride 1 (1.1-2.2x): there
+  XLA already fuses autodiff's k*k transposed slices into one pass, as here, and ours
+  adds a padded copy of the output gradient."""
+  return max(kernel_hw) <= 3 or max(strides) > 1
 
 
 def conv_formulation(lhs_shape: Sequence[int], rhs_shape: Sequence[int], padding: Any, *,
                      lhs_dilation: Sequence[int] | None = None, dimension_numbers: Any = None,
                      feature_group_count: int = 1, backend: str | None = None,
-                     custom_vjp: bool | None = None, **kwargs) -> str:
+                     window_strides: Sequence[int] = (1, 1), custom_vjp: bool | None = None,
+                     **kwargs) -> str:
   """Which formulation `_conv_general_dilated` uses for a convolution: 'taps'
   (`depthwise_conv_taps`), 'taps_vjp' (`depthwise_conv_vjp`: the same taps with a
   hand-written gradient), 'dot' (`pointwise_conv_dot`) or 'native' (XLA's own).
@@ -352,7 +363,8 @@ def conv_formulation(lhs_shape: Sequence[int], rhs_shape: Sequence[int], padding
   ``jax.default_backend()``), for 2-D NHWC / HWIO convolutions without input
   dilation, string padding, an explicit output sharding or a preferred element type;
   every other case, and every convolution on GPU/TPU, is 'native'. Depthwise convs
-  get 'taps_vjp' if ``custom_vjp`` (default: the module's `depthwise_vjp`), else 'taps'.
+  get 'taps_vjp' if ``custom_vjp`` (default: the module's `depthwise_vjp`) and the
+  kernel / ``window_strides`` are where it pays (`_depthwise_vjp_pays`), else 'taps'.
   """
   backend = backend or jax.default_backend()
   if backend != "cpu" or not _explicit_nhwc(lhs_shape, rhs_shape, padding, lhs_dilation,
@@ -361,7 +373,8 @@ def conv_formulation(lhs_shape: Sequence[int], rhs_shape: Sequence[int], padding
   if (feature_group_count > 1 and feature_group_count == lhs_shape[-1] == rhs_shape[-1]
       and rhs_shape[-2] == 1):
     use_vjp = depthwise_vjp if custom_vjp is None else custom_vjp
-    return "taps_vjp" if use_vjp else "taps"
+    pays = _depthwise_vjp_pays(rhs_shape[:2], window_strides)
+    return "taps_vjp" if use_vjp and pays else "taps"
   if (feature_group_count == 1 and tuple(rhs_shape[:2]) == (1, 1)
       and all(tuple(p) == (0, 0) for p in padding)):
     return "dot"
@@ -382,7 +395,8 @@ def _conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
     rhs, padding = trim_dead_taps(lhs.shape, rhs, window_strides, padding, rhs_dilation)
   formulation = conv_formulation(lhs.shape, rhs.shape, padding, lhs_dilation=lhs_dilation,
                                  dimension_numbers=dimension_numbers,
-                                 feature_group_count=feature_group_count, **kwargs)
+                                 feature_group_count=feature_group_count,
+                                 window_strides=window_strides, **kwargs)
   if formulation == "native":
     return jax.lax.conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
