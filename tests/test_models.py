@@ -357,7 +357,10 @@ def test_matches_pytorch_reference():
     want_features = [to_nhwc(f) for f in reference.encoder(x_torch)[1:]]
     want = to_nhwc(reference(x_torch))
   features, depth, _ = forward(model, x)
+  # smp's encoder returns the input first (dropped above), then one map per stride.
+  assert len(features) == len(want_features) == 5
   for got_f, want_f in zip(features, want_features):
+    assert got_f.shape == want_f.shape
     np.testing.assert_allclose(got_f, want_f, atol=1e-5)
   np.testing.assert_allclose(depth, want, atol=1e-5)
 
