@@ -90,6 +90,8 @@ class ClassificationTask:
 
   def metric_sums(self, output, batch):
     target, valid = self.targets(batch)
+    # Padded evaluation rows (label -1) are marked by `mask`: they count for nothing.
+    valid = valid & example_mask(batch, valid.shape)
     return metrics.segmentation_metric_sums(output, target, valid)
 
 
