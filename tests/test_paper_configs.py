@@ -148,6 +148,10 @@ def test_config_trains_and_evaluates(path, monkeypatch):
   sums = steps.eval_step(state, data_parallel.to_global(batch, mesh))
   for name, task in steps.tasks.items():
     values = task.finalize(metrics.accumulate(None, sums[name]))
-    assert values and all(np.isfinite(v) for v in values.values()), (name, values)
+    # Precision is 0/0 when no pixel is predicted positive, which the authors'
+    # multi-task init (PyTorch default, small features: the head's bias decides) often
+    # gives after two steps; recall is then 0 (a finite check of its own).
+    finite = lambda k, v: np.isfinite(v) or (k == "precision" and values.get("recall") == 0.0)
+    assert values and all(finite(k, v) for k, v in values.items()), (name, values)
   assert set(steps.tasks) == set(config.tasks)
   jax.clear_caches()
