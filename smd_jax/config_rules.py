@@ -18,10 +18,10 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import os
-import re
 from typing import Any, Iterable, Mapping
 
 from smd_jax import losses, paper, semantics, tasks as tasks_lib
+from smd_jax.convert import hub
 from smd_jax.models import layers, model as model_lib, registry
 from smd_jax.training import steps
 from smd_jax.validation import (TRAINING, Bool, Check, Directory, Float, Int, Ints, Name,
@@ -31,14 +31,12 @@ from tfds_hypersim import hypersim_dataset_builder as hdb
 DATA_SETS = ("hypersim",)  # data.name: the one data set the input pipeline reads
 # losses._soft_confusion's `unlabelled` values (Dice, Focal Tversky).
 UNLABELLED = ("exclude", "count")
-IMAGENET = "imagenet"  # smd_jax.convert.hub.IMAGENET (that module imports the converters)
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(@[^\s@]+)?$")
+IMAGENET = hub.IMAGENET
 
 
 def is_hub_id(value: str) -> bool:
-  """org/name[@revision], as smd_jax.convert.hub.parse_hub_id reads it."""
-  return not value.startswith((".", "/", "~")) and bool(_HUB_ID.match(value))
+  """org/name[@revision] (`hub.parse_hub_id`); an existing path is a directory instead."""
+  return hub.parse_hub_id(value) is not None
 
 
 def converted_problem(directory: str) -> str | None:

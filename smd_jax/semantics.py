@@ -118,10 +118,17 @@ SEMANTIC_TRANSFORMS: dict[str, Transform] = {
     "contours": contour_channel,
     "labels_raw": raw_labels,
 }
-EXTRA_CHANNELS: dict[str, int] = {
-    "none": 0, "concat": 1, "onehot40": 40, "onehot20": 20, "onehot3": 3,
-    "onehot20_other": 21, "onehot3_other": 4, "contours": 1, "labels_raw": 1,
-}
+
+
+def _output_channels(transform: Transform) -> int:
+  """k of a transform, read off its output shape (traced abstractly, nothing computed)."""
+  labels = jax.ShapeDtypeStruct((1, 8, 8), jnp.int16)
+  return int(jax.eval_shape(transform, labels).shape[-1])
+
+
+# Each transform's k, derived from the transform itself so the two never disagree.
+EXTRA_CHANNELS: dict[str, int] = {name: _output_channels(fn)
+                                  for name, fn in SEMANTIC_TRANSFORMS.items()}
 
 
 def get_transform(name: str) -> Transform:
