@@ -20,20 +20,20 @@ from smd_jax.training import data_parallel, steps as steps_lib
 
 # Benchmark model name -> what it changes in the paper's base config.
 MODELS = {
-    'unet': lambda config: None,  # the baseline: UNet, depth head, L1
-    'deeplabv3': base.use_deeplab,
-    'unet_2head': base.add_semantic_head,  # + 40-class semantic head, CE, weight 0.07
+    "unet": lambda config: None,  # the baseline: UNet, depth head, L1
+    "deeplabv3": base.use_deeplab,
+    "unet_2head": base.add_semantic_head,  # + 40-class semantic head, CE, weight 0.07
 }
 
 
 def make_config(model: str, *, encoder: str, batch_size: int, size: int, precision: str):
   """The paper's base config for one benchmark model at the given shape and precision."""
   if model not in MODELS:
-    raise ValueError(f'Unknown model {model!r}; known: {sorted(MODELS)}')
+    raise ValueError(f"Unknown model {model!r}; known: {sorted(MODELS)}")
   config = base.get_config()
   MODELS[model](config)
   config.model.encoder = encoder
-  config.model.dtype = {'f32': 'float32', 'bf16': 'bfloat16'}[precision]
+  config.model.dtype = {"f32": "float32", "bf16": "bfloat16"}[precision]
   config.batch_size = config.eval_batch_size = batch_size
   config.data.resolution = size
   return config
@@ -45,12 +45,12 @@ def random_batch(batch_size: int, size: int, seed: int = 0) -> dict[str, np.ndar
   rng = np.random.default_rng(seed)
   depth = rng.uniform(0.5, 15.0, (batch_size, size, size)).astype(np.float32)
   depth[rng.random(depth.shape) < 0.05] = np.nan
-  return {'image': rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8),
-          'depth': depth,
-          'semantic': rng.integers(-1, 41, (batch_size, size, size)).astype(np.int16)}
+  return {"image": rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8),
+          "depth": depth,
+          "semantic": rng.integers(-1, 41, (batch_size, size, size)).astype(np.int16)}
 
 
-def benchmark(model: str, *, encoder: str = 'efficientnet_b4', batch_size: int, size: int,
+def benchmark(model: str, *, encoder: str = "efficientnet_b4", batch_size: int, size: int,
               precision: str, repeats: int, warmup: int = 1, train: bool = True,
               evaluate: bool = True) -> dict:
   """Compile times and median throughputs of the train and eval steps."""
@@ -59,17 +59,17 @@ def benchmark(model: str, *, encoder: str = 'efficientnet_b4', batch_size: int, 
   mesh = data_parallel.make_mesh()
   start = time.perf_counter()
   net = steps_lib.create_model(config, config.seed)
-  result = {'side': 'flax', 'model': model, 'encoder': encoder, 'batch_size': batch_size,
-            'size': size, 'precision': precision, 'model_build_s': time.perf_counter() - start,
-            'device': jax.devices()[0].device_kind, 'backend': jax.default_backend(),
-            'params': sum(x.size for x in jax.tree.leaves(nnx.state(net, nnx.Param)))}
+  result = {"side": "flax", "model": model, "encoder": encoder, "batch_size": batch_size,
+            "size": size, "precision": precision, "model_build_s": time.perf_counter() - start,
+            "device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
+            "params": sum(x.size for x in jax.tree.leaves(nnx.state(net, nnx.Param)))}
   steps, state = steps_lib.build_steps(config, net, total_steps=1000, mesh=mesh)
   host_batch = random_batch(batch_size, size)
   batch = data_parallel.to_global(host_batch, mesh)
   if train:
     start = time.perf_counter()
     train_step = steps.train_step.lower(state, batch).compile()
-    result['train_compile_s'] = time.perf_counter() - start
+    result["train_compile_s"] = time.perf_counter() - start
     holder = [state]
 
     def run_train():
@@ -80,10 +80,10 @@ def benchmark(model: str, *, encoder: str = 'efficientnet_b4', batch_size: int, 
     result.update(train_images_per_s=t.per_s, train_step_s=t.median_s, train_times=t.times)
     state = holder[0]
   if evaluate:
-    eval_batch = data_parallel.to_global({**host_batch, 'mask': np.ones(batch_size, bool)}, mesh)
+    eval_batch = data_parallel.to_global({**host_batch, "mask": np.ones(batch_size, bool)}, mesh)
     start = time.perf_counter()
     eval_step = steps.eval_step.lower(state, eval_batch).compile()
-    result['eval_compile_s'] = time.perf_counter() - start
+    result["eval_compile_s"] = time.perf_counter() - start
     t = timing.repeat(lambda: jax.block_until_ready(eval_step(state, eval_batch)),
                       repeats=repeats, warmup=warmup, items=batch_size)
     result.update(eval_images_per_s=t.per_s, eval_step_s=t.median_s, eval_times=t.times)

@@ -43,7 +43,7 @@ from smd_jax import cli
 from benchmarks import timing
 from smd_jax.models import layers
 
-DN = ('NHWC', 'HWIO', 'NHWC')
+DN = ("NHWC", "HWIO", "NHWC")
 
 
 def conv_native(x, w, stride=1, groups=1, pad=0):
@@ -66,8 +66,8 @@ def unet_depthwise_layers(batch_size: int, size: int) -> collections.Counter:
   dilation): number of layers}. Traced abstractly (no compile)."""
   from benchmarks import flax_side  # pylint: disable=g-import-not-at-top
   from smd_jax.models import build_model  # pylint: disable=g-import-not-at-top
-  config = flax_side.make_config('unet', encoder='efficientnet_b4', batch_size=batch_size,
-                                 size=size, precision='f32')
+  config = flax_side.make_config("unet", encoder="efficientnet_b4", batch_size=batch_size,
+                                 size=size, precision="f32")
   model = nnx.eval_shape(lambda: build_model(config.model, rngs=nnx.Rngs(0)))
   graphdef, state = nnx.split(model)
   found = collections.Counter()
@@ -80,7 +80,7 @@ def unet_depthwise_layers(batch_size: int, size: int) -> collections.Counter:
 
   layers.depthwise_conv_taps, layers.depthwise_vjp = record, False
   try:
-    in_channels = config.model.get('in_channels', 3)
+    in_channels = config.model.get("in_channels", 3)
     jax.eval_shape(lambda s, x: nnx.merge(graphdef, s)(x), state,
                    jax.ShapeDtypeStruct((batch_size, size, size, in_channels), jnp.float32))
   finally:
@@ -162,30 +162,30 @@ def _scalar(out):
   return sum(jnp.sum(jnp.sin(o)) for o in jax.tree.leaves(out))
 
 
-GROUPS = ('1x1', 'depthwise', 'depthwise_vjp', 'bn', 'kxk')
-_UNET_INPUT = re.compile(r'([1-9][0-9]*)x([1-9][0-9]*)')
+GROUPS = ("1x1", "depthwise", "depthwise_vjp", "bn", "kxk")
+_UNET_INPUT = re.compile(r"([1-9][0-9]*)x([1-9][0-9]*)")
 
 
 def define_flags(flag_values: flags.FlagValues) -> None:
   """Registers the flags (absl; `--batch-size` and `--batch_size` both work)."""
   fv = dict(flag_values=flag_values)
-  flags.DEFINE_integer('repeats', 5, 'Timed calls per figure (median).', **fv)
-  flags.DEFINE_integer('batch_size', 8, 'Batch of the layer inputs.', **fv)
-  flags.DEFINE_multi_enum('groups', list(GROUPS), GROUPS, 'Groups of operations to time: '
-                          '--groups 1x1 bn or repeated.', **fv)
-  flags.DEFINE_multi_string('unet_inputs', ['8x64', '2x256'], 'Inputs BATCHxSIZE of the b4 '
-                            'UNet whose depthwise layers the depthwise_vjp group times.', **fv)
+  flags.DEFINE_integer("repeats", 5, "Timed calls per figure (median).", **fv)
+  flags.DEFINE_integer("batch_size", 8, "Batch of the layer inputs.", **fv)
+  flags.DEFINE_multi_enum("groups", list(GROUPS), GROUPS, "Groups of operations to time: "
+                          "--groups 1x1 bn or repeated.", **fv)
+  flags.DEFINE_multi_string("unet_inputs", ["8x64", "2x256"], "Inputs BATCHxSIZE of the b4 "
+                            "UNet whose depthwise layers the depthwise_vjp group times.", **fv)
   flags.register_validator(
-      'unet_inputs', lambda values: all(_UNET_INPUT.fullmatch(v) for v in values),
-      'must be BATCHxSIZE, e.g. 8x64', flag_values=flag_values)
+      "unet_inputs", lambda values: all(_UNET_INPUT.fullmatch(v) for v in values),
+      "must be BATCHxSIZE, e.g. 8x64", flag_values=flag_values)
   cli.define_hyphen_aliases(flag_values)
 
 
 def parse_args(argv=None):
   """The flags of `argv` (without the program name; None: sys.argv); exits 1 on a bad one."""
   flag_values, _ = cli.parse_argv(define_flags, argv, usage=__doc__,
-                                  multi_value=('groups', 'unet_inputs'),
-                                  positional=False, prog='python -m benchmarks.ops')
+                                  multi_value=("groups", "unet_inputs"),
+                                  positional=False, prog="python -m benchmarks.ops")
   return cli.flag_namespace(flag_values)
 
 
@@ -195,20 +195,20 @@ def main(argv=None) -> int:
   b = args.batch_size
   r = lambda *s: jnp.asarray(rng.normal(size=s).astype(np.float32))
   rows = []
-  if '1x1' in args.groups:
+  if "1x1" in args.groups:
     # (H, Cin, Cout) of b4 1x1 convs at a 64x64 input: expand / project / decoder-ish.
     for h, cin, cout in ((32, 24, 144), (16, 192, 32), (8, 336, 56), (4, 960, 160),
                          (2, 2688, 448)):
-      rows.append(time_pair(f'1x1 conv ({b},{h},{h},{cin})->{cout}: native \\| dot_general',
+      rows.append(time_pair(f"1x1 conv ({b},{h},{h},{cin})->{cout}: native \\| dot_general",
                             (conv_native, conv1x1_dot), (r(b, h, h, cin), r(1, 1, cin, cout)),
                             args.repeats))
-  if 'depthwise' in args.groups:
+  if "depthwise" in args.groups:
     for h, c, k, s in ((32, 144, 3, 1), (16, 336, 5, 1), (32, 144, 3, 2), (4, 1632, 5, 1)):
       fn_native = lambda x, w, k=k, s=s, c=c: conv_native(x, w, s, c, (k - 1) // 2)
       fn_taps = lambda x, w, k=k, s=s: depthwise_taps(x, w, s, (k - 1) // 2)
-      rows.append(time_pair(f'depthwise ({b},{h},{h},{c}) k{k} s{s}: native \\| taps',
+      rows.append(time_pair(f"depthwise ({b},{h},{h},{c}) k{k} s{s}: native \\| taps",
                             (fn_native, fn_taps), (r(b, h, h, c), r(k, k, 1, c)), args.repeats))
-  if 'depthwise_vjp' in args.groups:
+  if "depthwise_vjp" in args.groups:
     autodiff = lambda x, w, geometry: layers.depthwise_conv_taps(x, w, *geometry)
     custom = lambda x, w, geometry: layers.depthwise_conv_vjp(x, w, *geometry)
     for unet_input in args.unet_inputs:
@@ -217,45 +217,45 @@ def main(argv=None) -> int:
       for (x_shape, w_shape, *geometry), count in unet_depthwise_layers(batch, size).items():
         fns = [lambda x, w, f=f, g=tuple(geometry): f(x, w, g) for f in (autodiff, custom)]
         row = time_pair(
-            f'depthwise {x_shape} k{w_shape[0]}x{w_shape[1]} s{geometry[0][0]} '
-            f'd{geometry[2][0]} x{count} ({unet_input} UNet): autodiff \\| custom_vjp', fns,
+            f"depthwise {x_shape} k{w_shape[0]}x{w_shape[1]} s{geometry[0][0]} "
+            f"d{geometry[2][0]} x{count} ({unet_input} UNet): autodiff \\| custom_vjp", fns,
             (r(*x_shape), r(*w_shape)), args.repeats)
         rows.append(row)
         total = [total[0] + count * row[1], total[1] + count * row[2]]
-      rows.append((f'all depthwise layers, time x count ({unet_input} UNet): autodiff \\| '
-                   'custom_vjp', *total, float('nan')))
-  if 'bn' in args.groups:
+      rows.append((f"all depthwise layers, time x count ({unet_input} UNet): autodiff \\| "
+                   "custom_vjp", *total, float("nan")))
+  if "bn" in args.groups:
     for h, c in ((32, 144), (16, 336), (64, 16)):
-      rows.append(time_pair(f'BN statistics ({b},{h},{h},{c}): E[x^2]-E[x]^2 \\| centred',
+      rows.append(time_pair(f"BN statistics ({b},{h},{h},{c}): E[x^2]-E[x]^2 \\| centred",
                             (bn_stats_moments, bn_stats_centred), (r(b, h, h, c) + 1.0,),
                             args.repeats))
-  if 'kxk' in args.groups:
+  if "kxk" in args.groups:
     native3 = lambda x, w: conv_native(x, w, pad=1)
     # 3x3 convs of the UNet decoder at a 64x64 input: (H, Cin, Cout).
     for h, cin, cout in ((4, 608, 256), (8, 312, 128), (16, 160, 64), (32, 80, 32),
                          (64, 32, 16)):
-      shape = f'({b},{h},{h},{cin})->{cout}'
+      shape = f"({b},{h},{h},{cin})->{cout}"
       x, w = r(b, h, h, cin), 0.05 * r(3, 3, cin, cout)
-      rows.append(time_pair(f'3x3 conv {shape}: native \\| im2col',
+      rows.append(time_pair(f"3x3 conv {shape}: native \\| im2col",
                             (native3, conv3x3_im2col), (x, w), args.repeats))
-      rows.append(time_pair(f'3x3 conv {shape}: native \\| kernel gradient as dots',
+      rows.append(time_pair(f"3x3 conv {shape}: native \\| kernel gradient as dots",
                             (native3, conv3x3_dot_kernel_grad), (x, w), args.repeats))
     for rate in (12, 24, 36):
       fns = (lambda x, w, rate=rate: atrous_full(x, w, rate),
              lambda x, w, rate=rate: atrous_trimmed(x, w, rate))
       rows.append(time_pair(
-          f'ASPP 3x3 rate {rate} ({b},8,8,448)->256: full \\| dead taps dropped', fns,
+          f"ASPP 3x3 rate {rate} ({b},8,8,448)->256: full \\| dead taps dropped", fns,
           (r(b, 8, 8, 448), 0.05 * r(3, 3, 448, 256)), args.repeats))
-  print(f'backend {jax.default_backend()}, load {timing.load_average()}, '
-        f'median of {args.repeats}, forward + backward\n')
-  print('| operation: A \\| B | A (ms) | B (ms) | B / A | max abs diff |')
-  print('| --- | ---: | ---: | ---: | ---: |')
+  print(f"backend {jax.default_backend()}, load {timing.load_average()}, "
+        f"median of {args.repeats}, forward + backward\n")
+  print("| operation: A \\| B | A (ms) | B (ms) | B / A | max abs diff |")
+  print("| --- | ---: | ---: | ---: | ---: |")
   for name, a, bt, diff in rows:
-    print(f'| {name} | {1e3 * a:.2f} | {1e3 * bt:.2f} | {bt / a:.2f} | {diff:.1e} |')
+    print(f"| {name} | {1e3 * a:.2f} | {1e3 * bt:.2f} | {bt / a:.2f} | {diff:.1e} |")
   return 0
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
   if os.getcwd() not in sys.path:
     sys.path.insert(0, os.getcwd())
   sys.exit(main())

@@ -55,8 +55,8 @@ def data_config(size: int, num_frames: int):
 def train_source(cache_dir: str, size: int, num_frames: int):
   """The train split's random-access source, built into `cache_dir` if needed."""
   sources = datasets.load_data_sources(data_config(size, num_frames),
-                                             os.path.join(cache_dir, f'frames{num_frames}'))
-  return sources['train']
+                                             os.path.join(cache_dir, f"frames{num_frames}"))
+  return sources["train"]
 
 
 def decode_rate(source, count: int) -> float:
@@ -97,12 +97,12 @@ def benchmark(cache_dir: str, *, size: int, num_frames: int, batch_size: int,
         next(it)
       t = timing.repeat(lambda: [next(it) for _ in range(batches)], repeats=repeats, warmup=0,
                         items=batches * batch_size)
-      if hasattr(it, 'close'):
+      if hasattr(it, "close"):
         it.close()  # stops worker processes now, not at garbage collection
-      rows.append({'side': 'pipeline', 'size': size, 'batch_size': batch_size,
-                   'num_workers': num_workers, 'num_threads': num_threads,
-                   'examples': len(source), 'samples_per_s': t.per_s, 'times': t.times,
-                   'spread': t.spread, 'start_s': start_s,
-                   'decode_one_thread_per_s': one_thread,
-                   'fast_decode_one_thread_per_s': fast_one_thread, 'prepare_s': prepare_s})
+      rows.append({"side": "pipeline", "size": size, "batch_size": batch_size,
+                   "num_workers": num_workers, "num_threads": num_threads,
+                   "examples": len(source), "samples_per_s": t.per_s, "times": t.times,
+                   "spread": t.spread, "start_s": start_s,
+                   "decode_one_thread_per_s": one_thread,
+                   "fast_decode_one_thread_per_s": fast_one_thread, "prepare_s": prepare_s})
   return rows

@@ -37,7 +37,7 @@ def repeat(fn: Callable[[], object], *, repeats: int, warmup: int, items: int) -
   """Calls `fn` warmup times untimed, then `repeats` times timed. `fn` must block
   until its work is done (e.g. `jax.block_until_ready`, `torch.cuda.synchronize`)."""
   if repeats < 1:
-    raise ValueError(f'repeats must be >= 1, got {repeats}')
+    raise ValueError(f"repeats must be >= 1, got {repeats}")
   for _ in range(warmup):
     fn()
   times = []
@@ -59,18 +59,18 @@ def load_average() -> float | None:
 def machine() -> dict:
   """Facts to record with every figure: date, CPU, cores, library versions."""
   info = {
-      'date': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
-      'cpu': _cpu_name(), 'cores': os.cpu_count(), 'python': platform.python_version(),
+      "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+      "cpu": _cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
   }
   try:  # timm and smp import only after the torchvision stand-ins (see reference.py)
     from smd_jax.convert import reference  # pylint: disable=g-import-not-at-top
     reference.import_reference()
   except ImportError:
     pass
-  for name in ('jax', 'flax', 'torch', 'timm', 'segmentation_models_pytorch', 'grain'):
+  for name in ("jax", "flax", "torch", "timm", "segmentation_models_pytorch", "grain"):
     try:
       module = __import__(name)
-      info[name] = getattr(module, '__version__', '?')
+      info[name] = getattr(module, "__version__", "?")
     except Exception:  # pylint: disable=broad-except
       info[name] = None
   return info
@@ -78,10 +78,10 @@ def machine() -> dict:
 
 def _cpu_name() -> str:
   try:
-    with open('/proc/cpuinfo') as f:
+    with open("/proc/cpuinfo") as f:
       for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
   except OSError:
     pass
   return platform.processor() or platform.machine()

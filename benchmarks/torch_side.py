@@ -29,14 +29,14 @@ STD = (0.229, 0.224, 0.225)
 
 def build_model(torch, smp, model: str, encoder: str):
   """model name -> torch module whose forward returns {task: NCHW logits}."""
-  if model in ('unet', 'deeplabv3'):
-    cls = {'unet': smp.Unet, 'deeplabv3': smp.DeepLabV3}[model]
+  if model in ("unet", "deeplabv3"):
+    cls = {"unet": smp.Unet, "deeplabv3": smp.DeepLabV3}[model]
     net = cls(SMP_ENCODERS[encoder], encoder_weights=None, classes=1)
-    return _Tasks(torch, net, lambda m, x: {'depth': m(x)})
-  if model == 'unet_2head':  # the semantic_md 2-head layout, from smp parts
-    net = fidelity.semantic_md_multitask(torch, smp, encoder, {'depth': 1, 'semantic': 40})
+    return _Tasks(torch, net, lambda m, x: {"depth": m(x)})
+  if model == "unet_2head":  # the semantic_md 2-head layout, from smp parts
+    net = fidelity.semantic_md_multitask(torch, smp, encoder, {"depth": 1, "semantic": 40})
     return _Tasks(torch, net, lambda m, x: m(x)[1])
-  raise ValueError(f'Unknown model {model!r}')
+  raise ValueError(f"Unknown model {model!r}")
 
 
 def _Tasks(torch, net, forward):  # pylint: disable=invalid-name
@@ -59,20 +59,20 @@ def reference_loss(torch, outputs, depth, label):
   - 1) when there is a semantic head: the objective of our 1- and 2-head configs."""
   valid = torch.isfinite(depth) & (depth > 0)
   target = torch.nan_to_num(depth.clamp(0.0, 15.0) / 15.0)
-  pred = torch.sigmoid(outputs['depth'].float()[:, 0])
+  pred = torch.sigmoid(outputs["depth"].float()[:, 0])
   loss = (pred - target).abs()[valid].mean()
-  if 'semantic' in outputs:
+  if "semantic" in outputs:
     target_class = torch.where((label >= 1) & (label <= 40), label - 1, -100)
     loss = loss + SEMANTIC_WEIGHT * torch.nn.functional.cross_entropy(
-        outputs['semantic'].float(), target_class, ignore_index=-100)
+        outputs["semantic"].float(), target_class, ignore_index=-100)
   return loss
 
 
 def device_name(torch) -> str:
-  return 'cuda' if torch.cuda.is_available() else 'cpu'
+  return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def benchmark(model: str, *, encoder: str = 'efficientnet_b4', batch_size: int, size: int,
+def benchmark(model: str, *, encoder: str = "efficientnet_b4", batch_size: int, size: int,
               precision: str, repeats: int, warmup: int = 1, train: bool = True,
               evaluate: bool = True, channels_last: bool | None = None,
               batch: dict[str, np.ndarray]) -> dict:
@@ -81,21 +81,21 @@ def benchmark(model: str, *, encoder: str = 'efficientnet_b4', batch_size: int, 
   torch, _, smp = reference.import_reference()
   dev = device_name(torch)
   if channels_last is None:
-    channels_last = dev == 'cuda'
+    channels_last = dev == "cuda"
   torch.manual_seed(0)
   start = time.perf_counter()
   net = build_model(torch, smp, model, encoder).to(dev)
   memory_format = torch.channels_last if channels_last else torch.contiguous_format
   net = net.to(memory_format=memory_format)
   build_s = time.perf_counter() - start
-  image = torch.from_numpy(batch['image']).to(dev).permute(0, 3, 1, 2)  # NCHW view
-  depth = torch.from_numpy(batch['depth']).to(dev)
-  label = torch.from_numpy(batch['semantic'].astype(np.int64)).to(dev)
+  image = torch.from_numpy(batch["image"]).to(dev).permute(0, 3, 1, 2)  # NCHW view
+  depth = torch.from_numpy(batch["depth"]).to(dev)
+  label = torch.from_numpy(batch["semantic"].astype(np.int64)).to(dev)
   mean = torch.tensor(MEAN, device=dev).view(1, 3, 1, 1)
   std = torch.tensor(STD, device=dev).view(1, 3, 1, 1)
-  autocast = (lambda: torch.autocast(dev, dtype=torch.bfloat16)) if precision == 'bf16' else (
+  autocast = (lambda: torch.autocast(dev, dtype=torch.bfloat16)) if precision == "bf16" else (
       contextlib.nullcontext)
-  sync = torch.cuda.synchronize if dev == 'cuda' else (lambda: None)
+  sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
 
   def inputs():
     x = (image.float() / 255.0 - mean) / std
@@ -104,11 +104,11 @@ def benchmark(model: str, *, encoder: str = 'efficientnet_b4', batch_size: int, 
   def loss_fn(outputs):
     return reference_loss(torch, outputs, depth, label)
 
-  result = {'side': 'torch', 'model': model, 'encoder': encoder, 'batch_size': batch_size,
-            'size': size, 'precision': precision, 'model_build_s': build_s,
-            'device': torch.cuda.get_device_name() if dev == 'cuda' else 'cpu',
-            'backend': dev, 'channels_last': channels_last, 'threads': torch.get_num_threads(),
-            'params': sum(p.numel() for p in net.parameters())}
+  result = {"side": "torch", "model": model, "encoder": encoder, "batch_size": batch_size,
+            "size": size, "precision": precision, "model_build_s": build_s,
+            "device": torch.cuda.get_device_name() if dev == "cuda" else "cpu",
+            "backend": dev, "channels_last": channels_last, "threads": torch.get_num_threads(),
+            "params": sum(p.numel() for p in net.parameters())}
   if train:
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
     net.train()
@@ -125,7 +125,7 @@ def benchmark(model: str, *, encoder: str = 'efficientnet_b4', batch_size: int, 
 
     start = time.perf_counter()
     run_train()  # first step: allocations, cuDNN autotuning (the 'compile' column)
-    result['train_compile_s'] = time.perf_counter() - start
+    result["train_compile_s"] = time.perf_counter() - start
     t = timing.repeat(run_train, repeats=repeats, warmup=warmup, items=batch_size)
     result.update(train_images_per_s=t.per_s, train_step_s=t.median_s, train_times=t.times)
   if evaluate:
@@ -134,12 +134,12 @@ def benchmark(model: str, *, encoder: str = 'efficientnet_b4', batch_size: int, 
     def run_eval():
       with torch.inference_mode(), autocast():
         outputs = net(inputs())
-        torch.sigmoid(outputs['depth'].float())
+        torch.sigmoid(outputs["depth"].float())
       sync()
 
     start = time.perf_counter()
     run_eval()
-    result['eval_compile_s'] = time.perf_counter() - start
+    result["eval_compile_s"] = time.perf_counter() - start
     t = timing.repeat(run_eval, repeats=repeats, warmup=warmup, items=batch_size)
     result.update(eval_images_per_s=t.per_s, eval_step_s=t.median_s, eval_times=t.times)
   return result

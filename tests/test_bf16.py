@@ -18,8 +18,8 @@ from smd_jax.training import data_parallel, steps as steps_lib
 from tests.test_no_recompile import tiny_config, toy_encoder  # noqa: F401 (fixture)
 from tests.test_paper_configs import batch_of
 
-HEADS = {'depth': {'num_outputs': 1, 'activation': 'sigmoid'},
-         'semantic': {'num_outputs': 40, 'activation': 'identity'}}
+HEADS = {"depth": {"num_outputs": 1, "activation": "sigmoid"},
+         "semantic": {"num_outputs": 40, "activation": "identity"}}
 
 
 def _dtypes(state):
@@ -30,16 +30,16 @@ def _model(decoder, dtype, monkeypatch):
   # A narrow, shallow EfficientNet (real MBConv blocks, depthwise convs, SE) under
   # the registry's name, so build_model wires decoder, heads and dtype as usual.
   from smd_jax.models import registry
-  monkeypatch.setitem(registry.ENCODERS, 'tiny_effnet',
+  monkeypatch.setitem(registry.ENCODERS, "tiny_effnet",
                       functools.partial(efficientnet.EfficientNet, 0.25, 0.1))
-  return build_model({'encoder': 'tiny_effnet', 'decoder': decoder, 'dtype': dtype,
-                      'heads': HEADS, 'decoder_channels': (16, 8, 8, 8, 8)
-                      if decoder == 'unet' else 16}, rngs=nnx.Rngs(0))
+  return build_model({"encoder": "tiny_effnet", "decoder": decoder, "dtype": dtype,
+                      "heads": HEADS, "decoder_channels": (16, 8, 8, 8, 8)
+                      if decoder == "unet" else 16}, rngs=nnx.Rngs(0))
 
 
 def test_bf16_model_keeps_f32_params_stats_and_outputs(monkeypatch):
-  for decoder in ('unet', 'deeplabv3'):
-    model = _model(decoder, 'bfloat16', monkeypatch)
+  for decoder in ("unet", "deeplabv3"):
+    model = _model(decoder, "bfloat16", monkeypatch)
     assert _dtypes(nnx.state(model, nnx.Param)) == {jnp.dtype(jnp.float32)}
     assert _dtypes(nnx.state(model, nnx.BatchStat)) == {jnp.dtype(jnp.float32)}
     model.train()
@@ -54,9 +54,9 @@ def test_bf16_model_keeps_f32_params_stats_and_outputs(monkeypatch):
     x = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
     features, outputs, stats = jax.eval_shape(forward, params, rest, x)
     assert {f.dtype for f in features} == {jnp.dtype(jnp.bfloat16)}  # the compute is bf16
-    assert {k: v.dtype for k, v in outputs.items()} == {'depth': jnp.float32,
-                                                        'semantic': jnp.float32}
-    assert outputs['semantic'].shape == (2, 32, 32, 40)
+    assert {k: v.dtype for k, v in outputs.items()} == {"depth": jnp.float32,
+                                                        "semantic": jnp.float32}
+    assert outputs["semantic"].shape == (2, 32, 32, 40)
     assert _dtypes(stats) == {jnp.dtype(jnp.float32)}  # updated statistics too
 
 
@@ -89,7 +89,7 @@ def test_bf16_train_step_state_loss_and_metrics_f32(toy_encoder):  # noqa: F811
   mesh = data_parallel.make_mesh(1)  # dtypes do not depend on the mesh; compiles faster
   batch = data_parallel.to_global(batch_of(0, n=8), mesh)
   results = {}
-  for dtype in ('float32', 'bfloat16'):
+  for dtype in ("float32", "bfloat16"):
     config = tiny_config(dtype, semantic_head=False)  # heads' dtypes: the test above
     model = steps_lib.create_model(config, 0)
     steps, state = steps_lib.build_steps(config, model, total_steps=10, mesh=mesh)
@@ -99,12 +99,12 @@ def test_bf16_train_step_state_loss_and_metrics_f32(toy_encoder):  # noqa: F811
     assert _dtypes(new_state.opt_state) <= {jnp.dtype(jnp.float32), jnp.dtype(jnp.int32)}
     floats = {k: v.dtype for k, v in metrics.items() if jnp.issubdtype(v.dtype, jnp.floating)}
     assert set(floats.values()) == {jnp.dtype(jnp.float32)}, floats
-    assert not bool(metrics['nonfinite'])
+    assert not bool(metrics["nonfinite"])
     results[dtype] = jax.device_get(metrics)
   # Same initial weights and batch: bf16 changes the first loss only by rounding. Each
   # conv and each BatchNorm rounds its output to bf16 (u = 2^-8 relative); the errors
   # of the 2 * 16 roundings on the toy UNet's path add like a random walk:
   # sqrt(32) * u ~ 2.2 % relative, on a loss that is a mean over all pixels.
-  f32, bf16 = results['float32'], results['bfloat16']
-  np.testing.assert_allclose(bf16['loss_depth'], f32['loss_depth'], rtol=np.sqrt(32) * 2.0**-8)
-  assert f32['loss_depth'] != bf16['loss_depth']  # bf16 really computed something else
+  f32, bf16 = results["float32"], results["bfloat16"]
+  np.testing.assert_allclose(bf16["loss_depth"], f32["loss_depth"], rtol=np.sqrt(32) * 2.0**-8)
+  assert f32["loss_depth"] != bf16["loss_depth"]  # bf16 really computed something else

@@ -9,7 +9,7 @@ from flax import nnx
 
 from smd_jax.models import layers
 
-DN = ('NHWC', 'HWIO', 'NHWC')
+DN = ("NHWC", "HWIO", "NHWC")
 
 
 def plain_conv(x, w, strides, padding, dilation=(1, 1), groups=1):
@@ -28,23 +28,23 @@ def test_formulation_is_chosen_per_backend():
   nhwc = jax.lax.conv_dimension_numbers((2, 8, 8, 16), (1, 1, 16, 32), DN)
   kw = dict(dimension_numbers=nhwc)
   pick = layers.conv_formulation
-  assert pick((2, 8, 8, 16), (1, 1, 16, 32), ((0, 0), (0, 0)), backend='cpu', **kw) == 'dot'
+  assert pick((2, 8, 8, 16), (1, 1, 16, 32), ((0, 0), (0, 0)), backend="cpu", **kw) == "dot"
   assert pick((2, 8, 8, 16), (3, 3, 1, 16), ((1, 1), (1, 1)), feature_group_count=16,
-              backend='cpu', custom_vjp=False, **kw) == 'taps'
-  assert pick((2, 8, 8, 16), (3, 3, 16, 32), ((1, 1), (1, 1)), backend='cpu', **kw) == 'native'
-  for backend in ('gpu', 'tpu'):
+              backend="cpu", custom_vjp=False, **kw) == "taps"
+  assert pick((2, 8, 8, 16), (3, 3, 16, 32), ((1, 1), (1, 1)), backend="cpu", **kw) == "native"
+  for backend in ("gpu", "tpu"):
     assert pick((2, 8, 8, 16), (1, 1, 16, 32), ((0, 0), (0, 0)), backend=backend,
-                **kw) == 'native'
+                **kw) == "native"
     assert pick((2, 8, 8, 16), (3, 3, 1, 16), ((1, 1), (1, 1)), feature_group_count=16,
-                backend=backend, **kw) == 'native'
+                backend=backend, **kw) == "native"
   # Cases the alternatives do not cover stay native on the CPU too.
-  assert pick((2, 8, 8, 16), (1, 1, 16, 32), ((1, 1), (1, 1)), backend='cpu', **kw) == 'native'
-  assert pick((2, 8, 8, 16), (1, 1, 16, 32), 'SAME', backend='cpu', **kw) == 'native'
-  assert pick((2, 8, 8, 16), (1, 1, 16, 32), ((0, 0), (0, 0)), backend='cpu',
-              preferred_element_type=jnp.float32, **kw) == 'native'
-  nchw = jax.lax.conv_dimension_numbers((2, 16, 8, 8), (32, 16, 1, 1), ('NCHW', 'OIHW', 'NCHW'))
+  assert pick((2, 8, 8, 16), (1, 1, 16, 32), ((1, 1), (1, 1)), backend="cpu", **kw) == "native"
+  assert pick((2, 8, 8, 16), (1, 1, 16, 32), "SAME", backend="cpu", **kw) == "native"
+  assert pick((2, 8, 8, 16), (1, 1, 16, 32), ((0, 0), (0, 0)), backend="cpu",
+              preferred_element_type=jnp.float32, **kw) == "native"
+  nchw = jax.lax.conv_dimension_numbers((2, 16, 8, 8), (32, 16, 1, 1), ("NCHW", "OIHW", "NCHW"))
   assert pick((2, 16, 8, 8), (32, 16, 1, 1), ((0, 0), (0, 0)), dimension_numbers=nchw,
-              backend='cpu') == 'native'
+              backend="cpu") == "native"
 
 
 def unit_roundoff(dtype):
@@ -74,13 +74,13 @@ def pointwise_error_bounds(x, w, ct, stride, dtype):
   gx[:, ::stride, ::stride] = c @ w2.T
   gx_bound = np.zeros(np.shape(x))
   gx_bound[:, ::stride, ::stride] = (u + cout * u32) * (np.abs(c) @ np.abs(w2).T)
-  gw = np.einsum('bhwi,bhwo->io', xs, c)[None, None]
-  gw_bound = (u + n * u32) * np.einsum('bhwi,bhwo->io', np.abs(xs), np.abs(c))[None, None]
+  gw = np.einsum("bhwi,bhwo->io", xs, c)[None, None]
+  gw_bound = (u + n * u32) * np.einsum("bhwi,bhwo->io", np.abs(xs), np.abs(c))[None, None]
   return (y, e_y), (gx, gx_bound), (gw, gw_bound)
 
 
-@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
-@pytest.mark.parametrize('stride', [1, 2])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("stride", [1, 2])
 def test_pointwise_dot_equals_plain_conv_with_gradients(dtype, stride):
   """Both formulations against a float64 NumPy reference of the same (rounded) inputs,
   within bounds derived from the dtype's rounding and the terms' magnitudes."""
@@ -91,29 +91,29 @@ def test_pointwise_dot_equals_plain_conv_with_gradients(dtype, stride):
   out_shape = (2, -(-7 // stride), -(-6 // stride), 40)
   ct = jnp.asarray(np.random.default_rng(5).normal(size=out_shape), dtype)
   (want_y, y_bound), *want_grads = pointwise_error_bounds(x, w, ct, stride, dtype)
-  for name, f in (('dot', dot), ('conv', conv)):
+  for name, f in (("dot", dot), ("conv", conv)):
     got, vjp = jax.vjp(f, x, w)
     assert got.dtype == dtype and got.shape == out_shape, name
     err = np.abs(np.asarray(got, np.float64) - want_y)
     assert np.all(err <= y_bound), (name, float((err / y_bound).max()))
-    for g, (want, bound), what in zip(vjp(ct), want_grads, ('x', 'w')):
+    for g, (want, bound), what in zip(vjp(ct), want_grads, ("x", "w")):
       assert g.dtype == dtype and g.shape == want.shape
       err = np.abs(np.asarray(g, np.float64) - want)
       assert np.all(err <= bound), (name, what, float((err / bound).max()))
 
 
 def test_nnx_convs_use_the_cpu_formulations_and_match_plain():
-  if jax.default_backend() != 'cpu':
-    pytest.skip('the alternative formulations are CPU-only')
+  if jax.default_backend() != "cpu":
+    pytest.skip("the alternative formulations are CPU-only")
   x, _ = _data((2, 8, 8, 16), (1,), jnp.float32)
-  cases = [(layers.conv2d(16, 32, 1, rngs=nnx.Rngs(0)), 'dot_general', 1),
+  cases = [(layers.conv2d(16, 32, 1, rngs=nnx.Rngs(0)), "dot_general", 1),
            # Depthwise 3x3: the taps with their hand-written gradient (test_depthwise_vjp.py).
-           (layers.conv2d(16, 16, 3, 2, groups=16, rngs=nnx.Rngs(0)), 'custom_vjp_call', 16),
-           (layers.conv2d(16, 8, 3, rngs=nnx.Rngs(0)), 'conv_general_dilated', 1)]
+           (layers.conv2d(16, 16, 3, 2, groups=16, rngs=nnx.Rngs(0)), "custom_vjp_call", 16),
+           (layers.conv2d(16, 8, 3, rngs=nnx.Rngs(0)), "conv_general_dilated", 1)]
   for conv, primitive, groups in cases:
     names = {e.primitive.name for e in jax.make_jaxpr(conv)(x).eqns}
     assert primitive in names, names
-    assert ('conv_general_dilated' in names) == (primitive == 'conv_general_dilated')
+    assert ("conv_general_dilated" in names) == (primitive == "conv_general_dilated")
     k = conv.kernel.shape[0]
     s = conv.strides[0]
     pad = layers.torch_padding(k, s)
@@ -121,7 +121,7 @@ def test_nnx_convs_use_the_cpu_formulations_and_match_plain():
     np.testing.assert_allclose(conv(x), want, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize('args,want', [
+@pytest.mark.parametrize("args,want", [
     # DeepLabV3's ASPP at 8x8 features: rate 12 (and 24, 36) reads padding off the centre.
     ((8, 3, 1, 12, (12, 12)), (1, 1, (0, 0))),
     ((8, 3, 1, 36, (36, 36)), (1, 1, (0, 0))),
@@ -141,7 +141,7 @@ def test_live_taps_hand_computed(args, want):
   assert layers.live_taps(*args) == want
 
 
-@pytest.mark.parametrize('case', [
+@pytest.mark.parametrize("case", [
     # (x shape, kernel shape, stride, dilation, padding, groups)
     ((2, 8, 8, 6), (3, 3, 6, 5), 1, 12, ((12, 12), (12, 12)), 1),   # ASPP rate 12 -> 1x1
     ((2, 8, 8, 6), (3, 3, 6, 5), 1, 24, ((24, 24), (24, 24)), 1),
@@ -168,11 +168,11 @@ def test_trimmed_conv_equals_plain_conv_with_gradients(case):
 
 
 def test_aspp_conv_at_8x8_runs_as_a_dot_on_cpu():
-  if jax.default_backend() != 'cpu':
-    pytest.skip('the dot formulation is CPU-only')
+  if jax.default_backend() != "cpu":
+    pytest.skip("the dot formulation is CPU-only")
   conv = layers.conv2d(16, 8, 3, dilation=12, rngs=nnx.Rngs(0))
   x, _ = _data((2, 8, 8, 16), (1,), jnp.float32)
   names = {e.primitive.name for e in jax.make_jaxpr(conv)(x).eqns}
-  assert 'dot_general' in names and 'conv_general_dilated' not in names, names
+  assert "dot_general" in names and "conv_general_dilated" not in names, names
   want = plain_conv(x, conv.kernel[...], (1, 1), ((12, 12), (12, 12)), (12, 12))
   np.testing.assert_allclose(conv(x), want, atol=1e-4, rtol=1e-4)

@@ -25,18 +25,18 @@ from tests import torch_copy, torch_reference
 
 # name -> (encoder params, UNet + 1-output head params, feature channels, blocks/stage)
 REFERENCE = {
-    'efficientnet_b2': (7_202_562, 9_543_251, (16, 24, 48, 120, 352), (2, 3, 3, 4, 4, 5, 2)),
-    'efficientnet_b3': (10_103_336, 12_561_529, (24, 32, 48, 136, 384), (2, 3, 3, 5, 5, 6, 2)),
-    'efficientnet_b4': (16_742_216, 19_412_377, (24, 32, 56, 160, 448), (2, 4, 4, 6, 6, 8, 2)),
+    "efficientnet_b2": (7_202_562, 9_543_251, (16, 24, 48, 120, 352), (2, 3, 3, 4, 4, 5, 2)),
+    "efficientnet_b3": (10_103_336, 12_561_529, (24, 32, 48, 136, 384), (2, 3, 3, 5, 5, 6, 2)),
+    "efficientnet_b4": (16_742_216, 19_412_377, (24, 32, 56, 160, 448), (2, 4, 4, 6, 6, 8, 2)),
 }
 # smp.Unet('tu-' + name, classes=1, in_channels=4).
-UNET_IN4_PARAMS = {'efficientnet_b2': 9_543_539, 'efficientnet_b4': 19_412_809}
+UNET_IN4_PARAMS = {"efficientnet_b2": 9_543_539, "efficientnet_b4": 19_412_809}
 
-DEPTH_HEAD = {'depth': {'num_outputs': 1, 'activation': 'sigmoid'}}
+DEPTH_HEAD = {"depth": {"num_outputs": 1, "activation": "sigmoid"}}
 
 
-def _config(encoder='efficientnet_b4', heads=None, **overrides):
-  fields = dict(encoder=encoder, decoder='unet', in_channels=3, dtype='float32',
+def _config(encoder="efficientnet_b4", heads=None, **overrides):
+  fields = dict(encoder=encoder, decoder="unet", in_channels=3, dtype="float32",
                 heads=heads or DEPTH_HEAD)
   fields.update(overrides)
   return ml_collections.ConfigDict(fields)
@@ -67,7 +67,7 @@ def _apply_shapes(module, fn, x_shape, dtype=jnp.float32):
 # ---------------------------------------------------------------- architecture vs timm/smp
 
 
-@pytest.mark.parametrize('encoder', sorted(REFERENCE))
+@pytest.mark.parametrize("encoder", sorted(REFERENCE))
 def test_param_counts_match_pytorch_reference(encoder):
   encoder_params, unet_params, _, _ = REFERENCE[encoder]
   model = _abstract_model(encoder)
@@ -76,16 +76,16 @@ def test_param_counts_match_pytorch_reference(encoder):
 
 
 def test_b4_unet_param_count_is_the_papers_model():
-  assert _num_params(_abstract_model('efficientnet_b4')) == 19_412_377
+  assert _num_params(_abstract_model("efficientnet_b4")) == 19_412_377
 
 
 def test_in_channels_widens_only_the_stem():
-  model = _abstract_model('efficientnet_b2', in_channels=4)
+  model = _abstract_model("efficientnet_b2", in_channels=4)
   assert model.encoder.conv_stem.kernel.shape == (3, 3, 4, 32)
-  assert _num_params(model) == UNET_IN4_PARAMS['efficientnet_b2']
+  assert _num_params(model) == UNET_IN4_PARAMS["efficientnet_b2"]
 
 
-@pytest.mark.parametrize('encoder', sorted(REFERENCE))
+@pytest.mark.parametrize("encoder", sorted(REFERENCE))
 def test_encoder_layout_mirrors_timm(encoder):
   _, _, channels, blocks = REFERENCE[encoder]
   enc = _abstract_model(encoder).encoder
@@ -94,16 +94,16 @@ def test_encoder_layout_mirrors_timm(encoder):
   assert tuple(len(stage) for stage in enc.blocks) == blocks
   # timm names: DS block first, then MBConv blocks; SE on every block.
   ds, ir = enc.blocks[0][0], enc.blocks[1][0]
-  for name in ('conv_dw', 'bn1', 'se', 'conv_pw', 'bn2'):
+  for name in ("conv_dw", "bn1", "se", "conv_pw", "bn2"):
     assert hasattr(ds, name)
-  for name in ('conv_pw', 'bn1', 'conv_dw', 'bn2', 'se', 'conv_pwl', 'bn3'):
+  for name in ("conv_pw", "bn1", "conv_dw", "bn2", "se", "conv_pwl", "bn3"):
     assert hasattr(ir, name)
-  assert hasattr(ir.se, 'conv_reduce') and hasattr(ir.se, 'conv_expand')
-  assert not hasattr(enc, 'conv_head')  # features_only drops the head
+  assert hasattr(ir.se, "conv_reduce") and hasattr(ir.se, "conv_expand")
+  assert not hasattr(enc, "conv_head")  # features_only drops the head
 
 
 def test_b4_stage_table_numbers():
-  enc = _abstract_model('efficientnet_b4').encoder
+  enc = _abstract_model("efficientnet_b4").encoder
   assert enc.conv_stem.kernel.shape == (3, 3, 3, 48)
   widths = [stage[0].bn2.scale.shape[0] if i == 0 else stage[0].bn3.scale.shape[0]
             for i, stage in enumerate(enc.blocks)]
@@ -122,11 +122,11 @@ def test_b4_stage_table_numbers():
   assert enc.blocks[2][0].conv_dw.padding == ((2, 2), (2, 2))
 
 
-@pytest.mark.parametrize('encoder,height,width', [
-    ('efficientnet_b4', 64, 64),
-    ('efficientnet_b4', 64, 96),
-    ('efficientnet_b2', 64, 96),
-    ('efficientnet_b3', 96, 64),
+@pytest.mark.parametrize("encoder,height,width", [
+    ("efficientnet_b4", 64, 64),
+    ("efficientnet_b4", 64, 96),
+    ("efficientnet_b2", 64, 96),
+    ("efficientnet_b3", 96, 64),
 ])
 def test_feature_shapes(encoder, height, width):
   model = _abstract_model(encoder)
@@ -135,12 +135,12 @@ def test_feature_shapes(encoder, height, width):
       (2, height // r, width // r, c)
       for r, c in zip((2, 4, 8, 16, 32), REFERENCE[encoder][2])]
   out = _apply_shapes(model, lambda m, x: m(x), (2, height, width, 3))
-  assert out['depth'].shape == (2, height, width, 1)
-  assert out['depth'].dtype == jnp.float32
+  assert out["depth"].shape == (2, height, width, 1)
+  assert out["depth"].dtype == jnp.float32
 
 
 def test_unet_decoder_channels():
-  decoder = _abstract_model('efficientnet_b4').decoders['depth']
+  decoder = _abstract_model("efficientnet_b4").decoders["depth"]
   # smp: in = [448, 256, 128, 64, 32], skip = [160, 56, 32, 24, 0].
   conv1_in = [block.conv1.conv.kernel.shape[2] for block in decoder.blocks]
   assert conv1_in == [448 + 160, 256 + 56, 128 + 32, 64 + 24, 32]
@@ -153,19 +153,19 @@ def test_unet_decoder_channels():
 
 
 def test_multitask_bf16_model_structure():
-  heads = {'depth': {'num_outputs': 1, 'activation': 'sigmoid'},
-           'semantic': {'num_outputs': 40, 'activation': 'identity'},
-           'contour': {'num_outputs': 2}}
+  heads = {"depth": {"num_outputs": 1, "activation": "sigmoid"},
+           "semantic": {"num_outputs": 40, "activation": "identity"},
+           "contour": {"num_outputs": 2}}
   model = nnx.eval_shape(lambda: build_model(
-      _config('efficientnet_b2', heads=heads, in_channels=43, dtype='bfloat16'),
+      _config("efficientnet_b2", heads=heads, in_channels=43, dtype="bfloat16"),
       rngs=nnx.Rngs(0)))
   assert isinstance(model, DenseModel)
   assert set(model.decoders) == set(model.heads) == set(heads)
-  assert model.heads['contour'].activation == 'identity'
+  assert model.heads["contour"].activation == "identity"
   params = jax.tree.leaves(nnx.state(model, nnx.Param))
   assert {p.dtype for p in params} == {jnp.dtype(jnp.float32)}  # f32 master params
   # One shared encoder (stem widened by 40 inputs), one decoder and head per task.
-  encoder, unet_total = REFERENCE['efficientnet_b2'][:2]
+  encoder, unet_total = REFERENCE["efficientnet_b2"][:2]
   head_per_output = 16 * 9 + 1  # conv3x3 16 -> 1 with bias
   decoder = unet_total - encoder - head_per_output
   assert _num_params(model) == (encoder + 40 * 9 * 32 + 3 * decoder
@@ -174,13 +174,13 @@ def test_multitask_bf16_model_structure():
   assert all(f.dtype == jnp.bfloat16 for f in features)  # compute in bf16
   out = _apply_shapes(model, lambda m, x: m(x), (2, 64, 64, 43))
   assert {k: v.shape for k, v in out.items()} == {
-      'depth': (2, 64, 64, 1), 'semantic': (2, 64, 64, 40), 'contour': (2, 64, 64, 2)}
+      "depth": (2, 64, 64, 1), "semantic": (2, 64, 64, 40), "contour": (2, 64, 64, 2)}
   assert all(v.dtype == jnp.float32 for v in out.values())  # outputs f32
 
 
-@pytest.mark.parametrize('field,value,known', [
-    ('encoder', 'resnet18', 'efficientnet_b4'),
-    ('decoder', 'fpn', 'unet'),
+@pytest.mark.parametrize("field,value,known", [
+    ("encoder", "resnet18", "efficientnet_b4"),
+    ("decoder", "fpn", "unet"),
 ])
 def test_unknown_names_raise_with_known_names(field, value, known):
   with pytest.raises(ValueError, match=known):
@@ -188,27 +188,27 @@ def test_unknown_names_raise_with_known_names(field, value, known):
 
 
 def test_unknown_activation_raises():
-  with pytest.raises(ValueError, match='sigmoid'):
-    build_model(_config('efficientnet_b2', heads={'depth': {'num_outputs': 1,
-                                                            'activation': 'softsign'}}),
+  with pytest.raises(ValueError, match="sigmoid"):
+    build_model(_config("efficientnet_b2", heads={"depth": {"num_outputs": 1,
+                                                            "activation": "softsign"}}),
                 rngs=nnx.Rngs(0))
 
 
 def test_registries():
-  assert {'efficientnet_b2', 'efficientnet_b3', 'efficientnet_b4'} <= set(registry.ENCODERS)
-  assert 'unet' in registry.DECODERS
-  assert {'sigmoid', 'identity'} <= set(registry.ACTIVATIONS)
+  assert {"efficientnet_b2", "efficientnet_b3", "efficientnet_b4"} <= set(registry.ENCODERS)
+  assert "unet" in registry.DECODERS
+  assert {"sigmoid", "identity"} <= set(registry.ACTIVATIONS)
   x = jnp.array([-30.0, 0.0, 30.0])
-  np.testing.assert_allclose(registry.ACTIVATIONS['sigmoid'](x), [0.0, 0.5, 1.0], atol=1e-6)
+  np.testing.assert_allclose(registry.ACTIVATIONS["sigmoid"](x), [0.0, 0.5, 1.0], atol=1e-6)
 
 
 # ----------------------------------------------------------------------- real execution
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope="module")
 def b2_model():
   # The smallest registered encoder keeps the CPU compiles short.
-  return build_model(_config('efficientnet_b2'), rngs=nnx.Rngs(0))
+  return build_model(_config("efficientnet_b2"), rngs=nnx.Rngs(0))
 
 
 def _run(model, x):
@@ -234,12 +234,12 @@ def test_train_and_eval_modes(b2_model):
   b2_model.train()
 
   # Output contract: [B, H, W, 1] float32 at input resolution, sigmoid range.
-  for y in (y_train['depth'], y_eval['depth']):
+  for y in (y_train["depth"], y_eval["depth"]):
     assert y.shape == (2, 32, 32, 1) and y.dtype == jnp.float32
     y = np.asarray(y)
     assert np.all(np.isfinite(y)) and np.all((y >= 0) & (y <= 1))
   # BN batch statistics (train) vs running statistics (eval) give different outputs.
-  assert np.max(np.abs(np.asarray(y_train['depth']) - np.asarray(y_eval['depth']))) > 1e-4
+  assert np.max(np.abs(np.asarray(y_train["depth"]) - np.asarray(y_eval["depth"]))) > 1e-4
 
   # One split per mode: graphdefs differ, state structures are interchangeable.
   assert train_graphdef != eval_graphdef
@@ -257,7 +257,7 @@ def test_train_and_eval_modes(b2_model):
 
 
 def test_input_size_must_be_multiple_of_32(b2_model):
-  with pytest.raises(ValueError, match='multiples of 32'):
+  with pytest.raises(ValueError, match="multiples of 32"):
     b2_model(jnp.zeros((1, 48, 48, 3)))
 
 
@@ -268,7 +268,7 @@ def test_initialization_follows_timm_and_smp(b2_model):
   pw = b2_model.encoder.blocks[5][1].conv_pw.kernel[...]  # 1x1, 208 -> 1248
   np.testing.assert_allclose(float(jnp.std(pw)), np.sqrt(2 / 1248), rtol=0.05)
   # smp decoder: kaiming_uniform(fan_in, relu) -> U(-sqrt(6 / fan_in), +).
-  conv = b2_model.decoders['depth'].blocks[0].conv1.conv.kernel[...]
+  conv = b2_model.decoders["depth"].blocks[0].conv1.conv.kernel[...]
   bound = np.sqrt(6 / (9 * (352 + 120)))
   assert float(jnp.max(jnp.abs(conv))) <= bound
   assert float(jnp.max(jnp.abs(conv))) > 0.99 * bound
@@ -279,12 +279,12 @@ def test_initialization_follows_timm_and_smp(b2_model):
 def test_initializers_same_eager_and_traced():
   key = jax.random.key(3)
   for shape in [(3, 3, 1, 40), (1, 1, 300, 700)]:
-    for init in (layers.variance_scaling(2.0, 'fan_out', 'normal'),
-                 layers.variance_scaling(1.0, 'fan_avg', 'uniform')):
+    for init in (layers.variance_scaling(2.0, "fan_out", "normal"),
+                 layers.variance_scaling(1.0, "fan_avg", "uniform")):
       np.testing.assert_array_equal(init(key, shape), jax.jit(init, static_argnums=1)(key, shape))
 
 
-@pytest.mark.parametrize('kernel,stride,height,width', [(3, 1, 8, 8), (5, 2, 7, 10)])
+@pytest.mark.parametrize("kernel,stride,height,width", [(3, 1, 8, 8), (5, 2, 7, 10)])
 def test_depthwise_taps_match_grouped_conv(kernel, stride, height, width):
   pad = layers.torch_padding(kernel, stride)
   padding = ((pad, pad), (pad, pad))
@@ -292,7 +292,7 @@ def test_depthwise_taps_match_grouped_conv(kernel, stride, height, width):
 
   def grouped(x, w):
     return jax.lax.conv_general_dilated(
-        x, w, (stride, stride), padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+        x, w, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"),
         feature_group_count=6, precision=jax.lax.Precision.HIGHEST)
 
   def taps(x, w):
@@ -329,12 +329,12 @@ def test_drop_path_is_stochastic_in_train_and_off_in_eval():
 def test_matches_pytorch_reference():
   torch, _, smp = torch_reference.import_reference()
   torch.manual_seed(0)
-  reference = smp.Unet('tu-efficientnet_b2', encoder_weights=None, classes=1,
-                       activation='sigmoid', in_channels=4)
+  reference = smp.Unet("tu-efficientnet_b2", encoder_weights=None, classes=1,
+                       activation="sigmoid", in_channels=4)
   # non-trivial BN statistics so eval mode is tested too
   torch_copy.randomize_batch_norm(torch, reference)
-  model = build_model(_config('efficientnet_b2', in_channels=4), rngs=nnx.Rngs(0))
-  torch_copy.load_state_dict(model, reference.state_dict(), torch_copy.smp_rename('depth'))
+  model = build_model(_config("efficientnet_b2", in_channels=4), rngs=nnx.Rngs(0))
+  torch_copy.load_state_dict(model, reference.state_dict(), torch_copy.smp_rename("depth"))
 
   x = np.random.default_rng(0).normal(size=(2, 64, 96, 4)).astype(np.float32)
   x_torch = torch.from_numpy(x.transpose(0, 3, 1, 2))
@@ -347,7 +347,7 @@ def test_matches_pytorch_reference():
     def run(state, x):
       m = nnx.merge(graphdef, state, copy=True)
       features = m.encoder(x)
-      return features, m.heads['depth'](m.decoders['depth'](features)), nnx.state(m)
+      return features, m.heads["depth"](m.decoders["depth"](features)), nnx.state(m)
 
     return run(state, x)
 
@@ -371,13 +371,13 @@ def test_matches_pytorch_reference():
     want = to_nhwc(reference(x_torch))
   _, depth, state = forward(model, x)
   np.testing.assert_allclose(depth, want, atol=2e-4)
-  for path in (('bn1',), ('blocks', 1, 1, 'bn2')):
-    torch_bn, bn = reference.encoder.model, state['encoder']
+  for path in (("bn1",), ("blocks", 1, 1, "bn2")):
+    torch_bn, bn = reference.encoder.model, state["encoder"]
     for p in path:
       torch_bn, bn = (torch_bn[p] if isinstance(p, int) else getattr(torch_bn, p)), bn[p]
-    np.testing.assert_allclose(bn['mean'][...], torch_bn.running_mean.numpy(), atol=1e-6)
+    np.testing.assert_allclose(bn["mean"][...], torch_bn.running_mean.numpy(), atol=1e-6)
     # Like PyTorch, running_var moves towards the unbiased batch variance.
-    np.testing.assert_allclose(bn['var'][...], torch_bn.running_var.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(bn["var"][...], torch_bn.running_var.numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_batchnorm_matches_numpy_pytorch_semantics():
