@@ -57,7 +57,6 @@ def get_config() -> config_dict.ConfigDict:
   # paper's setting; downloaded and converted once, then cached), a Hub id
   # org/name[@revision], or a directory written by `python -m smd_jax.convert`.
   # "" or None (--config.init_from=): the models' own random init.
-  config.init_from = config_dict.placeholder(str)
   config.init_from = "imagenet"
   # Name of the semantic input transform (smd_jax/semantics.py); "none" = RGB only.
   config.semantic_transform = "none"
