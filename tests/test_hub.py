@@ -361,3 +361,20 @@ def test_paper_row_init_from_widens_the_stem(tiny, fake_hub, tmp_path, monkeypat
   assert record["hub"] == {"repo_id": repo, "revision": "main", "commit": COMMIT,
                            "filename": "model.safetensors", "arch": tiny,
                            "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def test_training_stops_on_a_bad_hub_id_before_building_data(fake_hub, tmp_path, monkeypatch):
+  """A Hub id the Hub does not have stops `train_and_evaluate` in one line before the data
+  set is built (the data_dir stays absent) and before anything is written."""
+  from smd_jax.training import trainer  # pylint: disable=g-import-not-at-top
+  from tests import toy_config, toy_models  # pylint: disable=g-import-not-at-top
+  monkeypatch.setitem(registry.ENCODERS, "toy", toy_models.ToyEncoder)
+  config = toy_config.get_config()
+  config.init_from = "timm/no-such-model"
+  config.data.data_dir = str(tmp_path / "tfds")
+  workdir = tmp_path / "run"
+  with pytest.raises(UserError) as error:
+    trainer.train_and_evaluate(config, str(workdir))
+  _assert_one_line(error.value, "timm/no-such-model")
+  assert not (tmp_path / "tfds").exists()
+  assert not workdir.exists() or sorted(os.listdir(workdir)) == []

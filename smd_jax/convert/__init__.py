@@ -25,8 +25,8 @@ comparison against it; need the torch extra).
 
 from smd_jax.convert import hub
 from smd_jax.convert.converters import (ENCODER_SOURCES, MODEL_SOURCES, SOURCES,
-                                        convert_encoder, convert_model, infer_arch,
-                                        infer_model_config, load_pretrained,
+                                        convert_encoder, convert_model, fetch_init_from,
+                                        infer_arch, infer_model_config, load_pretrained,
                                         maybe_init_from, name_map)
 from smd_jax.convert.core import (AssignReport, ConversionError, Converted, assign,
                                   convert_state_dict, load_state_dict, stem_path)
@@ -36,7 +36,7 @@ from smd_jax.convert.names import SEMANTIC_MD_TASKS
 __all__ = [
     "AssignReport", "ConversionError", "Converted", "ENCODER_SOURCES", "MODEL_SOURCES",
     "SEMANTIC_MD_TASKS", "SOURCES", "assign", "convert_encoder", "convert_model",
-    "convert_state_dict", "hub", "infer_arch", "infer_model_config", "load_converted",
+    "convert_state_dict", "fetch_init_from", "hub", "infer_arch", "infer_model_config", "load_converted",
     "load_pretrained", "load_state_dict", "maybe_init_from", "name_map", "read_state_dict",
     "save_converted", "stem_path",
 ]

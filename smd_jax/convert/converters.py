@@ -225,6 +225,29 @@ def load_pretrained(model: nnx.Module, directory: str, *, encoder: str | None = 
   return assign(model, converted, scope=scope, widen=stem_path(model), what=what)
 
 
+def _init_from_wanted(config, workdir: str) -> str | None:
+  """``config.init_from`` when it is set and ``workdir`` holds no checkpoint yet, else None."""
+  value = config.get("init_from")
+  if not value:
+    return None
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  checkpoints = os.path.join(os.path.abspath(workdir), "checkpoints")  # checkpoints.Checkpointer
+  if os.path.isdir(checkpoints) and ocp.utils.checkpoint_steps(checkpoints):
+    logging.info("%s has checkpoints: resuming, not loading init_from %s", workdir, value)
+    return None
+  return value
+
+
+def fetch_init_from(config, workdir: str) -> None:
+  """Resolves ``config.init_from`` (Hub weights: downloaded and converted once, then
+  cached) before the data set is built, so a wrong id or a missing offline cache stops
+  the run in one line before any work; `maybe_init_from` then finds it cached."""
+  value = _init_from_wanted(config, workdir)
+  if value:
+    from smd_jax.convert import hub  # pylint: disable=g-import-not-at-top
+    hub.resolve(value, config.model.get("encoder"))
+
+
 def maybe_init_from(model: nnx.Module, config, workdir: str) -> AssignReport | None:
   """`load_pretrained` of ``config.init_from`` into ``model``, when it is set and
   ``workdir`` holds no checkpoint yet (a run that has one resumes from it instead).
@@ -234,13 +257,8 @@ def maybe_init_from(model: nnx.Module, config, workdir: str) -> AssignReport | N
   Hub weights are downloaded, converted and cached on first use (`hub.fetch`). What was
   loaded (for Hub ids: repository, resolved commit, file sha256) goes to
   ``<workdir>/init_from.json``. Returns the report, or None when nothing was loaded."""
-  value = config.get("init_from")
+  value = _init_from_wanted(config, workdir)
   if not value:
-    return None
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  checkpoints = os.path.join(os.path.abspath(workdir), "checkpoints")  # checkpoints.Checkpointer
-  if os.path.isdir(checkpoints) and ocp.utils.checkpoint_steps(checkpoints):
-    logging.info("%s has checkpoints: resuming, not loading init_from %s", workdir, value)
     return None
   from smd_jax.convert import hub  # pylint: disable=g-import-not-at-top
   encoder = config.model.get("encoder")

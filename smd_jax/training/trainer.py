@@ -388,6 +388,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   check_batch_sizes(config, mesh)
   with workdir_held(workdir):
     model = build_model(config)
+    convert.fetch_init_from(config, workdir)  # a bad Hub id fails before the data is built
     sources = load_data(config, workdir)
     total_steps = num_train_steps(config, len(sources["train"]))
     convert.maybe_init_from(model, config, workdir)  # config.init_from, fresh runs only
