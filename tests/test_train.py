@@ -108,10 +108,14 @@ def test_eight_devices_match_one_device(tiny_config):
     scale = max(np.abs(g1).max(), 1e-3 * global_max)
     atol = tol * scale + 2 * F32_EPS * np.abs(np.float64(p))
     assert np.all(np.abs(g8 - g1) <= atol), np.abs(g8 - g1).max()
-  # BatchNorm statistics come from the global batch, not per-device slices.
-  for a, b in zip(jax.tree.leaves(stats1), jax.tree.leaves(stats8)):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    np.testing.assert_allclose(b, a, rtol=tol, atol=tol * max(np.abs(a).max(), 1e-6))
+  # BatchNorm statistics come from the global batch, not per-device slices. A channel
+  # mean that is ~0 (zero-mean features) is cancellation noise of terms of the
+  # statistics' scale: 1e-3 of the largest statistic bounds those, as for gradients.
+  stats = [np.asarray(a, np.float64) for a in jax.tree.leaves(stats1)]
+  stats_max = max(np.abs(a).max() for a in stats if a.size)
+  for a, b in zip(stats, jax.tree.leaves(stats8)):
+    scale = max(np.abs(a).max(), 1e-3 * stats_max)
+    np.testing.assert_allclose(np.asarray(b, np.float64), a, rtol=tol, atol=tol * scale)
 
 
 def test_batch_size_must_divide_devices(tiny_config):
