@@ -8,6 +8,9 @@ parameter comparison tight (Adam's first steps move near-zero-gradient weights
 by +-lr whatever the gradient's sign noise).
 """
 
+from __future__ import annotations
+
+import json
 import os
 import re
 import signal
@@ -17,7 +20,10 @@ import jax
 import numpy as np
 import pytest
 
+from smd_jax.evaluation import report
+from smd_jax.models import registry
 from tests import subprocess_runs as runs
+from tests.toy_models import ToyEncoder
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -59,9 +65,22 @@ def test_two_processes_with_4_devices_match_one_process_with_8(tmp_path):
   assert single[6] < single[1]  # it trains
 
   # Evaluation sums over both processes: each reports the whole split's numbers.
-  rmse = [re.search(r"Final validation RMSE: ([0-9.]+)", out).group(1)
+  rmse = [float(re.search(r"Final validation RMSE: ([0-9.]+)", out).group(1))
           for out in [single_out] + [out for _, out, _ in finished]]
-  assert len(set(rmse)) == 1, rmse
+  assert rmse[1] == rmse[2], rmse
+  # Those numbers are what one process computes from the same (the multi-process run's)
+  # checkpoint over the whole split: float32 sums over n <= 3 * 32 * 32 pixels in
+  # another order, ~eps * sqrt(n) relative.
+  with open(os.path.join(multi_dir, "eval_validation_6.json")) as f:
+    reported = json.load(f)
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setitem(registry.ENCODERS, "toy", ToyEncoder)
+    here = report.evaluate_workdir(multi_dir, checkpoint=6, write=False, num_images=0).results
+  assert here["num_examples"] >= 1
+  tol = 4 * np.finfo(np.float32).eps * np.sqrt(3 * 32 * 32)
+  for key in ("depth/rmse", "depth/abs_rel", "depth/rme", "depth/log10", "depth/delta1",
+              "depth/delta2"):
+    assert reported[key] == pytest.approx(here[key], rel=tol, abs=1e-7), key
 
   # The final checkpoint, written by both processes together, holds the same model.
   got, want = runs.load_checkpoint(multi_dir, 6), runs.load_checkpoint(single_dir, 6)
