@@ -70,6 +70,9 @@ def get_config() -> config_dict.ConfigDict:
 
   config.optimizer = config_dict.ConfigDict(dict(
       name="adam", learning_rate=1e-3, end_learning_rate=1e-6, warmup_steps=0,
+      # "epoch": the cosine's rate changes once per epoch, as the authors' trainer steps
+      # CosineAnnealingLR; "step": every step (smd_jax/training/steps.py SCHEDULE_UNITS).
+      schedule_unit="epoch",
       b1=0.9, b2=0.999, eps=1e-8,  # Adam
       momentum=config_dict.placeholder(float),  # SGD
   ))

@@ -22,6 +22,7 @@ def demo_settings(config):
   config.eval_batch_size = 16
   config.num_train_steps = 400
   config.optimizer.learning_rate = 2e-3
+  config.optimizer.schedule_unit = "step"  # 400 steps are not epochs of the paper
   config.log_every_steps = 25
   config.eval_every_steps = 200
   config.checkpoint_every_steps = 200

@@ -125,6 +125,7 @@ FIELDS = {
     "optimizer.learning_rate": Float(0, lo_open=True, required=True),
     "optimizer.end_learning_rate": Float(0),
     "optimizer.warmup_steps": Int(0),
+    "optimizer.schedule_unit": Name(steps.SCHEDULE_UNITS, "learning-rate schedule unit"),
     "optimizer.b1": Float(0, 1, hi_open=True),
     "optimizer.b2": Float(0, 1, hi_open=True),
     "optimizer.eps": Float(0, lo_open=True),

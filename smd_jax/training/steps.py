@@ -51,11 +51,37 @@ def model_config_for(config):
   return model_config
 
 
+def _cosine_per_step(opt, decay_steps: int, steps_per_epoch: int) -> optax.Schedule:
+  """Cosine from `learning_rate` to `end_learning_rate` over `decay_steps`, every step."""
+  del steps_per_epoch
+  return optax.cosine_decay_schedule(opt.learning_rate, max(decay_steps, 1),
+                                     alpha=opt.end_learning_rate / opt.learning_rate)
+
+
+def _cosine_per_epoch(opt, decay_steps: int, steps_per_epoch: int) -> optax.Schedule:
+  """The same cosine over epochs, held constant within each epoch (a staircase): PyTorch's
+  `CosineAnnealingLR(T_max=epochs, eta_min=end_learning_rate)` stepped once per epoch, as
+  the Semantic-MD authors' trainer does. Epoch e of E has the rate of step e of E."""
+  epochs = max(-(-decay_steps // steps_per_epoch), 1)
+  per_epoch = optax.cosine_decay_schedule(opt.learning_rate, epochs,
+                                          alpha=opt.end_learning_rate / opt.learning_rate)
+  return lambda step: per_epoch(step // steps_per_epoch)
+
+
+# How often the cosine's rate changes: `config.optimizer.schedule_unit`.
+SCHEDULE_UNITS = {"step": _cosine_per_step, "epoch": _cosine_per_epoch}
+
+
 def make_schedule(config, total_steps: int) -> optax.Schedule:
-  """Cosine decay from `learning_rate` to `end_learning_rate`, after optional warm-up."""
+  """Cosine decay from `learning_rate` to `end_learning_rate`, after optional warm-up.
+
+  `optimizer.schedule_unit` "step" (default) changes the rate every step; "epoch"
+  every `total_steps // num_epochs` steps (`SCHEDULE_UNITS`).
+  """
   opt = config.optimizer
-  decay = optax.cosine_decay_schedule(opt.learning_rate, max(total_steps - opt.warmup_steps, 1),
-                                      alpha=opt.end_learning_rate / opt.learning_rate)
+  steps_per_epoch = max(total_steps // max(int(config.get("num_epochs", 1) or 1), 1), 1)
+  unit = SCHEDULE_UNITS[opt.get("schedule_unit", None) or "step"]
+  decay = unit(opt, total_steps - opt.warmup_steps, steps_per_epoch)
   if opt.warmup_steps <= 0:
     return decay
   warmup = optax.linear_schedule(0.0, opt.learning_rate, opt.warmup_steps)
