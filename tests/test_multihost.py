@@ -40,7 +40,13 @@ def _free_port() -> int:
 def test_two_processes_with_4_devices_match_one_process_with_8(tmp_path):
   tfds, cache = str(tmp_path / "tfds"), str(tmp_path / "xla_cache")
   single_dir, multi_dir = str(tmp_path / "single"), str(tmp_path / "multi")
-  common = (*FLAGS, f"--config.data.data_dir={tfds}")
+  # 3 validation frames: process 0 evaluates frames 0 and 2, process 1 frame 1, so a
+  # process's sums counted twice (or left out) change every pooled metric.
+  common = (*FLAGS, f"--config.data.data_dir={tfds}", "--config.data.synthetic.enabled=True",
+            f"--config.data.manual_dir={tmp_path / 'raw'}",
+            "--config.data.synthetic.num_frames.train=8",
+            "--config.data.synthetic.num_frames.validation=3",
+            "--config.data.synthetic.num_frames.test=0")
   rc, single_out, err = runs.finish(runs.start_training(single_dir, *common, devices=8,
                                                         cache_dir=cache))
   assert rc == 0, err[-3000:]
@@ -69,14 +75,14 @@ def test_two_processes_with_4_devices_match_one_process_with_8(tmp_path):
           for out in [single_out] + [out for _, out, _ in finished]]
   assert rmse[1] == rmse[2], rmse
   # Those numbers are what one process computes from the same (the multi-process run's)
-  # checkpoint over the whole split: float32 sums over n <= 3 * 32 * 32 pixels in
-  # another order, ~eps * sqrt(n) relative.
+  # checkpoint over the whole split: float32 sums over n = 3 * 32 * 32 pixels in another
+  # order, ~eps * sqrt(n) relative.
   with open(os.path.join(multi_dir, "eval_validation_6.json")) as f:
     reported = json.load(f)
   with pytest.MonkeyPatch.context() as mp:
     mp.setitem(registry.ENCODERS, "toy", ToyEncoder)
     here = report.evaluate_workdir(multi_dir, checkpoint=6, write=False, num_images=0).results
-  assert here["num_examples"] >= 1
+  assert here["num_examples"] == 3
   tol = 4 * np.finfo(np.float32).eps * np.sqrt(3 * 32 * 32)
   for key in ("depth/rmse", "depth/abs_rel", "depth/rme", "depth/log10", "depth/delta1",
               "depth/delta2"):
