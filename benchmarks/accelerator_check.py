@@ -36,14 +36,13 @@ with 1 when a check fails or a benchmark side errs (skips do not fail).
 
 from __future__ import annotations
 
-import argparse
 import importlib.metadata
-import json
 import os
 import platform
 import sys
 import time
 import traceback
+import types
 from typing import Any, Callable
 
 # JAX must not take most of the GPU's memory up front: PyTorch runs next to it.
@@ -52,7 +51,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
+from absl import flags  # noqa: E402
 from jax.sharding import Mesh  # noqa: E402
+
+from smd_jax import cli  # noqa: E402
 
 # Packages whose versions say which accelerator build of JAX (and PyTorch) is in use.
 VERSION_PACKAGES = ("jax", "jaxlib", "jax-cuda12-plugin", "jax-cuda12-pjrt", "jax-cuda13-plugin",
@@ -74,25 +76,33 @@ BF16_LOSS_RTOL = 0.02  # 5x bf16's per-rounding error (2^-8), as tests/test_bf16
 STEP_FUNCTIONS = ("train_step", "eval_step")  # names whose compiles no_recompile counts
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--model", default="unet", choices=("unet", "deeplabv3", "unet_2head"))
-  p.add_argument("--encoder", default="efficientnet_b4")
-  p.add_argument("--check-size", type=int, default=64, help="input size of the checks")
-  p.add_argument("--check-batch", type=int, default=None,
-                 help="global batch of the checks (default 2 per local device)")
-  p.add_argument("--batch-size", type=int, default=32, help="benchmark batch")
-  p.add_argument("--size", type=int, default=256, help="benchmark input height = width")
-  p.add_argument("--repeats", type=int, default=10, help="timed benchmark steps per figure")
-  p.add_argument("--sides", nargs="+", default=["flax", "torch"], choices=("flax", "torch"))
-  p.add_argument("--skip-checks", action="store_true")
-  p.add_argument("--skip-benchmark", action="store_true")
-  p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--out", default="benchmarks/results", help="folder for the JSON + Markdown")
-  p.add_argument("--name", default=None,
-                 help="file name stem (default: accelerator-<backend>-<UTC time>)")
-  return p.parse_args(argv)
+def define_flags(flag_values: flags.FlagValues) -> None:
+  """The command's flags (absl; the argparse spellings `--check-size` etc. work too)."""
+  fv = dict(flag_values=flag_values)
+  flags.DEFINE_enum("model", "unet", ["unet", "deeplabv3", "unet_2head"], "Model.", **fv)
+  flags.DEFINE_string("encoder", "efficientnet_b4", "Encoder.", **fv)
+  flags.DEFINE_integer("check_size", 64, "Input size of the checks.", **fv)
+  flags.DEFINE_integer("check_batch", None,
+                       "Global batch of the checks (default 2 per local device).", **fv)
+  flags.DEFINE_integer("batch_size", 32, "Benchmark batch.", **fv)
+  flags.DEFINE_integer("size", 256, "Benchmark input height = width.", **fv)
+  flags.DEFINE_integer("repeats", 10, "Timed benchmark steps per figure.", **fv)
+  flags.DEFINE_multi_enum("sides", ["flax", "torch"], ["flax", "torch"], "Sides to time.", **fv)
+  flags.DEFINE_bool("skip_checks", False, "Only the benchmark.", **fv)
+  flags.DEFINE_bool("skip_benchmark", False, "Only the checks.", **fv)
+  flags.DEFINE_integer("seed", 0, "Random seed.", **fv)
+  flags.DEFINE_string("out", "benchmarks/results", "Folder for the JSON + Markdown.", **fv)
+  flags.DEFINE_string("name", None,
+                      "File name stem (default: accelerator-<backend>-<UTC time>).", **fv)
+  cli.define_hyphen_aliases(flag_values)
+
+
+def parse_args(argv=None) -> types.SimpleNamespace:
+  """The flags of `argv` (without the program name; None: sys.argv); a bad flag exits
+  with status 1 and one line `error: ...`."""
+  flag_values, _ = cli.parse_argv(define_flags, argv, usage=__doc__, multi_value=("sides",),
+                                  positional=False, prog="python -m benchmarks.accelerator_check")
+  return cli.flag_namespace(flag_values)
 
 
 def _versions() -> dict[str, str | None]:
@@ -452,15 +462,8 @@ def main(argv=None) -> int:
   if not args.skip_benchmark:
     result["benchmark"] = run_benchmark(args, log)
   result["wall_s"] = time.perf_counter() - start
-  os.makedirs(args.out, exist_ok=True)
-  stem = os.path.join(args.out, name)
-  with open(stem + ".json", "w") as f:
-    json.dump(result, f, indent=1, default=str)
-  text = render(result)
-  with open(stem + ".md", "w") as f:
-    f.write(text)
-  print("\n" + text)
-  print(f"wrote {stem}.json and {stem}.md")
+  from benchmarks import run  # pylint: disable=g-import-not-at-top
+  run.write_result(args.out, name, result, render(result))
   failed = [c["name"] for c in result["checks"] if c["status"] == "fail"]
   if result["benchmark"] and result["benchmark"]["errors"]:
     failed.append("benchmark")

@@ -255,6 +255,20 @@ def _load():
   return timing.load_average()
 
 
+def write_result(out: str, name: str, result: dict, text: str) -> str:
+  """<out>/<name>.json (everything measured) and <out>/<name>.md (`text`); prints both
+  paths' stem. Returns the stem."""
+  os.makedirs(out, exist_ok=True)
+  stem = os.path.join(out, name)
+  with open(stem + ".json", "w") as f:
+    json.dump(result, f, indent=1, default=str)
+  with open(stem + ".md", "w") as f:
+    f.write(text)
+  print("\n" + text)
+  print(f"wrote {stem}.json and {stem}.md")
+  return stem
+
+
 def render(result: dict) -> str:
   m = result["machine"]
   parts = [f"# Benchmark {result['name']}\n",
@@ -307,15 +321,7 @@ def main(argv=None) -> int:
       result["errors"].append(f"{section}: {traceback.format_exc()}")
   result["wall_s"] = time.perf_counter() - start
   result["load_end"] = _load()
-  os.makedirs(args.out, exist_ok=True)
-  stem = os.path.join(args.out, name)
-  with open(stem + ".json", "w") as f:
-    json.dump(result, f, indent=1, default=str)
-  text = render(result)
-  with open(stem + ".md", "w") as f:
-    f.write(text)
-  print("\n" + text)
-  print(f"wrote {stem}.json and {stem}.md")
+  write_result(args.out, name, result, render(result))
   return 1 if result["errors"] else 0
 
 
