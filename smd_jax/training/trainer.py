@@ -159,7 +159,10 @@ def restore_newest_intact(workdir: str, state, train_iter):
   UserError when the checkpoints belong to another model (nothing is changed)
   or none of them restores. Reads only; `set_aside_damaged` moves damaged ones.
   """
-  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+  # Process 0's view, decided before any process can get on to create the folder (the
+  # broadcast is a collective): else a slower process would see the folder the writing
+  # Checkpointer of a faster one just made and step into Orbax's collectives out of turn.
+  if not _from_process_0(os.path.isdir(os.path.join(workdir, "checkpoints"))):
     return state, []
   ckpt = checkpoints.Checkpointer(workdir, read_only=True)
   try:
