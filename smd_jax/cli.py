@@ -41,6 +41,23 @@ def quiet_library_logs() -> None:
     return record.levelno >= std_logging.WARNING or not any(
         lib in record.pathname for lib in _CHATTY_LIBRARIES)
   logging.get_absl_handler().addFilter(keep)
+  # A restore of a damaged checkpoint (reported in one line by the trainer) leaves Orbax's
+  # read tasks and coroutines with exceptions nobody awaits; asyncio and the interpreter
+  # would print each with a traceback.
+  std_logging.getLogger("asyncio").addFilter(
+      lambda record: "exception was never retrieved" not in record.getMessage())
+  previous = sys.unraisablehook
+
+  def unraisable(event) -> None:
+    tb, from_orbax = event.exc_traceback, False
+    while tb is not None:
+      from_orbax = from_orbax or "/orbax/" in tb.tb_frame.f_code.co_filename
+      tb = tb.tb_next
+    if from_orbax:
+      logging.debug("Orbax left an unawaited error: %s", event.exc_value)
+    else:
+      previous(event)
+  sys.unraisablehook = unraisable
 
 
 def report_user_errors(fn: Callable[[], int | None]) -> int:
