@@ -49,7 +49,8 @@ def quiet_library_logs() -> None:
   previous = sys.unraisablehook
 
   def unraisable(event) -> None:
-    tb, from_orbax = event.exc_traceback, False
+    code = getattr(event.object, "cr_code", None)  # an Orbax coroutine closed unawaited
+    tb, from_orbax = event.exc_traceback, "/orbax/" in getattr(code, "co_filename", "")
     while tb is not None:
       from_orbax = from_orbax or "/orbax/" in tb.tb_frame.f_code.co_filename
       tb = tb.tb_next
