@@ -8,7 +8,8 @@ from smd_jax import cli
 
 def _coroutine(filename: str):
   namespace = {}
-  exec(compile("async def read():\n  pass\n", filename, "exec"), namespace)  # pylint: disable=exec-used
+  code = compile("async def read():\n  pass\n", filename, "exec")
+  exec(code, namespace)  # pylint: disable=exec-used
   return namespace["read"]()
 
 
