@@ -18,6 +18,7 @@ import signal
 import threading
 
 import jax
+import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
@@ -53,6 +54,20 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     return
   logging.info("Process %d of %d; %d local and %d global devices.", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+def all_agree(ok: bool) -> bool:
+  """True on every process if `ok` on all of them (a collective on multi-host runs)."""
+  if jax.process_count() == 1:
+    return ok
+  return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
+
+
+def from_process_0(ok: bool) -> bool:
+  """Process 0's `ok`, on every process (a collective on multi-host runs)."""
+  if jax.process_count() == 1:
+    return ok
+  return bool(multihost_utils.broadcast_one_to_all(np.int32(ok)))
 
 
 class PreemptionWatch:

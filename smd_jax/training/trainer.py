@@ -92,20 +92,6 @@ def build_model(config):
     raise UserError(f"Cannot build the model of this config: {str(e).splitlines()[0]}") from e
 
 
-def _everywhere(ok: bool) -> bool:
-  """True on every process if `ok` on all of them (a collective on multi-host runs)."""
-  if jax.process_count() == 1:
-    return ok
-  return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
-
-
-def _from_process_0(ok: bool) -> bool:
-  """Process 0's `ok`, on every process."""
-  if jax.process_count() == 1:
-    return ok
-  return bool(multihost_utils.broadcast_one_to_all(np.int32(ok)))
-
-
 def _open_data(config, workdir: str, *, build: bool) -> dict:
   """This host's splits, checked shard by shard (`shards.check_shards`)."""
   sources = datasets.load_data_sources(config.data, workdir, build=build)
@@ -129,7 +115,7 @@ def load_data(config, workdir: str) -> dict:
       sources = _open_data(config, workdir, build=True)
     except UserError as e:
       error = e
-  if not _from_process_0(error is None):  # a collective: the others wait for process 0 here
+  if not multihost.from_process_0(error is None):  # a collective: the others wait for process 0
     raise error or UserError("Process 0 could not prepare the data set; its log says why.")
   if sources is None:  # process > 0
     try:
@@ -141,7 +127,7 @@ def load_data(config, workdir: str) -> dict:
         sources = _open_data(config, workdir, build=True)
     except UserError as e:
       error = e
-  if not _everywhere(error is None):
+  if not multihost.all_agree(error is None):
     raise error or UserError("Another process could not open the data set (its log says "
                              "why); each host needs it at the same path (docs/scaling.md).")
   if not len(sources.get("train", ())):
@@ -162,7 +148,7 @@ def restore_newest_intact(workdir: str, state, train_iter):
   # Process 0's view, decided before any process can get on to create the folder (the
   # broadcast is a collective): else a slower process would see the folder the writing
   # Checkpointer of a faster one just made and step into Orbax's collectives out of turn.
-  if not _from_process_0(os.path.isdir(os.path.join(workdir, "checkpoints"))):
+  if not multihost.from_process_0(os.path.isdir(os.path.join(workdir, "checkpoints"))):
     return state, []
   ckpt = checkpoints.Checkpointer(workdir, read_only=True)
   try:
@@ -179,7 +165,7 @@ def restore_newest_intact(workdir: str, state, train_iter):
 
     try:
       state, step, damaged = ckpt.restore_newest_intact(state, train_iter, check=check,
-                                                        agree=_everywhere)
+                                                        agree=multihost.all_agree)
     except checkpoints.NoIntactCheckpoint as e:
       raise UserError(
           f"No checkpoint in {ckpt.directory} restores ({e}): they are damaged or were written "
@@ -223,7 +209,7 @@ def workdir_held(workdir: str):
     except UserError as e:
       error = e
   try:
-    if not _from_process_0(error is None):
+    if not multihost.from_process_0(error is None):
       raise error or UserError("Process 0 found the workdir in use by another training run; "
                                "its log names it.")
     yield
