@@ -2,6 +2,12 @@
 
 The header says whether a missing PyTorch reference fails or skips its tests
 (`SMD_REQUIRE_TORCH_REFERENCE`, tests/torch_reference.py).
+
+Parallel runs: with pytest-xdist installed (the `test` extra), `python -m pytest` runs
+the tests in WORKERS processes (XLA compiles on one thread, so two workers nearly halve
+the wall time on 2 cores). `-n N` picks another number, `-n 0` or `-p no:xdist` runs
+in this process. Tests that share a module-scoped fixture stay in one worker (an
+`xdist_group` per module), so the fixture is still built once.
 """
 
 from __future__ import annotations
@@ -15,11 +21,41 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import tempfile  # noqa: E402
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 # Tests that run the same program twice (e.g. train, then resume in a new loop)
-# reuse compiled executables instead of compiling again.
+# reuse compiled executables instead of compiling again. One directory per process:
+# JAX writes cache entries non-atomically, so parallel workers must not share one.
 jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="smd_jax_xla_cache_"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+WORKERS = 2
+SHARED_SCOPES = ("class", "module", "package")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config):
+  """Without -n (and with xdist present): WORKERS workers, module fixtures kept together."""
+  if (not config.pluginmanager.hasplugin("xdist") or os.environ.get("PYTEST_XDIST_WORKER")
+      or config.getoption("usepdb") or config.getoption("collectonly")):
+    return
+  if config.option.numprocesses is None and not config.option.tx:
+    config.option.numprocesses = WORKERS
+  if config.option.numprocesses and config.option.dist == "no":
+    config.option.dist = "loadgroup"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+  """Groups the tests that use a class- or module-scoped fixture by their module.
+
+  Runs before xdist's own hook, which turns the group into the test's work unit.
+  """
+  for item in items:
+    fixtures = getattr(item, "_fixtureinfo", None)
+    defs = fixtures.name2fixturedefs.values() if fixtures else ()
+    if any(d[-1].scope in SHARED_SCOPES for d in defs if d):
+      item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
 
 
 def pytest_report_header(config):
