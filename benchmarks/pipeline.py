@@ -2,10 +2,10 @@
 the array_record shards of a built HyperSim TFDS data set.
 
 The data set is the procedural one the demo builds (same builder, same features:
-PNG image, zlib float32 depth, zlib int16 labels), generated once into a cache
-folder and reused by later runs. Also times one example's read + decode on one
-thread, TFDS's (`source[i]`) and the pipeline's (`datasets.array_source`),
-to tell decode cost from pipeline overhead.
+raw uint8 image, float32 depth and int16 label bytes since builder version 3.0.0),
+generated once into a cache folder and reused by later runs. Also times one
+example's read + decode on one thread, TFDS's (`source[i]`) and the pipeline's
+(`datasets.array_source`), to tell decode cost from pipeline overhead.
 
 Rows cover reader threads in the training process (`num_workers` 0) and worker
 processes (`data.num_workers`, with `num_threads` threads each): decoding holds
@@ -60,7 +60,7 @@ def train_source(cache_dir: str, size: int, num_frames: int):
 
 
 def decode_rate(source, count: int) -> float:
-  """Examples/s of `source[i]` (array_record read + PNG/zlib decode), one thread."""
+  """Examples/s of `source[i]` (array_record read + decode), one thread."""
   count = min(count, len(source))
   start = time.perf_counter()
   for i in range(count):

@@ -1,8 +1,9 @@
 """A data set built by another version of the `hypersim` builder is never read.
 
 The old builds here are made by the current builder with its VERSION patched to
-1.0.0 and every stored depth value replaced by a sentinel, so any example that
-comes back from the old build is recognisable. A user's HyperSim build must be
+2.0.0, the previous version's zlib storage instead of raw bytes, and every stored
+depth value replaced by a sentinel, so any example that comes back from the old
+build is recognisable. A user's HyperSim build must be
 refused with one line naming the version found and a rebuild command that works;
 the procedural demo set is rebuilt.
 """
@@ -26,7 +27,8 @@ from tests import subprocess_runs as runs, toy_config
 from tests.toy_models import ToyEncoder
 from tfds_hypersim import build as build_cli, hypersim_dataset_builder as hdb
 
-OLD = "1.0.0"
+OLD = "2.0.0"
+NEW = "3.0.0"  # the builder's version (a change of stored format that is not bumped fails)
 SENTINEL = 1234.5  # metres; exactly representable in float32, far beyond any room
 
 
@@ -42,6 +44,7 @@ def _build_old(monkeypatch, data_dir: str, manual_dir: str, resolution: int) -> 
 
   with monkeypatch.context() as m:
     m.setattr(hdb.Builder, "VERSION", tfds.core.Version(OLD))
+    m.setattr(hdb, "STORAGE_ENCODING", tfds.features.Encoding.ZLIB)
     m.setattr(hdb, "_process", marked)
     builder = hdb.Builder(config=hdb.hypersim_config(resolution), data_dir=data_dir,
                           num_workers=1)
@@ -61,7 +64,7 @@ def _assert_no_old_example(sources) -> None:
 
 @pytest.fixture(scope="module")
 def old_build(tmp_path_factory):
-  """The dummy frames built at the toy config's 32 px as builder version 1.0.0."""
+  """The dummy frames built at the toy config's 32 px as builder version OLD."""
   data_dir = str(tmp_path_factory.mktemp("old") / "tfds")
   with pytest.MonkeyPatch.context() as m:
     _build_old(m, data_dir, toy_config.DUMMY_DATA, toy_config.get_config().data.resolution)
@@ -85,7 +88,7 @@ def _refused(load, config) -> str:
   message = str(e.value)
   assert "\n" not in message
   where = os.path.join(config.data.data_dir, "hypersim", "res32")
-  assert f"{where} holds the data set built by builder version {OLD}, not 2.0.0" in message
+  assert f"{where} holds the data set built by builder version {OLD}, not {NEW}" in message
   assert runs.tree_snapshot(config.data.data_dir) == before  # nothing built, nothing deleted
   return message
 
@@ -119,13 +122,13 @@ def test_the_named_command_rebuilds(config, tmp_path):
   assert {k: len(v) for k, v in sources.items()} == {"train": 2, "validation": 1, "test": 1}
   _assert_no_old_example(sources)
   root = os.path.join(config.data.data_dir, "hypersim", "res32")
-  assert sorted(os.listdir(root)) == [OLD, "2.0.0"]  # the old build is left alone
+  assert sorted(os.listdir(root)) == [OLD, NEW]  # the old build is left alone
   # "Not built" hints name only resolutions built by this version.
   config.data.resolution = 64
   config.data.manual_dir = str(tmp_path / "nothing")
   with pytest.raises(errors.UserError, match="holds the data set at resolution 32:"):
     datasets.load_data_sources(config.data, "unused")
-  shutil.rmtree(os.path.join(root, "2.0.0"))
+  shutil.rmtree(os.path.join(root, NEW))
   with pytest.raises(errors.UserError) as e:
     datasets.load_data_sources(config.data, "unused")
   assert "holds the data set at resolution" not in str(e.value)
@@ -142,13 +145,13 @@ def test_procedural_demo_of_an_old_version_is_rebuilt(tmp_path, monkeypatch):
   datasets.generate_synthetic(paths.manual_dir, config.data.synthetic)
   _build_old(monkeypatch, paths.data_dir, paths.manual_dir, config.data.resolution)
   # A process that may not build (a second host) reports it instead.
-  with pytest.raises(errors.UserError, match=f"built by builder version {OLD}, not 2.0.0"):
+  with pytest.raises(errors.UserError, match=f"built by builder version {OLD}, not {NEW}"):
     datasets.load_data_sources(config.data, workdir, build=False)
   sources = datasets.load_data_sources(config.data, workdir)
   assert sum(len(src) for src in sources.values()) > 0
   _assert_no_old_example(sources)
   root = os.path.join(paths.data_dir, "hypersim", "res32")
-  assert sorted(os.listdir(root)) == [OLD, "2.0.0"]
+  assert sorted(os.listdir(root)) == [OLD, NEW]
 
 
 def test_train_command_prints_one_error_line(config, tmp_path):
@@ -158,6 +161,6 @@ def test_train_command_prints_one_error_line(config, tmp_path):
   assert rc == 1, err[-2000:]
   assert "Traceback" not in err
   last = err.strip().splitlines()[-1]
-  assert last.startswith("error: ") and f"builder version {OLD}, not 2.0.0" in last, last
+  assert last.startswith("error: ") and f"builder version {OLD}, not {NEW}" in last, last
   assert "python -m tfds_hypersim.build --manual_dir" in last
   assert not os.path.exists(workdir)

@@ -109,7 +109,7 @@ def test_builder_defaults(tmp_path):
   assert b.builder_config.name == "res256"
   assert b.info.file_format == tfds.core.FileFormat.ARRAY_RECORD
   assert b.info.features["image"].shape == (256, 256, 3)
-  assert b.version == VERSION == "2.0.0"
+  assert b.version == VERSION == "3.0.0"
   assert b.MANUAL_DOWNLOAD_INSTRUCTIONS
 
 
@@ -181,6 +181,31 @@ def test_examples_match_raw_files(built):
       diff = np.abs(ex["image"].astype(np.int32) - ref)
       assert diff.max() <= 1, diff.max()
   assert saw_nan, "dummy data should contain pixels without geometry"
+
+
+def test_records_hold_the_raw_little_endian_bytes(built):
+  # Storage format of 3.0.0: each array's bytes, C order, as written here from the
+  # raw files (no PNG, no zlib), so reading is a copy (docs/data.md, "Storage format").
+  from tensorflow_datasets.proto import tf_example_pb2  # pylint: disable=g-import-not-at-top
+
+  rows, cols, _, _ = _nearest_grid(RES)
+  src = built.as_data_source()["train"]
+  for i in range(len(src)):
+    stored = tf_example_pb2.Example.FromString(src.data_source[i]).features.feature
+    stored = {k: stored[k].bytes_list.value for k in ("image", "depth", "semantic", "scene",
+                                                      "camera")}
+    assert all(len(v) == 1 for v in stored.values())
+    scene, camera = stored["scene"][0].decode(), stored["camera"][0].decode()
+    frame = int(src[i]["frame"])
+    depth = _raw("depth_meters", scene, camera, frame)[rows][:, cols]
+    assert stored["depth"][0] == depth.astype("<f4").tobytes()
+    sem = _raw("semantic", scene, camera, frame)[rows][:, cols]
+    assert stored["semantic"][0] == sem.astype("<i2").tobytes()
+    image = stored["image"][0]
+    assert len(image) == RES * RES * 3
+    ref = _reference_image(scene, camera, frame, RES)  # [RES, RES, 3], row-major
+    diff = np.abs(np.frombuffer(image, np.uint8).astype(np.int32) - ref.reshape(-1))
+    assert diff.max() <= 1, diff.max()
 
 
 def test_missing_splits_left_out(tmp_path):

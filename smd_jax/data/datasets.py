@@ -10,7 +10,6 @@ semantic labels; everything model-specific happens on device in the jitted step.
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import os
 import re
@@ -32,57 +31,69 @@ def select_arrays(example: Mapping[str, Any]) -> dict[str, np.ndarray]:
   return {k: np.asarray(example[k]) for k in ARRAY_FEATURES}
 
 
+# tfds.features.Encoding value -> bytes as stored -> the array's raw bytes, as
+# TFDS's Tensor feature decodes them.
+_UNPACK = {"bytes": lambda data: data, "zlib": zlib.decompress}
+
+
 class _RecordArrays:
   """`select_arrays(source[i])` of a TFDS array_record source, decoded directly.
 
-  Reads the same records and decodes them as TFDS does (PNG with PIL, zlib +
-  `np.frombuffer`), so the arrays are bit-equal (tests/test_input_pipeline.py),
-  but skips TFDS's generic feature code, Python that holds the GIL: at 64 px an
-  example then costs 0.50 ms of CPU instead of 0.66 ms (benchmarks/pipeline.py).
+  Reads the same records and decodes them as TFDS's Tensor feature does (the
+  stored bytes, unpacked per `_UNPACK`, then `np.frombuffer` in the feature's
+  dtype), so the arrays are bit-equal (tests/test_input_pipeline.py), but skips
+  TFDS's generic feature code, Python that holds the GIL and costs more than
+  the decoding itself for raw-byte features (benchmarks/pipeline.py).
   """
 
-  def __init__(self, source):
+  def __init__(self, source, layout: dict[str, tuple[np.dtype, tuple[int, ...], str]]):
     self.records = source.data_source  # raw serialized tf.train.Example bytes
-    features = source.dataset_info.features
-    self.tensors = {k: (features[k].np_dtype, tuple(features[k].shape))
-                    for k in ("depth", "semantic")}
+    self.layout = layout  # feature -> (dtype, shape, encoding); all picklable (workers)
 
   def __len__(self) -> int:
     return len(self.records)
 
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
     from tensorflow_datasets.proto import tf_example_pb2  # pylint: disable=g-import-not-at-top
-    import PIL.Image  # pylint: disable=g-import-not-at-top
 
     feature = tf_example_pb2.Example.FromString(self.records[index]).features.feature
-    png = io.BytesIO(feature["image"].bytes_list.value[0])
-    with PIL.Image.open(png, formats=("PNG",)) as image:  # no format sniffing
-      out = {"image": np.asarray(image, np.uint8)}
-    for k, (dtype, shape) in self.tensors.items():
-      raw = zlib.decompress(feature[k].bytes_list.value[0])
-      out[k] = np.frombuffer(raw, dtype=dtype).reshape(shape)
-    return out
+    return {k: np.frombuffer(_UNPACK[encoding](feature[k].bytes_list.value[0]),
+                             dtype=dtype).reshape(shape)
+            for k, (dtype, shape, encoding) in self.layout.items()}
+
+
+def _tensor_layout(feature) -> tuple[np.dtype, tuple[int, ...], str] | None:
+  """(dtype, shape, encoding) of a fixed-shape Tensor feature stored as bytes `_UNPACK`
+  decodes; None for anything else (an Image feature, unknown dimensions, ...)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  if type(feature) is not tfds.features.Tensor:  # subclasses (Image, ...) decode otherwise
+    return None
+  encoding = getattr(getattr(feature, "_encoding", None), "value", None)
+  shape = tuple(feature.shape)
+  if encoding not in _UNPACK or None in shape:
+    return None
+  return np.dtype(feature.np_dtype), shape, encoding
 
 
 def array_source(source: Sequence[Mapping[str, Any]]) -> Sequence[Mapping[str, Any]]:
   """`source` with a faster decoder where it is a HyperSim TFDS array_record source.
 
   Any other source (a list, another format, custom TFDS decoders) is returned
-  unchanged: only the layout `_RecordArrays` decodes (RGB uint8 PNG image,
-  zlib-encoded depth and semantic tensors) is taken over.
+  unchanged: only sources whose image, depth and semantic features are all
+  fixed-shape Tensor features stored as raw or zlib-compressed bytes (the
+  builder's layout, `tfds_hypersim.hypersim_dataset_builder.STORAGE_ENCODING`)
+  are taken over.
   """
   features = getattr(getattr(source, "dataset_info", None), "features", None)
   try:
-    image, depth, semantic = (features[k] for k in ARRAY_FEATURES)
+    layout = {k: _tensor_layout(features[k]) for k in ARRAY_FEATURES}
     ours = (getattr(source, "decoders", 1) is None
             and str(getattr(source, "deserialize_method", "")).endswith("DESERIALIZE_AND_DECODE")
-            and image.encoding_format == "png" and image.np_dtype == np.uint8
-            and tuple(image.shape)[-1:] == (3,) and None not in image.shape
-            and all(str(getattr(f, "_encoding", "")).endswith("ZLIB") and None not in f.shape
-                    for f in (depth, semantic)))
+            and None not in layout.values())
   except (TypeError, KeyError, AttributeError):
     return source
-  return _RecordArrays(source) if ours else source
+  return _RecordArrays(source, layout) if ours else source
 
 
 @dataclasses.dataclass(frozen=True)
