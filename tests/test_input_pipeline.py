@@ -1,5 +1,6 @@
 """Grain pipeline over a random-access source: sharding, shuffling, padding, resume."""
 
+import cloudpickle
 import numpy as np
 import pytest
 
@@ -220,8 +221,11 @@ def test_worker_iterator_state_round_trips_through_a_checkpoint(tfds_source, tmp
 def test_array_source_decodes_bit_equal_to_tfds(tfds_source):
   fast = datasets.array_source(tfds_source)
   assert fast is not tfds_source and len(fast) == len(tfds_source)
-  assert_same_batches([fast[i] for i in range(len(fast))],
-                      [datasets.select_arrays(tfds_source[i]) for i in range(len(fast))])
+  want = [datasets.select_arrays(tfds_source[i]) for i in range(len(fast))]
+  assert_same_batches([fast[i] for i in range(len(fast))], want)
+  # As worker processes get it (grain pickles the pipeline with cloudpickle).
+  again = cloudpickle.loads(cloudpickle.dumps(fast))
+  assert_same_batches([again[i] for i in range(len(again))], want)
   other = fake_source(3)
   assert datasets.array_source(other) is other  # not a TFDS source: left as it is
 

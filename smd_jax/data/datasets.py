@@ -36,6 +36,12 @@ def select_arrays(example: Mapping[str, Any]) -> dict[str, np.ndarray]:
 _UNPACK = {"bytes": lambda data: data, "zlib": zlib.decompress}
 
 
+def _example_parser():
+  """tf.train.Example's parser from TFDS's protos (no TensorFlow), imported now."""
+  from tensorflow_datasets.proto import tf_example_pb2  # pylint: disable=g-import-not-at-top
+  return tf_example_pb2.Example.FromString
+
+
 class _RecordArrays:
   """`select_arrays(source[i])` of a TFDS array_record source, decoded directly.
 
@@ -48,15 +54,25 @@ class _RecordArrays:
 
   def __init__(self, source, layout: dict[str, tuple[np.dtype, tuple[int, ...], str]]):
     self.records = source.data_source  # raw serialized tf.train.Example bytes
-    self.layout = layout  # feature -> (dtype, shape, encoding); all picklable (workers)
+    self.layout = layout  # feature -> (dtype, shape, encoding)
+    self.parse = _example_parser()
+
+  # Pickled into worker processes without the parser (protobuf classes do not
+  # pickle); it is looked up again when unpickled, on the worker's main thread.
+  # Looking it up first from several reader threads at once deadlocks: TFDS
+  # imports it lazily, and on Python 3.11 two threads resolving a lazy module
+  # wait on each other (functools.cached_property's lock against the import lock).
+  def __getstate__(self) -> dict[str, Any]:
+    return {k: v for k, v in self.__dict__.items() if k != "parse"}
+
+  def __setstate__(self, state: dict[str, Any]) -> None:
+    self.__dict__.update(state, parse=_example_parser())
 
   def __len__(self) -> int:
     return len(self.records)
 
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-    from tensorflow_datasets.proto import tf_example_pb2  # pylint: disable=g-import-not-at-top
-
-    feature = tf_example_pb2.Example.FromString(self.records[index]).features.feature
+    feature = self.parse(self.records[index]).features.feature
     return {k: np.frombuffer(_UNPACK[encoding](feature[k].bytes_list.value[0]),
                              dtype=dtype).reshape(shape)
             for k, (dtype, shape, encoding) in self.layout.items()}
