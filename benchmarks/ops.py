@@ -8,19 +8,21 @@ Forward + backward (gradient w.r.t. input and kernel) of one layer, jitted, medi
 shapes at batch 8, 64x64 input (the demo):
 
 * 1x1 convolution: XLA's convolution vs the same contraction as `dot_general`;
-* depthwise convolution: XLA's grouped convolution vs `layers.depthwise_conv_taps`;
+* depthwise convolution: XLA's grouped convolution vs
+  `conv_formulations.depthwise_conv_taps`;
 * depthwise_vjp: every distinct depthwise convolution of the b4 UNet's encoder at the
   `--unet_inputs` (batch x size, traced from the model itself: shape, stride,
-  dilation, padding, how many layers share it), `layers.depthwise_conv_taps` with
-  autodiff's gradient vs the same taps with the hand-written one
-  (`layers.depthwise_conv_vjp`), and a total over all layers (time x count);
+  dilation, padding, how many layers share it), `conv_formulations.depthwise_conv_taps`
+  with autodiff's gradient vs the same taps with the hand-written one
+  (`conv_formulations.depthwise_conv_vjp`), and a total over all layers (time x count);
 * BatchNorm statistics: E[x], E[x^2] in two reductions (ours) vs mean then centred
   variance (two passes over x);
 * 3x3 convolution (UNet decoder shapes): XLA's convolution vs im2col (nine shifted
   slices concatenated, one dot) and vs XLA's forward with the kernel gradient as nine
   dots over batch and space (`custom_vjp`, no transposes);
 * atrous 3x3 (DeepLabV3's ASPP on an 8x8 map): XLA's convolution with the full kernel
-  vs `layers._conv_general_dilated`, which drops the taps that read only padding.
+  vs `conv_formulations.conv_general_dilated`, which drops the taps that read only
+  padding.
 
 Each pair is also checked equal (printed max |difference|). Markdown on stdout.
 """
@@ -41,7 +43,7 @@ from flax import nnx
 from smd_jax import cli
 
 from benchmarks import timing
-from smd_jax.models import layers
+from smd_jax.models import conv_formulations
 
 DN = ("NHWC", "HWIO", "NHWC")
 
@@ -56,12 +58,12 @@ def conv1x1_dot(x, w):
 
 
 def depthwise_taps(x, w, stride=1, pad=0):
-  return layers.depthwise_conv_taps(x, w, (stride, stride), ((pad, pad), (pad, pad)))
+  return conv_formulations.depthwise_conv_taps(x, w, (stride, stride), ((pad, pad), (pad, pad)))
 
 
 def unet_depthwise_layers(batch_size: int, size: int) -> collections.Counter:
   """The depthwise convolutions of the EfficientNet-b4 UNet (the paper's base config)
-  at a [batch_size, size, size, 3] input, as `_conv_general_dilated` hands them to the
+  at a [batch_size, size, size, 3] input, as `conv_general_dilated` hands them to the
   taps (after dead taps are dropped): {(x shape, kernel shape, strides, padding,
   dilation): number of layers}. Traced abstractly (no compile)."""
   from benchmarks import flax_side  # pylint: disable=g-import-not-at-top
@@ -71,20 +73,20 @@ def unet_depthwise_layers(batch_size: int, size: int) -> collections.Counter:
   model = nnx.eval_shape(lambda: build_model(config.model, rngs=nnx.Rngs(0)))
   graphdef, state = nnx.split(model)
   found = collections.Counter()
-  taps, use_vjp = layers.depthwise_conv_taps, layers.depthwise_vjp
+  taps, use_vjp = conv_formulations.depthwise_conv_taps, conv_formulations.depthwise_vjp
 
   def record(x, w, strides, padding, dilation=(1, 1)):
     found[(tuple(x.shape), tuple(w.shape), tuple(strides), tuple(map(tuple, padding)),
            tuple(dilation))] += 1
     return taps(x, w, strides, padding, dilation)
 
-  layers.depthwise_conv_taps, layers.depthwise_vjp = record, False
+  conv_formulations.depthwise_conv_taps, conv_formulations.depthwise_vjp = record, False
   try:
     in_channels = config.model.get("in_channels", 3)
     jax.eval_shape(lambda s, x: nnx.merge(graphdef, s)(x), state,
                    jax.ShapeDtypeStruct((batch_size, size, size, in_channels), jnp.float32))
   finally:
-    layers.depthwise_conv_taps, layers.depthwise_vjp = taps, use_vjp
+    conv_formulations.depthwise_conv_taps, conv_formulations.depthwise_vjp = taps, use_vjp
   return found
 
 
@@ -124,7 +126,7 @@ def atrous_full(x, w, rate):
 
 
 def atrous_trimmed(x, w, rate):
-  return layers._conv_general_dilated(  # pylint: disable=protected-access
+  return conv_formulations.conv_general_dilated(
       x, w, (1, 1), ((rate, rate), (rate, rate)), rhs_dilation=(rate, rate),
       dimension_numbers=DN)
 
@@ -209,8 +211,8 @@ def main(argv=None) -> int:
       rows.append(time_pair(f"depthwise ({b},{h},{h},{c}) k{k} s{s}: native \\| taps",
                             (fn_native, fn_taps), (r(b, h, h, c), r(k, k, 1, c)), args.repeats))
   if "depthwise_vjp" in args.groups:
-    autodiff = lambda x, w, geometry: layers.depthwise_conv_taps(x, w, *geometry)
-    custom = lambda x, w, geometry: layers.depthwise_conv_vjp(x, w, *geometry)
+    autodiff = lambda x, w, geometry: conv_formulations.depthwise_conv_taps(x, w, *geometry)
+    custom = lambda x, w, geometry: conv_formulations.depthwise_conv_vjp(x, w, *geometry)
     for unet_input in args.unet_inputs:
       batch, size = map(int, _UNET_INPUT.fullmatch(unet_input).groups())
       total = [0.0, 0.0]

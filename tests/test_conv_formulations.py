@@ -1,5 +1,6 @@
-"""Per-backend convolution formulations (smd_jax/models/layers.py): which one is chosen,
-and each equal to XLA's plain convolution, forward and gradients, f32 and bf16."""
+"""Per-backend convolution formulations (smd_jax/models/conv_formulations.py): which one
+is chosen, and each equal to XLA's plain convolution, forward and gradients, f32 and
+bf16."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from smd_jax.models import layers
+from smd_jax.models import conv_formulations, layers
 
 DN = ("NHWC", "HWIO", "NHWC")
 
@@ -27,7 +28,7 @@ def _data(shape_x, shape_w, dtype, seed=0):
 def test_formulation_is_chosen_per_backend():
   nhwc = jax.lax.conv_dimension_numbers((2, 8, 8, 16), (1, 1, 16, 32), DN)
   kw = dict(dimension_numbers=nhwc)
-  pick = layers.conv_formulation
+  pick = conv_formulations.conv_formulation
   assert pick((2, 8, 8, 16), (1, 1, 16, 32), ((0, 0), (0, 0)), backend="cpu", **kw) == "dot"
   assert pick((2, 8, 8, 16), (3, 3, 1, 16), ((1, 1), (1, 1)), feature_group_count=16,
               backend="cpu", custom_vjp=False, **kw) == "taps"
@@ -86,7 +87,7 @@ def test_pointwise_dot_equals_plain_conv_with_gradients(dtype, stride):
   within bounds derived from the dtype's rounding and the terms' magnitudes."""
   x, w = _data((2, 7, 6, 24), (1, 1, 24, 40), dtype)
   pad = ((0, 0), (0, 0))
-  dot = lambda x, w: layers.pointwise_conv_dot(x, w, (stride, stride))
+  dot = lambda x, w: conv_formulations.pointwise_conv_dot(x, w, (stride, stride))
   conv = lambda x, w: plain_conv(x, w, (stride, stride), pad)
   out_shape = (2, -(-7 // stride), -(-6 // stride), 40)
   ct = jnp.asarray(np.random.default_rng(5).normal(size=out_shape), dtype)
@@ -138,7 +139,7 @@ def test_nnx_convs_use_the_cpu_formulations_and_match_plain():
     ((2, 3, 1, 4, (3, 5)), (0, 1, (3, 1))),
 ])
 def test_live_taps_hand_computed(args, want):
-  assert layers.live_taps(*args) == want
+  assert conv_formulations.live_taps(*args) == want
 
 
 @pytest.mark.parametrize("case", [
@@ -154,7 +155,7 @@ def test_trimmed_conv_equals_plain_conv_with_gradients(case):
   x, w = _data(shape_x, shape_w, jnp.float32, seed=1)
   strides = (stride, stride)
   dil = dilation if isinstance(dilation, tuple) else (dilation, dilation)
-  trimmed = lambda x, w: layers._conv_general_dilated(  # pylint: disable=protected-access
+  trimmed = lambda x, w: conv_formulations.conv_general_dilated(
       x, w, strides, padding, rhs_dilation=dil, dimension_numbers=DN,
       feature_group_count=groups, precision=jax.lax.Precision.HIGHEST)
   plain = lambda x, w: plain_conv(x, w, strides, padding, dil, groups)
@@ -176,3 +177,4 @@ def test_aspp_conv_at_8x8_runs_as_a_dot_on_cpu():
   assert "dot_general" in names and "conv_general_dilated" not in names, names
   want = plain_conv(x, conv.kernel[...], (1, 1), ((12, 12), (12, 12)), (12, 12))
   np.testing.assert_allclose(conv(x), want, atol=1e-4, rtol=1e-4)
+

@@ -1,6 +1,7 @@
-"""The depthwise convolution with a hand-written gradient (`layers.depthwise_conv_vjp`):
-values and both gradients against XLA's grouped convolution under plain autodiff, per
-geometry the models use, f32 and bf16; and where `conv_formulation` selects it."""
+"""The depthwise convolution with a hand-written gradient
+(`conv_formulations.depthwise_conv_vjp`): values and both gradients against XLA's grouped
+convolution under plain autodiff, per geometry the models use, f32 and bf16; and where
+`conv_formulation` selects it."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from smd_jax.models import layers
+from smd_jax.models import conv_formulations, layers
 
 DN = ("NHWC", "HWIO", "NHWC")
 U32 = float(jnp.finfo(jnp.float32).eps) / 2  # unit roundoff of one float32 rounding
@@ -77,9 +78,11 @@ IDS = [f"{s[1]}x{s[2]}-k{k}-s{st}-d{d}-{p if isinstance(p, str) else 'explicit'}
 
 def _check(x, w, ct, strides, padding, dilation, dtype):
   got, vjp = jax.jit(lambda x, w: jax.vjp(
-      lambda x, w: layers.depthwise_conv_vjp(x, w, strides, padding, dilation), x, w))(x, w)
+      lambda x, w: conv_formulations.depthwise_conv_vjp(x, w, strides, padding, dilation),
+      x, w))(x, w)
   grads = vjp(ct)
-  explicit = layers.explicit_padding(x.shape[1:3], w.shape[:2], strides, padding, dilation)
+  explicit = conv_formulations.explicit_padding(x.shape[1:3], w.shape[:2], strides, padding,
+                                                dilation)
   wants = reference_with_bounds(x, w, ct, strides, explicit, dilation, dtype)
   for name, have, (want, bound), like in zip(("value", "grad_x", "grad_w"),
                                              (got, *grads), wants, (got, x, w)):
@@ -92,7 +95,7 @@ def _check(x, w, ct, strides, padding, dilation, dtype):
 def test_values_and_gradients_match_grouped_conv_f32(x_shape, k, stride, dilation, padding):
   x, w, rng = _data(x_shape, k, jnp.float32)
   y_shape = jax.eval_shape(lambda x, w: grouped_conv(
-      x, w, (stride, stride), layers.explicit_padding(
+      x, w, (stride, stride), conv_formulations.explicit_padding(
           x_shape[1:3], (k, k), (stride, stride), padding, (dilation, dilation)),
       (dilation, dilation)), x, w).shape
   ct = jnp.asarray(rng.normal(size=y_shape), jnp.float32)
@@ -105,7 +108,7 @@ def test_values_and_gradients_match_grouped_conv_f32(x_shape, k, stride, dilatio
 def test_values_and_gradients_match_grouped_conv_bf16(x_shape, k, stride, dilation, padding):
   """bf16 inputs, float32 accumulation, one rounding to bf16 per result element."""
   x, w, rng = _data(x_shape, k, jnp.bfloat16)
-  explicit = layers.explicit_padding(x_shape[1:3], (k, k), (stride, stride), padding,
+  explicit = conv_formulations.explicit_padding(x_shape[1:3], (k, k), (stride, stride), padding,
                                      (dilation, dilation))
   y_shape = jax.eval_shape(lambda x, w: grouped_conv(
       x, w, (stride, stride), explicit, (dilation, dilation)), x, w).shape
@@ -120,7 +123,7 @@ def test_gradient_of_a_hand_computed_case():
   dw = (0 + 10 x1, x0 + 10 x2, x1 + 10 x3)."""
   x = jnp.asarray([1.0, 2.0, 4.0, 8.0]).reshape(1, 1, 4, 1)
   w = jnp.asarray([1.0, 2.0, 3.0]).reshape(1, 3, 1, 1)
-  f = lambda x, w: layers.depthwise_conv_vjp(x, w, (1, 2), ((0, 0), (1, 1)))
+  f = lambda x, w: conv_formulations.depthwise_conv_vjp(x, w, (1, 2), ((0, 0), (1, 1)))
   y, vjp = jax.vjp(f, x, w)
   np.testing.assert_array_equal(np.ravel(y), [2 * 1 + 3 * 2, 2 + 2 * 4 + 3 * 8])
   gx, gw = vjp(jnp.asarray([1.0, 10.0]).reshape(1, 1, 2, 1))
@@ -129,7 +132,7 @@ def test_gradient_of_a_hand_computed_case():
 
 
 def test_formulation_is_chosen_per_backend_flag_and_geometry():
-  pick = layers.conv_formulation
+  pick = conv_formulations.conv_formulation
 
   def depthwise(k, stride, backend="cpu", **kw):
     shape_x, shape_w = (2, 8, 8, 16), (k, k, 1, 16)
@@ -154,24 +157,24 @@ def test_formulation_is_chosen_per_backend_flag_and_geometry():
 
 
 def test_flag_from_environment(monkeypatch):
-  for value, want in (("1", True), ("0", False), ("", layers.DEPTHWISE_VJP_DEFAULT)):
+  for value, want in (("1", True), ("0", False), ("", conv_formulations.DEPTHWISE_VJP_DEFAULT)):
     monkeypatch.setenv("SMD_DEPTHWISE_VJP", value)
-    assert layers._depthwise_vjp_from_env() is want  # pylint: disable=protected-access
+    assert conv_formulations._depthwise_vjp_from_env() is want  # pylint: disable=protected-access
   monkeypatch.setenv("SMD_DEPTHWISE_VJP", "yes")
   with pytest.raises(ValueError, match="SMD_DEPTHWISE_VJP must be 0 or 1"):
-    layers._depthwise_vjp_from_env()  # pylint: disable=protected-access
+    conv_formulations._depthwise_vjp_from_env()  # pylint: disable=protected-access
 
 
 @pytest.mark.parametrize("k, stride, dilation, size", [(3, 2, 1, 9), (5, 1, 4, 8)])
 def test_nnx_depthwise_conv_uses_it_and_matches_grouped_conv(monkeypatch, k, stride, dilation,
                                                             size):
-  """The model's path (`layers.conv2d` -> `_conv_general_dilated`): with the flag on the
+  """The model's path (`layers.conv2d` -> `conv_general_dilated`): with the flag on the
   CPU backend, the conv is the custom_vjp one (after dead taps are trimmed: the 5x5 at
   dilation 4 on 8x8 runs as a 3x3), and its gradients w.r.t. input and the full kernel
   parameter equal the grouped conv's (dead taps get exactly zero)."""
   if jax.default_backend() != "cpu":
     pytest.skip("the taps formulations are CPU-only")
-  monkeypatch.setattr(layers, "depthwise_vjp", True)
+  monkeypatch.setattr(conv_formulations, "depthwise_vjp", True)
   conv = layers.conv2d(8, 8, k, stride, groups=8, dilation=dilation, rngs=nnx.Rngs(0))
   x, _, rng = _data((2, size, size, 8), 1, jnp.float32)
   names = {e.primitive.name for e in jax.make_jaxpr(conv)(x).eqns}

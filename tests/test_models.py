@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from smd_jax.models import DenseModel, build_model, layers, registry
+from smd_jax.models import DenseModel, build_model, conv_formulations, layers, registry
 from smd_jax.models.efficientnet import InvertedResidual
 from tests import torch_copy, torch_reference
 
@@ -296,7 +296,7 @@ def test_depthwise_taps_match_grouped_conv(kernel, stride, height, width):
         feature_group_count=6, precision=jax.lax.Precision.HIGHEST)
 
   def taps(x, w):
-    return layers.depthwise_conv_taps(x, w, (stride, stride), padding)
+    return conv_formulations.depthwise_conv_taps(x, w, (stride, stride), padding)
 
   def value_and_grads(conv):
     return jax.jit(jax.value_and_grad(lambda x, w: jnp.sum(jnp.sin(conv(x, w))),

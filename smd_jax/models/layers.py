@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import functools
 import math
-import os
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from smd_jax.models.conv_formulations import conv_general_dilated
 
 Dtype = Any
 
@@ -118,306 +119,6 @@ def torch_padding(kernel_size: int, stride: int = 1, dilation: int = 1) -> int:
   return ((stride - 1) + dilation * (kernel_size - 1)) // 2
 
 
-def depthwise_conv_taps(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
-                        padding: Sequence[tuple[int, int]],
-                        dilation: Sequence[int] = (1, 1)) -> jax.Array:
-  """Depthwise conv as a sum over the k*k taps of strided slices times per-channel
-  weights; equal to ``lax.conv_general_dilated(..., feature_group_count=C)``.
-
-  x: [B, H, W, C]; kernel: [kh, kw, 1, C]; explicit (lo, hi) padding per spatial dim.
-  Accumulates in (at least) float32 and returns x's dtype.
-
-  Why: XLA:CPU lowers grouped convolutions (and above all their kernel gradient, a
-  ``batch_group_count`` conv) to a slow generic loop: 10-50x slower than this
-  formulation on CPU for EfficientNet's shapes. GPUs/TPUs keep the native conv.
-  """
-  kh, kw = kernel.shape[:2]
-  (sh, sw), (dh, dw) = tuple(strides), tuple(dilation)
-  acc_dtype = jnp.promote_types(x.dtype, jnp.float32)
-  x = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
-  b, h, w, c = x.shape
-  ho, wo = (h - dh * (kh - 1) - 1) // sh + 1, (w - dw * (kw - 1) - 1) // sw + 1
-  out = jnp.zeros((b, ho, wo, c), acc_dtype)
-  for i in range(kh):
-    for j in range(kw):
-      tap = jax.lax.slice(x, (0, i * dh, j * dw, 0),
-                          (b, i * dh + sh * (ho - 1) + 1, j * dw + sw * (wo - 1) + 1, c),
-                          (1, sh, sw, 1))
-      out = out + tap.astype(acc_dtype) * kernel[i, j, 0].astype(acc_dtype)
-  return out.astype(x.dtype)
-
-
-def explicit_padding(in_hw: Sequence[int], kernel_hw: Sequence[int], strides: Sequence[int],
-                     padding: str | Sequence[tuple[int, int]],
-                     dilation: Sequence[int] = (1, 1)) -> tuple[tuple[int, int], ...]:
-  """((lo, hi), (lo, hi)) for 'SAME' / 'VALID' (XLA's rule: for stride 2, 'SAME' pads
-  one more row at the bottom than at the top) or an explicit padding, as given."""
-  if isinstance(padding, str):
-    extent = [d * (k - 1) + 1 for k, d in zip(kernel_hw, dilation)]
-    return tuple(tuple(p) for p in jax.lax.padtype_to_pads(tuple(in_hw), extent,
-                                                            tuple(strides), padding))
-  return tuple((int(lo), int(hi)) for lo, hi in padding)
-
-
-def depthwise_input_grad(g: jax.Array, kernel: jax.Array, in_hw: Sequence[int],
-                         strides: Sequence[int], padding: Sequence[tuple[int, int]],
-                         dilation: Sequence[int] = (1, 1)) -> jax.Array:
-  """Gradient of `depthwise_conv_taps` w.r.t. its input: g [B, Ho, Wo, C] (the output
-  cotangent), kernel [kh, kw, 1, C] -> [B, H, W, C] in g's dtype.
-
-  Output pixel o read padded input row ``a * dilation + stride * o`` with tap a, so
-  input row r gets ``sum_a g[(r + lo - a * dilation) / stride] * w[a]`` over the taps
-  where that index is a whole output row: a stride-1 correlation with the flipped
-  kernel over g dilated by the stride (stride - 1 zeros between rows) and padded by
-  ``dilation * (k - 1) - lo`` before / what is left to H after (negative: cropped).
-  One `lax.pad` and one fused taps pass, accumulated in (at least) float32.
-  """
-  config = [(0, 0, 0)]
-  for axis in range(2):
-    k, s, d, lo = kernel.shape[axis], strides[axis], dilation[axis], padding[axis][0]
-    out = g.shape[1 + axis]
-    low = d * (k - 1) - lo
-    # Length low + s * (out - 1) + 1 + high = H + d * (k - 1): H rows after the taps.
-    config.append((low, in_hw[axis] + lo - s * (out - 1) - 1, s - 1))
-  config.append((0, 0, 0))
-  spread = jax.lax.pad(g, jnp.zeros((), g.dtype), config)
-  return depthwise_conv_taps(spread, kernel[::-1, ::-1], (1, 1), ((0, 0), (0, 0)), dilation)
-
-
-def depthwise_kernel_grad(x: jax.Array, g: jax.Array, kernel_hw: Sequence[int],
-                          strides: Sequence[int], padding: Sequence[tuple[int, int]],
-                          dilation: Sequence[int] = (1, 1)) -> jax.Array:
-  """Gradient of `depthwise_conv_taps` w.r.t. its kernel: x [B, H, W, C] (its input),
-  g [B, Ho, Wo, C] (the output cotangent) -> [kh, kw, 1, C] in float32 (or wider).
-
-  Tap (i, j) of channel c: the sum over batch and output pixels of g times the
-  strided input slice that tap multiplied in the forward pass; k*k reductions.
-  """
-  (kh, kw), (sh, sw), (dh, dw) = tuple(kernel_hw), tuple(strides), tuple(dilation)
-  acc_dtype = jnp.promote_types(x.dtype, jnp.float32)
-  x = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
-  b, ho, wo, c = g.shape
-  g = g.astype(acc_dtype)
-  rows = []
-  for i in range(kh):
-    row = []
-    for j in range(kw):
-      tap = jax.lax.slice(x, (0, i * dh, j * dw, 0),
-                          (b, i * dh + sh * (ho - 1) + 1, j * dw + sw * (wo - 1) + 1, c),
-                          (1, sh, sw, 1))
-      row.append(jnp.sum(tap.astype(acc_dtype) * g, axis=(0, 1, 2)))
-    rows.append(jnp.stack(row))
-  return jnp.stack(rows)[:, :, None, :]
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _depthwise_taps_vjp(x, kernel, strides, padding, dilation):
-  return depthwise_conv_taps(x, kernel, strides, padding, dilation)
-
-
-def _depthwise_taps_vjp_fwd(x, kernel, strides, padding, dilation):
-  # Residuals: the unpadded input and the kernel (the padding is redone in the
-  # backward pass, where XLA fuses it into the reductions).
-  return depthwise_conv_taps(x, kernel, strides, padding, dilation), (x, kernel)
-
-
-def _depthwise_taps_vjp_bwd(strides, padding, dilation, residuals, g):
-  x, kernel = residuals
-  grad_x = depthwise_input_grad(g, kernel, x.shape[1:3], strides, padding, dilation)
-  grad_k = depthwise_kernel_grad(x, g, kernel.shape[:2], strides, padding, dilation)
-  return grad_x.astype(x.dtype), grad_k.astype(kernel.dtype)
-
-
-_depthwise_taps_vjp.defvjp(_depthwise_taps_vjp_fwd, _depthwise_taps_vjp_bwd)
-
-
-def depthwise_conv_vjp(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
-                       padding: str | Sequence[tuple[int, int]],
-                       dilation: Sequence[int] = (1, 1)) -> jax.Array:
-  """`depthwise_conv_taps` (same arguments, also 'SAME' / 'VALID' padding, same values)
-  with a hand-written gradient (`jax.custom_vjp`): the input gradient as one fused taps
-  pass over the stride-dilated, padded output gradient with the flipped kernel
-  (`depthwise_input_grad`), the kernel gradient as k*k reductions
-  (`depthwise_kernel_grad`), both accumulated in (at least) float32 and cast once to
-  the input's / kernel's dtype.
-
-  Why: autodiff of the taps transposes every strided slice into a pad of the full
-  padded input and adds the k*k of them, in x's dtype (for bfloat16, k*k roundings);
-  on XLA:CPU that backward costs ~25x the fused forward (docs/benchmarks.md).
-  """
-  strides, dilation = tuple(int(s) for s in strides), tuple(int(d) for d in dilation)
-  padding = explicit_padding(x.shape[1:3], kernel.shape[:2], strides, padding, dilation)
-  return _depthwise_taps_vjp(x, kernel, strides, padding, dilation)
-
-
-def pointwise_conv_dot(x: jax.Array, kernel: jax.Array, strides: Sequence[int] = (1, 1),
-                       precision: Any = None) -> jax.Array:
-  """1x1 convolution without padding as one ``dot_general`` over the channels; equal to
-  ``lax.conv_general_dilated`` (NHWC / HWIO) up to summation order.
-
-  x: [B, H, W, Cin]; kernel: [1, 1, Cin, Cout] -> [B, ceil(H/sh), ceil(W/sw), Cout].
-
-  Why: XLA:CPU already turns a 1x1 convolution's forward pass into a dot, but not the
-  convolutions of its gradient; for EfficientNet's wide, small-resolution 1x1 layers
-  those are up to ~15x slower than the dots of this formulation (benchmarks/ops.py,
-  docs/benchmarks.md). GPUs/TPUs keep the native convolution.
-  """
-  sh, sw = tuple(strides)
-  if (sh, sw) != (1, 1):
-    x = jax.lax.slice(x, (0, 0, 0, 0), x.shape, (1, sh, sw, 1))
-  return jax.lax.dot_general(x, kernel[0, 0], (((3,), (0,)), ((), ())), precision=precision)
-
-
-_NHWC_HWIO = jax.lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
-
-
-def _explicit_nhwc(lhs_shape: Sequence[int], rhs_shape: Sequence[int], padding: Any,
-                   lhs_dilation: Sequence[int] | None, dimension_numbers: Any,
-                   kwargs: dict) -> bool:
-  """A 2-D NHWC / HWIO convolution with explicit (lo, hi) padding, no input dilation,
-  no explicit output sharding and no preferred element type: the convolutions the
-  rewrites below understand (every other one goes to XLA untouched)."""
-  return (len(lhs_shape) == 4 and not isinstance(padding, str)
-          and tuple(lhs_dilation or (1, 1)) == (1, 1) and kwargs.get("out_sharding") is None
-          and kwargs.get("preferred_element_type") is None
-          and jax.lax.conv_dimension_numbers(tuple(lhs_shape), tuple(rhs_shape),
-                                             dimension_numbers) == _NHWC_HWIO)
-
-
-def live_taps(in_size: int, kernel_size: int, stride: int, dilation: int,
-              padding: tuple[int, int]) -> tuple[int, int, tuple[int, int]]:
-  """(first, last, new padding): the kernel taps along one spatial dim that read at
-  least one input pixel, and the padding that gives the same output with only them.
-
-  Tap a reads input rows ``a * dilation - lo + stride * i`` for the outputs i; a tap
-  whose rows all lie in the zero padding adds exactly zero to every output (and its
-  weight gradient is exactly zero). Such taps are common in atrous layers: at 8x8
-  features, DeepLabV3's ASPP 3x3 convs with rates 12/24/36 (padding = rate) read only
-  padding off the centre, and so do the outer taps of EfficientNet's 5x5 depthwise
-  convs at dilation 4 (smp's output stride 8); PyTorch and XLA still compute them,
-  over the padded input. Dead taps are dropped only where the new padding stays
-  >= 0 on both sides, so the output (size and values) is unchanged.
-  """
-  lo, hi = padding
-  out_size = (in_size + lo + hi - dilation * (kernel_size - 1) - 1) // stride + 1
-  first_row = [a * dilation - lo for a in range(kernel_size)]
-  live = [a for a, r in enumerate(first_row)
-          if r <= in_size - 1 and r + stride * (out_size - 1) >= 0]
-  if not live or out_size <= 0 or lo < 0 or hi < 0:
-    return 0, kernel_size - 1, (lo, hi)
-  first = min(live[0], lo // dilation)
-  last = max(live[-1], kernel_size - 1 - hi // dilation)
-  return first, last, (lo - first * dilation, hi - (kernel_size - 1 - last) * dilation)
-
-
-def trim_dead_taps(lhs_shape: Sequence[int], rhs: jax.Array, window_strides: Sequence[int],
-                   padding: Sequence[tuple[int, int]], rhs_dilation: Sequence[int] | None
-                   ) -> tuple[jax.Array, tuple[tuple[int, int], ...]]:
-  """NHWC / HWIO kernel and explicit padding without the taps that read only padding
-  (`live_taps` per spatial dim); the same convolution when nothing is dead."""
-  dilation = tuple(rhs_dilation or (1, 1))
-  spans = [live_taps(lhs_shape[1 + d], rhs.shape[d], window_strides[d], dilation[d],
-                     tuple(padding[d])) for d in range(2)]
-  (h0, h1, pad_h), (w0, w1, pad_w) = spans
-  if (h0, h1, w0, w1) != (0, rhs.shape[0] - 1, 0, rhs.shape[1] - 1):
-    rhs = rhs[h0:h1 + 1, w0:w1 + 1]
-  return rhs, (pad_h, pad_w)
-
-
-def _depthwise_vjp_from_env() -> bool:
-  value = os.environ.get("SMD_DEPTHWISE_VJP", "")
-  if value not in ("", "0", "1"):
-    raise ValueError(f"SMD_DEPTHWISE_VJP must be 0 or 1 (or unset), got {value!r}")
-  return DEPTHWISE_VJP_DEFAULT if value == "" else value == "1"
-
-
-# Whether depthwise convs on the CPU backend may use the hand-written gradient
-# (`depthwise_conv_vjp`, formulation 'taps_vjp') where `_depthwise_vjp_pays` says it is
-# faster, or always autodiff's of the same taps ('taps'). SMD_DEPTHWISE_VJP=1 / 0 in
-# the environment sets it at import; assigning `layers.depthwise_vjp` works too, before
-# a function is traced (jit caches do not see it).
-DEPTHWISE_VJP_DEFAULT = True
-depthwise_vjp = _depthwise_vjp_from_env()
-
-
-def _depthwise_vjp_pays(kernel_hw: Sequence[int], strides: Sequence[int]) -> bool:
-  """Where the hand-written gradient was measured faster than autodiff's (per layer,
-  every depthwise shape of the b4 UNet at 8x64x64 and 2x256x256, `benchmarks.ops
-  --groups depthwise_vjp`, 2026-11-29; loaded machine, indicative only): 3x3 kernels
-  (0.1-0.5x the time) and 5x5 at stride 2 (0.6-0.9x); not 5x5 at stride 1 (1.1-2.2x): there
-  XLA already fuses autodiff's k*k transposed slices into one pass, as here, and ours
-  adds a padded copy of the output gradient."""
-  return max(kernel_hw) <= 3 or max(strides) > 1
-
-
-def conv_formulation(lhs_shape: Sequence[int], rhs_shape: Sequence[int], padding: Any, *,
-                     lhs_dilation: Sequence[int] | None = None, dimension_numbers: Any = None,
-                     feature_group_count: int = 1, backend: str | None = None,
-                     window_strides: Sequence[int] = (1, 1), custom_vjp: bool | None = None,
-                     **kwargs) -> str:
-  """Which formulation `_conv_general_dilated` uses for a convolution: 'taps'
-  (`depthwise_conv_taps`), 'taps_vjp' (`depthwise_conv_vjp`: the same taps with a
-  hand-written gradient), 'dot' (`pointwise_conv_dot`) or 'native' (XLA's own).
-
-  The alternatives are chosen on the CPU backend only (``backend``: default
-  ``jax.default_backend()``), for 2-D NHWC / HWIO convolutions without input
-  dilation, string padding, an explicit output sharding or a preferred element type;
-  every other case, and every convolution on GPU/TPU, is 'native'. Depthwise convs
-  get 'taps_vjp' if ``custom_vjp`` (default: the module's `depthwise_vjp`) and the
-  kernel / ``window_strides`` are where it pays (`_depthwise_vjp_pays`), else 'taps'.
-  """
-  backend = backend or jax.default_backend()
-  if backend != "cpu" or not _explicit_nhwc(lhs_shape, rhs_shape, padding, lhs_dilation,
-                                            dimension_numbers, kwargs):
-    return "native"
-  if (feature_group_count > 1 and feature_group_count == lhs_shape[-1] == rhs_shape[-1]
-      and rhs_shape[-2] == 1):
-    use_vjp = depthwise_vjp if custom_vjp is None else custom_vjp
-    pays = _depthwise_vjp_pays(rhs_shape[:2], window_strides)
-    return "taps_vjp" if use_vjp and pays else "taps"
-  if (feature_group_count == 1 and tuple(rhs_shape[:2]) == (1, 1)
-      and all(tuple(p) == (0, 0) for p in padding)):
-    return "dot"
-  return "native"
-
-
-def _conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
-                          rhs_dilation=None, dimension_numbers=None,
-                          feature_group_count=1, precision=None, **kwargs):
-  # Drop-in for lax.conv_general_dilated inside nnx.Conv (NHWC / HWIO). On every
-  # backend, kernel taps that read only padding are dropped first (`trim_dead_taps`:
-  # the same maths, less work; an atrous 3x3 may become a 1x1). Then, on the CPU
-  # backend, depthwise convs go to `depthwise_conv_taps` (or `depthwise_conv_vjp`) and
-  # 1x1 convs to `pointwise_conv_dot` (`conv_formulation` decides, `_CPU_FORMULATIONS`
-  # maps its answer to the function); everything else, and every conv on GPU/TPU, to
-  # XLA's native convolution.
-  if _explicit_nhwc(lhs.shape, rhs.shape, padding, lhs_dilation, dimension_numbers, kwargs):
-    rhs, padding = trim_dead_taps(lhs.shape, rhs, window_strides, padding, rhs_dilation)
-  formulation = conv_formulation(lhs.shape, rhs.shape, padding, lhs_dilation=lhs_dilation,
-                                 dimension_numbers=dimension_numbers,
-                                 feature_group_count=feature_group_count,
-                                 window_strides=window_strides, **kwargs)
-  if formulation == "native":
-    return jax.lax.conv_general_dilated(
-        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
-        rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
-        feature_group_count=feature_group_count, precision=precision, **kwargs)
-  return _CPU_FORMULATIONS[formulation](lhs, rhs, tuple(window_strides), padding,
-                                       tuple(rhs_dilation or (1, 1)), precision)
-
-
-# conv_formulation's CPU alternatives: (x, kernel, strides, explicit padding, kernel
-# dilation, precision) -> output. The taps accumulate in float32 whatever `precision`.
-_CPU_FORMULATIONS = {
-    "taps": lambda x, k, strides, pad, dilation, _: depthwise_conv_taps(
-        x, k, strides, pad, dilation),
-    "taps_vjp": lambda x, k, strides, pad, dilation, _: depthwise_conv_vjp(
-        x, k, strides, pad, dilation),
-    "dot": lambda x, k, strides, pad, dilation, precision: pointwise_conv_dot(
-        x, k, strides, precision),
-}
-
-
 def conv2d(
     in_channels: int,
     out_channels: int,
@@ -438,7 +139,7 @@ def conv2d(
   is ``dilation * (k - 1) // 2``, what torchvision / smp (``replace_strides_with_
   dilation``) and timm give dilated convs. ``groups == in_channels == out_channels``
   gives a depthwise conv: XLA's grouped convolution (``feature_group_count``) on
-  GPU/TPU, `depthwise_conv_taps` (or `depthwise_conv_vjp`: `depthwise_vjp`) on CPU.
+  GPU/TPU, `conv_formulations.depthwise_conv_taps` (or `depthwise_conv_vjp`) on CPU.
   ``bias_init`` defaults to zeros.
   """
   pad = torch_padding(kernel_size, stride, dilation)
@@ -457,7 +158,7 @@ def conv2d(
       param_dtype=jnp.float32,
       kernel_init=kernel_init,
       bias_init=bias_init or constant_init(0.0),
-      conv_general_dilated=_conv_general_dilated,
+      conv_general_dilated=conv_general_dilated,
       rngs=rngs,
   )
 
