@@ -1,7 +1,8 @@
 """Micro-benchmarks of alternative formulations of the step's hot operations.
 
     python -m benchmarks.ops [--repeats 5] [--batch_size 8]
-        [--groups 1x1 depthwise depthwise_vjp bn kxk] [--unet_inputs 8x64 2x256]
+        [--groups 1x1 depthwise depthwise_vjp bn kxk kxk_dots]
+        [--unet_inputs 8x64 2x256]
 
 Forward + backward (gradient w.r.t. input and kernel) of one layer, jitted, median of
 `--repeats` calls (A and B interleaved: A, B, A, B, ...), on EfficientNet-b4 UNet
@@ -20,6 +21,9 @@ shapes at batch 8, 64x64 input (the demo):
 * 3x3 convolution (UNet decoder shapes): XLA's convolution vs im2col (nine shifted
   slices concatenated, one dot) and vs XLA's forward with the kernel gradient as nine
   dots over batch and space (`custom_vjp`, no transposes);
+* kxk_dots: every distinct stride-1 kxk convolution of the b4 UNet at the
+  `--unet_inputs` (decoder and heads, traced from the model), XLA's convolution vs
+  `conv_formulations.kxk_conv_dots_vjp` (kernel gradient as k*k dots), and a total;
 * atrous 3x3 (DeepLabV3's ASPP on an 8x8 map): XLA's convolution with the full kernel
   vs `conv_formulations.conv_general_dilated`, which drops the taps that read only
   padding.
@@ -61,17 +65,24 @@ def depthwise_taps(x, w, stride=1, pad=0):
   return conv_formulations.depthwise_conv_taps(x, w, (stride, stride), ((pad, pad), (pad, pad)))
 
 
-def unet_depthwise_layers(batch_size: int, size: int) -> collections.Counter:
-  """The depthwise convolutions of the EfficientNet-b4 UNet (the paper's base config)
-  at a [batch_size, size, size, 3] input, as `conv_general_dilated` hands them to the
-  taps (after dead taps are dropped): {(x shape, kernel shape, strides, padding,
-  dilation): number of layers}. Traced abstractly (no compile)."""
+def _trace_unet(batch_size: int, size: int) -> None:
+  """Traces the EfficientNet-b4 UNet (the paper's base config) abstractly (no compile)
+  at a [batch_size, size, size, 3] input, for the recording hooks below."""
   from benchmarks import flax_side  # pylint: disable=g-import-not-at-top
   from smd_jax.models import build_model  # pylint: disable=g-import-not-at-top
   config = flax_side.make_config("unet", encoder="efficientnet_b4", batch_size=batch_size,
                                  size=size, precision="f32")
   model = nnx.eval_shape(lambda: build_model(config.model, rngs=nnx.Rngs(0)))
   graphdef, state = nnx.split(model)
+  in_channels = config.model.get("in_channels", 3)
+  jax.eval_shape(lambda s, x: nnx.merge(graphdef, s)(x), state,
+                 jax.ShapeDtypeStruct((batch_size, size, size, in_channels), jnp.float32))
+
+
+def unet_depthwise_layers(batch_size: int, size: int) -> collections.Counter:
+  """The depthwise convolutions of the b4 UNet at a [batch_size, size, size, 3] input,
+  as `conv_general_dilated` hands them to the taps (after dead taps are dropped):
+  {(x shape, kernel shape, strides, padding, dilation): number of layers}."""
   found = collections.Counter()
   taps, use_vjp = conv_formulations.depthwise_conv_taps, conv_formulations.depthwise_vjp
 
@@ -82,11 +93,30 @@ def unet_depthwise_layers(batch_size: int, size: int) -> collections.Counter:
 
   conv_formulations.depthwise_conv_taps, conv_formulations.depthwise_vjp = record, False
   try:
-    in_channels = config.model.get("in_channels", 3)
-    jax.eval_shape(lambda s, x: nnx.merge(graphdef, s)(x), state,
-                   jax.ShapeDtypeStruct((batch_size, size, size, in_channels), jnp.float32))
+    _trace_unet(batch_size, size)
   finally:
     conv_formulations.depthwise_conv_taps, conv_formulations.depthwise_vjp = taps, use_vjp
+  return found
+
+
+def unet_kxk_layers(batch_size: int, size: int) -> collections.Counter:
+  """The stride-1, undilated, ungrouped kxk (k > 1) convolutions of the b4 UNet at a
+  [batch_size, size, size, 3] input: {(x shape, kernel shape, padding): count}."""
+  found = collections.Counter()
+  choose = conv_formulations.conv_formulation
+
+  def record(lhs_shape, rhs_shape, padding, **kwargs):
+    if (kwargs.get("feature_group_count", 1) == 1 and max(rhs_shape[:2]) > 1
+        and tuple(kwargs.get("window_strides", (1, 1))) == (1, 1)
+        and tuple(kwargs.get("rhs_dilation") or (1, 1)) == (1, 1)):
+      found[(tuple(lhs_shape), tuple(rhs_shape), tuple(map(tuple, padding)))] += 1
+    return choose(lhs_shape, rhs_shape, padding, **kwargs)
+
+  conv_formulations.conv_formulation = record
+  try:
+    _trace_unet(batch_size, size)
+  finally:
+    conv_formulations.conv_formulation = choose
   return found
 
 
@@ -164,7 +194,7 @@ def _scalar(out):
   return sum(jnp.sum(jnp.sin(o)) for o in jax.tree.leaves(out))
 
 
-GROUPS = ("1x1", "depthwise", "depthwise_vjp", "bn", "kxk")
+GROUPS = ("1x1", "depthwise", "depthwise_vjp", "bn", "kxk", "kxk_dots")
 _UNET_INPUT = re.compile(r"([1-9][0-9]*)x([1-9][0-9]*)")
 
 
@@ -231,6 +261,22 @@ def main(argv=None) -> int:
       rows.append(time_pair(f"BN statistics ({b},{h},{h},{c}): E[x^2]-E[x]^2 \\| centred",
                             (bn_stats_moments, bn_stats_centred), (r(b, h, h, c) + 1.0,),
                             args.repeats))
+  if "kxk_dots" in args.groups:
+    native = lambda x, w, pad: jax.lax.conv_general_dilated(x, w, (1, 1), pad,
+                                                            dimension_numbers=DN)
+    dots = lambda x, w, pad: conv_formulations.kxk_conv_dots_vjp(x, w, pad)
+    for unet_input in args.unet_inputs:
+      batch, size = map(int, _UNET_INPUT.fullmatch(unet_input).groups())
+      total = [0.0, 0.0]
+      for (x_shape, w_shape, pad), count in unet_kxk_layers(batch, size).items():
+        fns = [lambda x, w, f=f, pad=pad: f(x, w, pad) for f in (native, dots)]
+        row = time_pair(f"{w_shape[0]}x{w_shape[1]} conv {x_shape}->{w_shape[3]} x{count} "
+                        f"({unet_input} UNet): native \\| kernel gradient as dots", fns,
+                        (r(*x_shape), 0.05 * r(*w_shape)), args.repeats)
+        rows.append(row)
+        total = [total[0] + count * row[1], total[1] + count * row[2]]
+      rows.append((f"all kxk layers, time x count ({unet_input} UNet): native \\| "
+                   "kernel gradient as dots", *total, float("nan")))
   if "kxk" in args.groups:
     native3 = lambda x, w: conv_native(x, w, pad=1)
     # 3x3 convs of the UNet decoder at a 64x64 input: (H, Cin, Cout).

@@ -178,3 +178,83 @@ def test_aspp_conv_at_8x8_runs_as_a_dot_on_cpu():
   want = plain_conv(x, conv.kernel[...], (1, 1), ((12, 12), (12, 12)), (12, 12))
   np.testing.assert_allclose(conv(x), want, atol=1e-4, rtol=1e-4)
 
+
+
+def test_kxk_dots_is_chosen_for_wide_stride1_convs_on_cpu_only():
+  pick = conv_formulations.conv_formulation
+  pad = ((1, 1), (1, 1))
+
+  def kxk(cin, backend="cpu", **kw):
+    nhwc = jax.lax.conv_dimension_numbers((2, 8, 8, cin), (3, 3, cin, 32), DN)
+    return pick((2, 8, 8, cin), (3, 3, cin, 32), pad, dimension_numbers=nhwc,
+                backend=backend, **{"kernel_grad_dots": True, **kw})
+
+  least = conv_formulations.KXK_DOTS_MIN_CHANNELS
+  assert kxk(least) == "kxk_dots"
+  assert kxk(least, kernel_grad_dots=False) == "native"
+  assert kxk(least - 1) == "native"
+  assert kxk(least, window_strides=(2, 2)) == "native"
+  assert kxk(least, rhs_dilation=(2, 2)) == "native"
+  for backend in ("gpu", "tpu"):
+    assert kxk(least, backend) == "native"
+
+
+def test_kxk_dots_flag_from_environment(monkeypatch):
+  for value, want in (("1", True), ("0", False), ("", conv_formulations.KXK_DOTS_DEFAULT)):
+    monkeypatch.setenv("SMD_KXK_DOTS", value)
+    assert conv_formulations._kxk_dots_from_env() is want  # pylint: disable=protected-access
+  monkeypatch.setenv("SMD_KXK_DOTS", "on")
+  with pytest.raises(ValueError, match="SMD_KXK_DOTS must be 0 or 1"):
+    conv_formulations._kxk_dots_from_env()  # pylint: disable=protected-access
+
+def kxk_reference_with_bounds(x, w, ct, padding, dtype):
+  """NumPy float64 value and vector-Jacobian products (cotangent `ct`) of a stride-1,
+  undilated conv with explicit padding, each with the per-element worst-case bound of
+  `pointwise_error_bounds` (n terms accumulated in float32, one rounding to `dtype`)."""
+  u, u32 = unit_roundoff(dtype), unit_roundoff(jnp.float32)
+  (lo_h, hi_h), (lo_w, hi_w) = padding
+  xp = np.pad(np.asarray(x, np.float64), ((0, 0), (lo_h, hi_h), (lo_w, hi_w), (0, 0)))
+  w64, c = np.asarray(w, np.float64), np.asarray(ct, np.float64)
+  kh, kw, cin, cout = w64.shape
+  b, ho, wo, _ = c.shape
+  y, y_abs = np.zeros(c.shape), np.zeros(c.shape)
+  gxp, gxp_abs = np.zeros(xp.shape), np.zeros(xp.shape)
+  gw, gw_abs = np.zeros(w64.shape), np.zeros(w64.shape)
+  for i in range(kh):
+    for j in range(kw):
+      tap = xp[:, i:i + ho, j:j + wo]
+      y += tap @ w64[i, j]
+      y_abs += np.abs(tap) @ np.abs(w64[i, j])
+      gxp[:, i:i + ho, j:j + wo] += c @ w64[i, j].T
+      gxp_abs[:, i:i + ho, j:j + wo] += np.abs(c) @ np.abs(w64[i, j]).T
+      gw[i, j] = np.einsum("bhwi,bhwo->io", tap, c)
+      gw_abs[i, j] = np.einsum("bhwi,bhwo->io", np.abs(tap), np.abs(c))
+  crop = (slice(None), slice(lo_h, xp.shape[1] - hi_h), slice(lo_w, xp.shape[2] - hi_w))
+  return ((y, (u + kh * kw * cin * u32) * y_abs),
+          (gxp[crop], (u + kh * kw * cout * u32) * gxp_abs[crop]),
+          (gw, (u + b * ho * wo * u32) * gw_abs))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("shape_x,shape_w,padding", [
+    ((2, 6, 5, 8), (3, 3, 8, 4), ((1, 1), (1, 1))),
+    ((2, 7, 6, 3), (3, 2, 3, 5), ((2, 0), (0, 1))),   # asymmetric kernel and padding
+])
+def test_kxk_dots_vjp_equals_plain_conv_with_gradients(dtype, shape_x, shape_w, padding):
+  """`kxk_conv_dots_vjp` (kernel gradient as k*k dots) and XLA's convolution against a
+  float64 NumPy reference, values and both gradients, within dtype-derived bounds."""
+  x, w = _data(shape_x, shape_w, dtype, seed=2)
+  dots = lambda x, w: conv_formulations.kxk_conv_dots_vjp(x, w, padding)
+  conv = lambda x, w: plain_conv(x, w, (1, 1), padding)
+  out_shape = jax.eval_shape(conv, x, w).shape
+  ct = jnp.asarray(np.random.default_rng(6).normal(size=out_shape), dtype)
+  (want_y, y_bound), *want_grads = kxk_reference_with_bounds(x, w, ct, padding, dtype)
+  for name, f in (("dots", dots), ("conv", conv)):
+    got, vjp = jax.vjp(f, x, w)
+    assert got.dtype == dtype and got.shape == out_shape, name
+    err = np.abs(np.asarray(got, np.float64) - want_y)
+    assert np.all(err <= y_bound), (name, float((err / y_bound).max()))
+    for g, (want, bound), what in zip(vjp(ct), want_grads, ("x", "w")):
+      assert g.dtype == dtype and g.shape == want.shape, (name, what)
+      err = np.abs(np.asarray(g, np.float64) - want)
+      assert np.all(err <= bound), (name, what, float((err / bound).max()))

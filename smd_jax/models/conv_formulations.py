@@ -223,11 +223,78 @@ def trim_dead_taps(lhs_shape: Sequence[int], rhs: jax.Array, window_strides: Seq
   return rhs, (pad_h, pad_w)
 
 
-def _depthwise_vjp_from_env() -> bool:
-  value = os.environ.get("SMD_DEPTHWISE_VJP", "")
+def _native_nhwc(x, kernel, padding, precision):
+  return jax.lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=_NHWC_HWIO,
+                                      precision=precision)
+
+
+def kernel_grad_dots(x: jax.Array, g: jax.Array, kernel_hw: Sequence[int],
+                     padding: Sequence[tuple[int, int]]) -> jax.Array:
+  """Kernel gradient of a stride-1, undilated NHWC / HWIO convolution: x [B, H, W, Cin]
+  (its input), g [B, Ho, Wo, Cout] (the output cotangent) -> [kh, kw, Cin, Cout] in
+  float32 (or wider).
+
+  Tap (i, j) is one ``dot_general`` contracting batch and space of the input slice that
+  tap multiplied with g: ``sum_{b,h,w} x_pad[b, h + i, w + j, :]^T g[b, h, w, :]``.
+  """
+  kh, kw = kernel_hw
+  acc_dtype = jnp.promote_types(x.dtype, jnp.float32)
+  x = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
+  b, ho, wo, _ = g.shape
+  contract = (((0, 1, 2), (0, 1, 2)), ((), ()))
+  return jnp.stack([jnp.stack([
+      jax.lax.dot_general(x[:, i:i + ho, j:j + wo], g, contract,
+                          preferred_element_type=acc_dtype) for j in range(kw)])
+                    for i in range(kh)])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _kxk_dots_vjp(x, kernel, padding, precision):
+  return _native_nhwc(x, kernel, padding, precision)
+
+
+def _kxk_dots_vjp_fwd(x, kernel, padding, precision):
+  return _native_nhwc(x, kernel, padding, precision), (x, kernel)
+
+
+def _kxk_dots_vjp_bwd(padding, precision, residuals, g):
+  x, kernel = residuals
+  _, input_vjp = jax.vjp(lambda x: _native_nhwc(x, kernel, padding, precision), x)
+  grad_x, = input_vjp(g)
+  grad_k = kernel_grad_dots(x, g, kernel.shape[:2], padding)
+  return grad_x, grad_k.astype(kernel.dtype)
+
+
+_kxk_dots_vjp.defvjp(_kxk_dots_vjp_fwd, _kxk_dots_vjp_bwd)
+
+
+def kxk_conv_dots_vjp(x: jax.Array, kernel: jax.Array, padding: Sequence[tuple[int, int]],
+                      precision: Any = None) -> jax.Array:
+  """Stride-1, undilated NHWC / HWIO convolution (explicit padding): XLA's forward and
+  input gradient, the kernel gradient as k*k dots (`kernel_grad_dots`), accumulated
+  in (at least) float32 and cast once to the kernel's dtype.
+
+  Why: XLA:CPU runs the kernel gradient as a convolution with batch and features
+  swapped and copies both activations into that layout first (the "layout copy"
+  share of the step's profile, docs/benchmarks.md); the dots read them as they are.
+  """
+  padding = tuple((int(lo), int(hi)) for lo, hi in padding)
+  return _kxk_dots_vjp(x, kernel, padding, precision)
+
+
+def _flag_from_env(variable: str, default: bool) -> bool:
+  value = os.environ.get(variable, "")
   if value not in ("", "0", "1"):
-    raise ValueError(f"SMD_DEPTHWISE_VJP must be 0 or 1 (or unset), got {value!r}")
-  return DEPTHWISE_VJP_DEFAULT if value == "" else value == "1"
+    raise ValueError(f"{variable} must be 0 or 1 (or unset), got {value!r}")
+  return default if value == "" else value == "1"
+
+
+def _depthwise_vjp_from_env() -> bool:
+  return _flag_from_env("SMD_DEPTHWISE_VJP", DEPTHWISE_VJP_DEFAULT)
+
+
+def _kxk_dots_from_env() -> bool:
+  return _flag_from_env("SMD_KXK_DOTS", KXK_DOTS_DEFAULT)
 
 
 # Whether depthwise convs on the CPU backend may use the hand-written gradient
@@ -237,6 +304,17 @@ def _depthwise_vjp_from_env() -> bool:
 # too, before a function is traced (jit caches do not see it).
 DEPTHWISE_VJP_DEFAULT = True
 depthwise_vjp = _depthwise_vjp_from_env()
+
+# Whether stride-1, undilated kxk convs on the CPU backend with at least
+# KXK_DOTS_MIN_CHANNELS input channels get `kxk_conv_dots_vjp` (formulation
+# 'kxk_dots') instead of XLA's convolution and its gradient ('native').
+# SMD_KXK_DOTS=1 / 0 sets it at import; assigning `conv_formulations.kxk_dots` works
+# too, before a function is traced. Where it pays, per layer (`benchmarks.ops --groups
+# kxk_dots`, 2x256 UNet, 2026-12-04, load ~15, indicative only): 0.43-0.88x XLA's time
+# for 64-608 input channels on 16x16-128x128 maps; 0.97-2x for 16-32 channels.
+KXK_DOTS_DEFAULT = False
+KXK_DOTS_MIN_CHANNELS = 64
+kxk_dots = _kxk_dots_from_env()
 
 
 def _depthwise_vjp_pays(kernel_hw: Sequence[int], strides: Sequence[int]) -> bool:
@@ -253,10 +331,12 @@ def conv_formulation(lhs_shape: Sequence[int], rhs_shape: Sequence[int], padding
                      lhs_dilation: Sequence[int] | None = None, dimension_numbers: Any = None,
                      feature_group_count: int = 1, backend: str | None = None,
                      window_strides: Sequence[int] = (1, 1), custom_vjp: bool | None = None,
-                     **kwargs) -> str:
+                     rhs_dilation: Sequence[int] | None = None,
+                     kernel_grad_dots: bool | None = None, **kwargs) -> str:
   """Which formulation `conv_general_dilated` uses for a convolution: 'taps'
   (`depthwise_conv_taps`), 'taps_vjp' (`depthwise_conv_vjp`: the same taps with a
-  hand-written gradient), 'dot' (`pointwise_conv_dot`) or 'native' (XLA's own).
+  hand-written gradient), 'dot' (`pointwise_conv_dot`), 'kxk_dots'
+  (`kxk_conv_dots_vjp`) or 'native' (XLA's own).
 
   The alternatives are chosen on the CPU backend only (``backend``: default
   ``jax.default_backend()``), for 2-D NHWC / HWIO convolutions without input
@@ -264,6 +344,8 @@ def conv_formulation(lhs_shape: Sequence[int], rhs_shape: Sequence[int], padding
   every other case, and every convolution on GPU/TPU, is 'native'. Depthwise convs
   get 'taps_vjp' if ``custom_vjp`` (default: the module's `depthwise_vjp`) and the
   kernel / ``window_strides`` are where it pays (`_depthwise_vjp_pays`), else 'taps'.
+  Stride-1, undilated kxk convs with at least `KXK_DOTS_MIN_CHANNELS` input channels
+  get 'kxk_dots' if ``kernel_grad_dots`` (default: the module's `kxk_dots`).
   """
   backend = backend or jax.default_backend()
   if backend != "cpu" or not _explicit_nhwc(lhs_shape, rhs_shape, padding, lhs_dilation,
@@ -277,6 +359,11 @@ def conv_formulation(lhs_shape: Sequence[int], rhs_shape: Sequence[int], padding
   if (feature_group_count == 1 and tuple(rhs_shape[:2]) == (1, 1)
       and all(tuple(p) == (0, 0) for p in padding)):
     return "dot"
+  use_dots = kxk_dots if kernel_grad_dots is None else kernel_grad_dots
+  if (use_dots and feature_group_count == 1 and tuple(window_strides) == (1, 1)
+      and tuple(rhs_dilation or (1, 1)) == (1, 1) and max(rhs_shape[:2]) > 1
+      and rhs_shape[-2] >= KXK_DOTS_MIN_CHANNELS):
+    return "kxk_dots"
   return "native"
 
 
@@ -286,8 +373,9 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   # Drop-in for lax.conv_general_dilated inside nnx.Conv (NHWC / HWIO). On every
   # backend, kernel taps that read only padding are dropped first (`trim_dead_taps`:
   # the same maths, less work; an atrous 3x3 may become a 1x1). Then, on the CPU
-  # backend, depthwise convs go to `depthwise_conv_taps` (or `depthwise_conv_vjp`) and
-  # 1x1 convs to `pointwise_conv_dot` (`conv_formulation` decides, `_CPU_FORMULATIONS`
+  # backend, depthwise convs go to `depthwise_conv_taps` (or `depthwise_conv_vjp`),
+  # 1x1 convs to `pointwise_conv_dot` and, with `kxk_dots`, wide stride-1 kxk convs to
+  # `kxk_conv_dots_vjp` (`conv_formulation` decides, `_CPU_FORMULATIONS`
   # maps its answer to the function); everything else, and every conv on GPU/TPU, to
   # XLA's native convolution.
   if _explicit_nhwc(lhs.shape, rhs.shape, padding, lhs_dilation, dimension_numbers, kwargs):
@@ -295,7 +383,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   formulation = conv_formulation(lhs.shape, rhs.shape, padding, lhs_dilation=lhs_dilation,
                                  dimension_numbers=dimension_numbers,
                                  feature_group_count=feature_group_count,
-                                 window_strides=window_strides, **kwargs)
+                                 window_strides=window_strides, rhs_dilation=rhs_dilation,
+                                 **kwargs)
   if formulation == "native":
     return jax.lax.conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
@@ -314,4 +403,6 @@ _CPU_FORMULATIONS = {
         x, k, strides, pad, dilation),
     "dot": lambda x, k, strides, pad, dilation, precision: pointwise_conv_dot(
         x, k, strides, precision),
+    "kxk_dots": lambda x, k, strides, pad, dilation, precision: kxk_conv_dots_vjp(
+        x, k, pad, precision),
 }
