@@ -6,8 +6,8 @@ The header says whether a missing PyTorch reference fails or skips its tests
 Parallel runs: with pytest-xdist installed (the `test` extra), `python -m pytest` runs
 the tests in WORKERS processes (XLA compiles on one thread, so two workers nearly halve
 the wall time on 2 cores). `-n N` picks another number, `-n 0` or `-p no:xdist` runs
-in this process. Tests that share a module-scoped fixture stay in one worker (an
-`xdist_group` per module), so the fixture is still built once.
+in this process. Each test file runs in one worker (`--dist loadfile`): module-scoped
+fixtures are built once, and a file's tests share their compiled programs.
 """
 
 from __future__ import annotations
@@ -30,32 +30,19 @@ jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="smd_jax_
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 WORKERS = 2
-SHARED_SCOPES = ("class", "module", "package")
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_cmdline_main(config):
-  """Without -n (and with xdist present): WORKERS workers, module fixtures kept together."""
-  if (not config.pluginmanager.hasplugin("xdist") or os.environ.get("PYTEST_XDIST_WORKER")
-      or config.getoption("usepdb") or config.getoption("collectonly")):
+  """Without -n (and with xdist present): WORKERS workers, each test file in one of them."""
+  if (getattr(config, "workerinput", None) is not None  # a worker: runs what it is sent
+      or not config.pluginmanager.hasplugin("xdist") or config.getoption("usepdb")
+      or config.getoption("collectonly")):
     return
   if config.option.numprocesses is None and not config.option.tx:
     config.option.numprocesses = WORKERS
   if config.option.numprocesses and config.option.dist == "no":
-    config.option.dist = "loadgroup"
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items):
-  """Groups the tests that use a class- or module-scoped fixture by their module.
-
-  Runs before xdist's own hook, which turns the group into the test's work unit.
-  """
-  for item in items:
-    fixtures = getattr(item, "_fixtureinfo", None)
-    defs = fixtures.name2fixturedefs.values() if fixtures else ()
-    if any(d[-1].scope in SHARED_SCOPES for d in defs if d):
-      item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+    config.option.dist = "loadfile"
 
 
 def pytest_report_header(config):
