@@ -17,6 +17,10 @@ import os
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+  # One of several workers: PyTorch's OpenMP threads (one per core by default) would
+  # spin against the other workers' XLA threads.
+  os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import tempfile  # noqa: E402
 
