@@ -80,6 +80,18 @@ def pointwise_error_bounds(x, w, ct, stride, dtype):
   return (y, e_y), (gx, gx_bound), (gw, gw_bound)
 
 
+def assert_vjps_within_bounds(fns, x, w, ct, wants):
+  """Each of `fns` (name -> f(x, w)): value and vector-Jacobian products with `ct` of
+  x's dtype and the reference's shapes, within the reference's per-element bounds;
+  `wants`: ((y, bound), (grad_x, bound), (grad_w, bound)) in float64."""
+  for name, f in fns.items():
+    got, vjp = jax.vjp(f, x, w)
+    for have, (want, bound), what in zip((got, *vjp(ct)), wants, ("value", "x", "w")):
+      assert have.dtype == x.dtype and have.shape == want.shape, (name, what)
+      err = np.abs(np.asarray(have, np.float64) - want)
+      assert np.all(err <= bound), (name, what, float((err / bound).max()))
+
+
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize("stride", [1, 2])
 def test_pointwise_dot_equals_plain_conv_with_gradients(dtype, stride):
@@ -91,16 +103,9 @@ def test_pointwise_dot_equals_plain_conv_with_gradients(dtype, stride):
   conv = lambda x, w: plain_conv(x, w, (stride, stride), pad)
   out_shape = (2, -(-7 // stride), -(-6 // stride), 40)
   ct = jnp.asarray(np.random.default_rng(5).normal(size=out_shape), dtype)
-  (want_y, y_bound), *want_grads = pointwise_error_bounds(x, w, ct, stride, dtype)
-  for name, f in (("dot", dot), ("conv", conv)):
-    got, vjp = jax.vjp(f, x, w)
-    assert got.dtype == dtype and got.shape == out_shape, name
-    err = np.abs(np.asarray(got, np.float64) - want_y)
-    assert np.all(err <= y_bound), (name, float((err / y_bound).max()))
-    for g, (want, bound), what in zip(vjp(ct), want_grads, ("x", "w")):
-      assert g.dtype == dtype and g.shape == want.shape
-      err = np.abs(np.asarray(g, np.float64) - want)
-      assert np.all(err <= bound), (name, what, float((err / bound).max()))
+  assert jax.eval_shape(conv, x, w).shape == out_shape
+  assert_vjps_within_bounds({"dot": dot, "conv": conv}, x, w, ct,
+                            pointwise_error_bounds(x, w, ct, stride, dtype))
 
 
 def test_nnx_convs_use_the_cpu_formulations_and_match_plain():
@@ -199,13 +204,19 @@ def test_kxk_dots_is_chosen_for_wide_stride1_convs_on_cpu_only():
     assert kxk(least, backend) == "native"
 
 
-def test_kxk_dots_flag_from_environment(monkeypatch):
-  for value, want in (("1", True), ("0", False), ("", conv_formulations.KXK_DOTS_DEFAULT)):
-    monkeypatch.setenv("SMD_KXK_DOTS", value)
-    assert conv_formulations._kxk_dots_from_env() is want  # pylint: disable=protected-access
-  monkeypatch.setenv("SMD_KXK_DOTS", "on")
-  with pytest.raises(ValueError, match="SMD_KXK_DOTS must be 0 or 1"):
-    conv_formulations._kxk_dots_from_env()  # pylint: disable=protected-access
+@pytest.mark.parametrize("variable,read,default", [
+    ("SMD_DEPTHWISE_VJP", "_depthwise_vjp_from_env", "DEPTHWISE_VJP_DEFAULT"),
+    ("SMD_KXK_DOTS", "_kxk_dots_from_env", "KXK_DOTS_DEFAULT"),
+])
+def test_flags_from_environment(monkeypatch, variable, read, default):
+  read = getattr(conv_formulations, read)
+  for value, want in (("1", True), ("0", False), ("", getattr(conv_formulations, default))):
+    monkeypatch.setenv(variable, value)
+    assert read() is want
+  monkeypatch.setenv(variable, "yes")
+  with pytest.raises(ValueError, match=f"{variable} must be 0 or 1"):
+    read()
+
 
 def kxk_reference_with_bounds(x, w, ct, padding, dtype):
   """NumPy float64 value and vector-Jacobian products (cotangent `ct`) of a stride-1,
@@ -246,15 +257,7 @@ def test_kxk_dots_vjp_equals_plain_conv_with_gradients(dtype, shape_x, shape_w, 
   x, w = _data(shape_x, shape_w, dtype, seed=2)
   dots = lambda x, w: conv_formulations.kxk_conv_dots_vjp(x, w, padding)
   conv = lambda x, w: plain_conv(x, w, (1, 1), padding)
-  out_shape = jax.eval_shape(conv, x, w).shape
-  ct = jnp.asarray(np.random.default_rng(6).normal(size=out_shape), dtype)
-  (want_y, y_bound), *want_grads = kxk_reference_with_bounds(x, w, ct, padding, dtype)
-  for name, f in (("dots", dots), ("conv", conv)):
-    got, vjp = jax.vjp(f, x, w)
-    assert got.dtype == dtype and got.shape == out_shape, name
-    err = np.abs(np.asarray(got, np.float64) - want_y)
-    assert np.all(err <= y_bound), (name, float((err / y_bound).max()))
-    for g, (want, bound), what in zip(vjp(ct), want_grads, ("x", "w")):
-      assert g.dtype == dtype and g.shape == want.shape, (name, what)
-      err = np.abs(np.asarray(g, np.float64) - want)
-      assert np.all(err <= bound), (name, what, float((err / bound).max()))
+  ct = jnp.asarray(np.random.default_rng(6).normal(size=jax.eval_shape(conv, x, w).shape),
+                   dtype)
+  assert_vjps_within_bounds({"dots": dots, "conv": conv}, x, w, ct,
+                            kxk_reference_with_bounds(x, w, ct, padding, dtype))

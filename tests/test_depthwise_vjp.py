@@ -156,15 +156,6 @@ def test_formulation_is_chosen_per_backend_flag_and_geometry():
               backend="cpu", custom_vjp=True) == "native"
 
 
-def test_flag_from_environment(monkeypatch):
-  for value, want in (("1", True), ("0", False), ("", conv_formulations.DEPTHWISE_VJP_DEFAULT)):
-    monkeypatch.setenv("SMD_DEPTHWISE_VJP", value)
-    assert conv_formulations._depthwise_vjp_from_env() is want  # pylint: disable=protected-access
-  monkeypatch.setenv("SMD_DEPTHWISE_VJP", "yes")
-  with pytest.raises(ValueError, match="SMD_DEPTHWISE_VJP must be 0 or 1"):
-    conv_formulations._depthwise_vjp_from_env()  # pylint: disable=protected-access
-
-
 @pytest.mark.parametrize("k, stride, dilation, size", [(3, 2, 1, 9), (5, 1, 4, 8)])
 def test_nnx_depthwise_conv_uses_it_and_matches_grouped_conv(monkeypatch, k, stride, dilation,
                                                             size):
