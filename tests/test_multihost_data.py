@@ -13,7 +13,10 @@ import socket
 
 import pytest
 
+import tfds_hypersim
 from tests import subprocess_runs as runs
+
+VERSION = str(tfds_hypersim.Builder.VERSION)  # the builder's current data-set version
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -48,7 +51,7 @@ def test_a_host_without_the_data_set_builds_its_own(tmp_path):
     assert rc == 0, err[-3000:]
   assert "Building the data set on this host" in finished[1][2]
   for d in data_dirs:  # each host's own copy, the same files
-    assert os.path.isfile(os.path.join(d, "hypersim", "res32", "2.0.0", "dataset_info.json"))
+    assert os.path.isfile(os.path.join(d, "hypersim", "res32", VERSION, "dataset_info.json"))
   rmse = [re.search(r"Final validation RMSE: ([0-9.]+)", out).group(1) for _, out, _ in finished]
   assert len(set(rmse)) == 1, rmse
 

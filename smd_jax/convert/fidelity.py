@@ -14,7 +14,7 @@ and runs both models on the same random inputs:
 * trainable parameter counts of both (BatchNorm statistics excluded).
 
 Needs the torch extra (`reference.import_reference`). The tests in
-``tests/test_convert.py`` assert on these numbers and ``benchmarks/fidelity.py``
+``tests/test_convert_fidelity.py`` assert on these numbers and ``benchmarks/fidelity.py``
 tabulates them (``docs/fidelity.md``).
 """
 
