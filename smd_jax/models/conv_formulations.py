@@ -311,8 +311,11 @@ depthwise_vjp = _depthwise_vjp_from_env()
 # SMD_KXK_DOTS=1 / 0 sets it at import; assigning `conv_formulations.kxk_dots` works
 # too, before a function is traced. Where it pays, per layer (`benchmarks.ops --groups
 # kxk_dots`, 2x256 UNet, 2026-12-04, load ~15, indicative only): 0.43-0.88x XLA's time
-# for 64-608 input channels on 16x16-128x128 maps; 0.97-2x for 16-32 channels.
-KXK_DOTS_DEFAULT = False
+# for 64-608 input channels on 16x16-128x128 maps; 0.97-2x for 16-32 channels. Whole
+# b4 UNet train step, off / on interleaved, jax 0.12, loaded machine (2026-12-04): b2@256
+# 0.90x the time (median of 7, faster in 6 of 7 pairs), b8@64 1.04x (median of 9, pairs
+# 0.76-1.15x: noise).
+KXK_DOTS_DEFAULT = True
 KXK_DOTS_MIN_CHANNELS = 64
 kxk_dots = _kxk_dots_from_env()
 
