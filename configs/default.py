@@ -20,12 +20,14 @@ def demo_settings(config):
   config.data.synthetic.num_frames = dict(train=160, validation=32, test=8)
   config.batch_size = 8
   config.eval_batch_size = 16
-  config.num_train_steps = 400
+  # 250 steps end where 400 did (validation RMSE 1.38 m vs 1.44 m with seed 0, best
+  # constant 1.54 m; docs/benchmarks.md "The embedded demo") with 5/8 of the steps.
+  config.num_train_steps = 250
   config.optimizer.learning_rate = 2e-3
-  config.optimizer.schedule_unit = "step"  # 400 steps are not epochs of the paper
+  config.optimizer.schedule_unit = "step"  # 250 steps are not epochs of the paper
   config.log_every_steps = 25
-  config.eval_every_steps = 200
-  config.checkpoint_every_steps = 200
+  config.eval_every_steps = 125
+  config.checkpoint_every_steps = 125
   return config
 
 
