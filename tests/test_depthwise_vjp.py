@@ -108,8 +108,8 @@ def test_values_and_gradients_match_grouped_conv_f32(x_shape, k, stride, dilatio
 def test_values_and_gradients_match_grouped_conv_bf16(x_shape, k, stride, dilation, padding):
   """bf16 inputs, float32 accumulation, one rounding to bf16 per result element."""
   x, w, rng = _data(x_shape, k, jnp.bfloat16)
-  explicit = conv_formulations.explicit_padding(x_shape[1:3], (k, k), (stride, stride), padding,
-                                     (dilation, dilation))
+  explicit = conv_formulations.explicit_padding(x_shape[1:3], (k, k), (stride, stride),
+                                                padding, (dilation, dilation))
   y_shape = jax.eval_shape(lambda x, w: grouped_conv(
       x, w, (stride, stride), explicit, (dilation, dilation)), x, w).shape
   ct = jnp.asarray(rng.normal(size=y_shape), jnp.bfloat16)

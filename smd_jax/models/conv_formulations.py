@@ -240,7 +240,7 @@ def kernel_grad_dots(x: jax.Array, g: jax.Array, kernel_hw: Sequence[int],
   kh, kw = kernel_hw
   acc_dtype = jnp.promote_types(x.dtype, jnp.float32)
   x = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
-  b, ho, wo, _ = g.shape
+  _, ho, wo, _ = g.shape
   contract = (((0, 1, 2), (0, 1, 2)), ((), ()))
   return jnp.stack([jnp.stack([
       jax.lax.dot_general(x[:, i:i + ho, j:j + wo], g, contract,
@@ -314,7 +314,8 @@ depthwise_vjp = _depthwise_vjp_from_env()
 # for 64-608 input channels on 16x16-128x128 maps; 0.97-2x for 16-32 channels. Whole
 # b4 UNet train step, off / on interleaved, jax 0.12, loaded machine (2026-12-04): b2@256
 # 0.90x the time (median of 7, faster in 6 of 7 pairs), b8@64 1.04x (median of 9, pairs
-# 0.76-1.15x: noise).
+# 0.76-1.15x: noise). Idle, on a slower machine, b2@256 (2026-12-04, docs/benchmarks.md):
+# 0.97x in 6 interleaved rounds, within that machine's noise.
 KXK_DOTS_DEFAULT = True
 KXK_DOTS_MIN_CHANNELS = 64
 kxk_dots = _kxk_dots_from_env()
