@@ -1,11 +1,11 @@
 """A data set built by another version of the `hypersim` builder is never read.
 
 The old builds here are made by the current builder with its VERSION patched to
-2.0.0, the previous version's zlib storage instead of raw bytes, and every stored
-depth value replaced by a sentinel, so any example that comes back from the old
-build is recognisable. A user's HyperSim build must be
-refused with one line naming the version found and a rebuild command that works;
-the procedural demo set is rebuilt.
+3.0.0, the previous version's zstd-compressed array_record shards instead of
+uncompressed ones, and every stored depth value replaced by a sentinel, so any
+example that comes back from the old build is recognisable. A user's HyperSim
+build must be refused with one line naming the version found and a rebuild
+command that works; the procedural demo set is rebuilt.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from tests import subprocess_runs as runs, toy_config
 from tests.toy_models import ToyEncoder
 from tfds_hypersim import build as build_cli, hypersim_dataset_builder as hdb
 
-OLD = "2.0.0"
-NEW = "3.0.0"  # the builder's version (a change of stored format that is not bumped fails)
+OLD = "3.0.0"
+NEW = "3.1.0"  # the builder's version (a change of stored format that is not bumped fails)
 SENTINEL = 1234.5  # metres; exactly representable in float32, far beyond any room
 
 
@@ -44,10 +44,9 @@ def _build_old(monkeypatch, data_dir: str, manual_dir: str, resolution: int) -> 
 
   with monkeypatch.context() as m:
     m.setattr(hdb.Builder, "VERSION", tfds.core.Version(OLD))
-    m.setattr(hdb, "STORAGE_ENCODING", tfds.features.Encoding.ZLIB)
     m.setattr(hdb, "_process", marked)
     builder = hdb.Builder(config=hdb.hypersim_config(resolution), data_dir=data_dir,
-                          num_workers=1)
+                          num_workers=1, record_compression="zstd")
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
   assert os.path.isfile(os.path.join(data_dir, "hypersim", f"res{resolution}", OLD,

@@ -109,7 +109,7 @@ def test_builder_defaults(tmp_path):
   assert b.builder_config.name == "res256"
   assert b.info.file_format == tfds.core.FileFormat.ARRAY_RECORD
   assert b.info.features["image"].shape == (256, 256, 3)
-  assert b.version == VERSION == "3.0.0"
+  assert b.version == VERSION == "3.1.0"
   assert b.MANUAL_DOWNLOAD_INSTRUCTIONS
 
 
@@ -206,6 +206,45 @@ def test_records_hold_the_raw_little_endian_bytes(built):
     ref = _reference_image(scene, camera, frame, RES)  # [RES, RES, 3], row-major
     diff = np.abs(np.frombuffer(image, np.uint8).astype(np.int32) - ref.reshape(-1))
     assert diff.max() <= 1, diff.max()
+
+
+def _shards(builder):
+  """{split: (writer options, file bytes, serialized records)} of a built data set."""
+  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+
+  out = {}
+  for split, src in builder.as_data_source().items():
+    (path,) = [os.path.join(builder.data_dir, f) for f in os.listdir(builder.data_dir)
+               if f.startswith(f"hypersim-{split}.array_record")]
+    reader = array_record_module.ArrayRecordReader(path)
+    options = reader.writer_options_string()
+    reader.close()
+    with open(path, "rb") as f:
+      out[split] = (options, f.read(), [src.data_source[i] for i in range(len(src))])
+  return out
+
+
+def test_shards_are_written_uncompressed(built):
+  # Since 3.1.0 (docs/data.md, "Storage format"): array_record's zstd bounded reading.
+  for split, (options, data, records) in _shards(built).items():
+    assert "uncompressed" in options.split(",") and "zstd" not in options, (split, options)
+    # No codec in between: each serialized record lies in the file as it is.
+    assert records and all(record in data for record in records), split
+
+
+def test_zstd_shards_hold_the_same_examples(built, tmp_path):
+  zstd = tfds_hypersim.Builder(config=tfds_hypersim.hypersim_config(RES), data_dir=tmp_path,
+                               num_workers=1, record_compression="zstd")
+  zstd.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=DUMMY))
+  want = _shards(built)
+  got = _shards(zstd)
+  assert got.keys() == want.keys()
+  for split, (options, data, records) in got.items():
+    assert "zstd:3" in options.split(","), options
+    assert records == want[split][2]  # the same tf.Examples, in the same order
+    assert not any(record in data for record in records), split  # compressed on disk
+  with pytest.raises(ValueError, match="record_compression must be one of"):
+    tfds_hypersim.Builder(data_dir=tmp_path, record_compression="lz4")
 
 
 def test_missing_splits_left_out(tmp_path):
@@ -378,8 +417,9 @@ def test_build_cli(tmp_path, capsys):
 
 @pytest.mark.parametrize("spelling", [
     ["--manual-dir", "m", "--data-dir", "d", "--split-scheme", "official", "--depth-type",
-     "planar"],
-    ["--manual_dir=m", "--data_dir=d", "--split_scheme=official", "--depth_type=planar"]])
+     "planar", "--record-compression", "zstd"],
+    ["--manual_dir=m", "--data_dir=d", "--split_scheme=official", "--depth_type=planar",
+     "--record_compression=zstd"]])
 def test_build_cli_takes_both_flag_spellings(spelling):
   """Hyphenated and absl's underscore spellings set the same flags (parse only, no build)."""
   from smd_jax import cli  # pylint: disable=g-import-not-at-top
@@ -388,5 +428,6 @@ def test_build_cli_takes_both_flag_spellings(spelling):
                                      usage=build.__doc__)
   assert args == []
   assert (flag_values.manual_dir, flag_values.data_dir, flag_values.split_scheme,
-          flag_values.depth_type, flag_values.resolution, flag_values.pool) == (
-              "m", "d", "official", "planar", 8, "thread")
+          flag_values.depth_type, flag_values.resolution, flag_values.pool,
+          flag_values.record_compression) == (
+              "m", "d", "official", "planar", 8, "thread", "zstd")

@@ -23,8 +23,10 @@ import os
 from collections.abc import Iterator
 
 from absl import logging
+from array_record.python import array_record_module
 import numpy as np
 import tensorflow_datasets as tfds
+from tensorflow_datasets.core import writer as tfds_writer
 
 from tfds_hypersim import metadata, processing
 
@@ -51,9 +53,18 @@ DEFAULT_DEPTH_TYPE = "distance"
 # How image, depth and labels are stored: their raw bytes (`tobytes()`, read back
 # with `np.frombuffer`). Chosen by measurement (docs/data.md, "Storage format"):
 # PNG and zlib decoding bound the input pipeline at 256 px; raw bytes decode
-# 15-36x faster, and since array_record compresses each record (zstd level 3)
-# they take only 1.2-1.4x the disk space of PNG + zlib.
+# 15-36x faster.
 STORAGE_ENCODING = tfds.features.Encoding.BYTES
+# How the array_record shards are compressed: name -> array_record writer options
+# (one record per chunk, `group_size:1`, for random access, as TFDS writes them).
+# "none" is the default since 3.1.0: array_record's zstd then bounded the input
+# pipeline at 256 px (decompressing a 0.59 MB record costs several times reading
+# it), for 6-7x less disk (docs/data.md, "Storage format"). Either reads the same.
+RECORD_COMPRESSION = {
+    "none": "group_size:1,uncompressed",
+    "zstd": "group_size:1,zstd:3",  # TFDS's own choice (array_record's default level)
+}
+DEFAULT_RECORD_COMPRESSION = "none"
 
 
 @dataclasses.dataclass
@@ -244,6 +255,23 @@ def find_frames(root: str | os.PathLike, frames: tuple[metadata.FrameId, ...]
   return present, counts
 
 
+class RecordWriter(tfds_writer.ExampleWriter):
+  """Writes each shard as an array_record file with the given writer `options`
+  (TFDS's own writer fixes them to "group_size:1", array_record's zstd level 3)."""
+
+  def __init__(self, options: str):
+    super().__init__(tfds.core.FileFormat.ARRAY_RECORD)
+    self.options = options
+
+  def write(self, path, examples) -> None:
+    writer = array_record_module.ArrayRecordWriter(os.fspath(path), self.options)
+    try:
+      for _, serialized in examples:
+        writer.write(serialized)
+    finally:
+      writer.close()
+
+
 class Builder(tfds.core.GeneratorBasedBuilder):
   """HyperSim with the Semantic-MD (or official) split, from raw HDF5 files in manual_dir."""
 
@@ -251,7 +279,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   # built by another version is never read in its place: TFDS looks only in
   # DATA_DIR/hypersim/<config>/<VERSION>/, and `smd_jax.data.datasets` reports
   # (or, for the procedural demo, rebuilds) an other-version build it finds.
-  VERSION = tfds.core.Version("3.0.0")
+  VERSION = tfds.core.Version("3.1.0")
   RELEASE_NOTES = {
       "1.0.0": "Initial release: HyperSim tone map, short-side resize (antialiased "
                "bilinear RGB, nearest depth/labels), center crop; the Semantic-MD scene "
@@ -271,6 +299,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                "image and zlib-compressed depth and labels: decoding is a copy (the input "
                "pipeline was bound by PNG and zlib decoding), for 1.2-1.4x the disk space "
                "after array_record's zstd. Same values as 2.0.0.",
+      "3.1.0": "array_record shards written uncompressed (writer options "
+               "'group_size:1,uncompressed') instead of with array_record's zstd: "
+               "decompression bounded the input pipeline at 256 px; 6-7x the disk "
+               "space of 3.0.0. Same examples as 3.0.0. `record_compression='zstd'` "
+               "(tfds_hypersim.build --record_compression zstd) writes zstd shards "
+               "again, where disk matters more than reading speed.",
   }
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   Put the raw HyperSim scene folders (https://github.com/apple/ml-hypersim)
@@ -291,7 +325,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   BUILDER_CONFIGS = _PREDEFINED
 
   def __init__(self, *, file_format: str | None = None,
-               num_workers: int | None = None, pool: str = "thread", **kwargs):
+               num_workers: int | None = None, pool: str = "thread",
+               record_compression: str = DEFAULT_RECORD_COMPRESSION, **kwargs):
     """As tfds.core.GeneratorBasedBuilder, with array_record as default format.
 
     Args:
@@ -304,11 +339,18 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         safe next to JAX; h5py serialises HDF5 reads across threads, so on
         many cores processes may scale further; each costs seconds to start).
         Either way at most 2 * num_workers frames are in flight.
+      record_compression: how array_record shards are compressed, a key of
+        `RECORD_COMPRESSION`: "none" (default, fastest to read) or "zstd"
+        (6-7x smaller). The examples and how they are read do not depend on it.
       **kwargs: passed to tfds.core.GeneratorBasedBuilder (data_dir, config, ...).
     """
     super().__init__(file_format=file_format or "array_record", **kwargs)
     if pool not in ("process", "thread"):
       raise ValueError(f"pool must be 'process' or 'thread', got {pool!r}")
+    if record_compression not in RECORD_COMPRESSION:
+      raise ValueError(f"record_compression must be one of {sorted(RECORD_COMPRESSION)}, "
+                       f"got {record_compression!r}")
+    self._record_options = RECORD_COMPRESSION[record_compression]
     self._num_workers = num_workers or min(8, os.cpu_count() or 1)
     self._pool = pool
     # split -> Counter of skipped frames by reason, filled while generating.
@@ -330,6 +372,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
               f"{ {f: getattr(builder_config, f) for f in fields} }; use another name")
         builder_config = predefined
     return super()._create_builder_config(builder_config, version)
+
+  def _example_writer(self) -> tfds_writer.ExampleWriter:
+    # TFDS's hook for a custom writer; other file formats keep TFDS's own.
+    if self.info.file_format != tfds.core.FileFormat.ARRAY_RECORD:
+      return super()._example_writer()
+    return RecordWriter(self._record_options)
 
   def _info(self) -> tfds.core.DatasetInfo:
     s = self.builder_config.resolution

@@ -162,7 +162,7 @@ def generate_synthetic(manual_dir: str, synthetic_config) -> None:
 
 
 def _builder_version() -> str:
-  """The version the `hypersim` builder writes and reads, e.g. "3.0.0"."""
+  """The version the `hypersim` builder writes and reads, e.g. "3.1.0"."""
   from tfds_hypersim import hypersim_dataset_builder  # pylint: disable=g-import-not-at-top
   return str(hypersim_dataset_builder.Builder.VERSION)
 
