@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 
-from smd_jax.data import batching, datasets
+from smd_jax.data import batching, datasets, tf_example
 from smd_jax.errors import UserError
 from smd_jax.training import checkpoints
 
@@ -218,16 +218,103 @@ def test_worker_iterator_state_round_trips_through_a_checkpoint(tfds_source, tmp
       fresh.close()
 
 
-def test_array_source_decodes_bit_equal_to_tfds(tfds_source):
+@pytest.mark.parametrize("views", [False, True])
+def test_array_source_decodes_bit_equal_to_tfds(tfds_source, monkeypatch, views):
+  # views: the stored bytes read as views into each record (what data sets with
+  # large examples use, datasets.VIEWS_FROM_BYTES), else with the protobuf parse.
+  read = []
+  monkeypatch.setattr(tf_example, "bytes_features",
+                      lambda *a, f=tf_example.bytes_features: read.append(f(*a)) or read[-1])
   fast = datasets.array_source(tfds_source)
   assert fast is not tfds_source and len(fast) == len(tfds_source)
+  assert not fast.views  # 16 px
+  fast.views = views
   want = [datasets.select_arrays(tfds_source[i]) for i in range(len(fast))]
   assert_same_batches([fast[i] for i in range(len(fast))], want)
+  assert len(read) == (len(fast) if views else 0) and None not in read
   # As worker processes get it (grain pickles the pipeline with cloudpickle).
   again = cloudpickle.loads(cloudpickle.dumps(fast))
   assert_same_batches([again[i] for i in range(len(again))], want)
   other = fake_source(3)
   assert datasets.array_source(other) is other  # not a TFDS source: left as it is
+
+
+def _example(**features):
+  """A serialized tf.train.Example: bytes values (a list: several), floats or ints."""
+  from tensorflow_datasets.proto import tf_example_pb2  # pylint: disable=g-import-not-at-top
+
+  example = tf_example_pb2.Example()
+  for name, value in features.items():
+    feature = example.features.feature[name]
+    if isinstance(value, float):
+      feature.float_list.value.append(value)
+    elif isinstance(value, int):
+      feature.int64_list.value.append(value)
+    else:
+      feature.bytes_list.value.extend(value if isinstance(value, list) else [value])
+  return example.SerializeToString()
+
+
+def _length_delimited(number: int, payload: bytes) -> bytes:
+  """Protobuf field `number` holding `payload` (tag byte, base-128 length, payload)."""
+  out, size = bytearray([number << 3 | 2]), len(payload)
+  while size >= 0x80:
+    out.append(size & 0x7F | 0x80)
+    size >>= 7
+  return bytes(out + bytearray([size])) + payload
+
+
+def _features(record: bytes) -> bytes:
+  from tensorflow_datasets.proto import tf_example_pb2  # pylint: disable=g-import-not-at-top
+  return tf_example_pb2.Example.FromString(record).features.SerializeToString()
+
+
+ARRAYS = {"image": bytes(range(256)) * 3, "depth": b"\x00\x00\xc0\x7f" * 40, "semantic": b""}
+
+
+def test_bytes_features_are_views_of_what_protobuf_parses():
+  from tensorflow_datasets.proto import tf_example_pb2  # pylint: disable=g-import-not-at-top
+
+  record = _example(scene=b"ai_001_001", frame=7, **ARRAYS, other=0.5)
+  got = tf_example.bytes_features(record, list(ARRAYS))
+  parsed = tf_example_pb2.Example.FromString(record).features.feature
+  assert set(got) == set(ARRAYS)
+  for name, view in got.items():
+    assert isinstance(view, memoryview) and view.obj is record  # no copy
+    assert bytes(view) == parsed[name].bytes_list.value[0] == ARRAYS[name]
+
+
+@pytest.mark.parametrize("record", [
+    _example(image=ARRAYS["image"], depth=ARRAYS["depth"]),  # "semantic" missing
+    _example(**dict(ARRAYS, image=[b"a", b"b"])),  # two values
+    _example(**dict(ARRAYS, image=1.0)),  # not bytes
+    _example(**ARRAYS) + _example(image=b"later"),  # two messages: protobuf merges them
+    _length_delimited(1, _features(_example(**ARRAYS)) + _features(_example(image=b"later"))),
+    _example(**ARRAYS)[:-5],  # truncated
+    _example(**ARRAYS) + b"\x08\x01",  # another wire type (varint field 1)
+], ids=["missing", "two_values", "float", "merged", "twice_in_map", "truncated", "varint"])
+def test_records_laid_out_otherwise_are_left_to_protobuf(record):
+  assert tf_example.bytes_features(record, list(ARRAYS)) is None
+
+
+def test_a_record_left_to_protobuf_decodes_as_protobuf_says():
+  class Records:
+    data_source = [_example(**ARRAYS) + _example(image=b"later"), _length_delimited(
+        1, _features(_example(**ARRAYS)) + _features(_example(image=b"later")))]
+  layout = {"image": (np.dtype(np.uint8), (5,), "bytes")}
+  arrays = datasets._RecordArrays(Records(), layout)  # pylint: disable=protected-access
+  arrays.views = True
+  for i in range(2):  # the last value wins
+    np.testing.assert_array_equal(arrays[i]["image"], np.frombuffer(b"later", np.uint8))
+
+
+@pytest.mark.parametrize("size, views", [(64, False), (256, True)])
+def test_large_examples_are_read_as_views(size, views):
+  class Records:
+    data_source = []
+  layout = {"image": (np.dtype(np.uint8), (size, size, 3), "bytes"),
+            "depth": (np.dtype(np.float32), (size, size), "bytes")}
+  assert datasets._RecordArrays(Records(), layout).views == views  # pylint: disable=protected-access
 
 
 def test_bad_num_workers_or_state_is_a_user_error():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import shlex
@@ -20,6 +21,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from absl import logging
 
+from smd_jax.data import tf_example
 from smd_jax.errors import UserError
 
 
@@ -36,6 +38,14 @@ def select_arrays(example: Mapping[str, Any]) -> dict[str, np.ndarray]:
 _UNPACK = {"bytes": lambda data: data, "zlib": zlib.decompress}
 
 
+# Data sets whose arrays take at least this many bytes per example are read as
+# views into each record (`tf_example.bytes_features`); smaller ones with the
+# protobuf parse, whose copies cost less there than reading the wire format in
+# Python (measured per example: 64 px, 37 KB: 26 us parse vs 64 us views; 256 px,
+# 590 KB: 244 vs 129 us; benchmarks/pipeline.py's data set, loaded machine).
+VIEWS_FROM_BYTES = 160 * 1024
+
+
 def _example_parser():
   """tf.train.Example's parser from TFDS's protos (no TensorFlow), imported now."""
   from tensorflow_datasets.proto import tf_example_pb2  # pylint: disable=g-import-not-at-top
@@ -49,13 +59,19 @@ class _RecordArrays:
   stored bytes, unpacked per `_UNPACK`, then `np.frombuffer` in the feature's
   dtype), so the arrays are bit-equal (tests/test_input_pipeline.py), but skips
   TFDS's generic feature code, Python that holds the GIL and costs more than
-  the decoding itself for raw-byte features (benchmarks/pipeline.py).
+  the decoding itself for raw-byte features (benchmarks/pipeline.py). For large
+  examples (`VIEWS_FROM_BYTES`) the stored bytes are views into the record, not
+  the copies a protobuf parse makes (which stays for records laid out otherwise);
+  raw arrays are then read-only views, possibly not aligned to their dtype
+  (batching copies them).
   """
 
   def __init__(self, source, layout: dict[str, tuple[np.dtype, tuple[int, ...], str]]):
     self.records = source.data_source  # raw serialized tf.train.Example bytes
     self.layout = layout  # feature -> (dtype, shape, encoding)
     self.parse = _example_parser()
+    self.views = sum(np.dtype(dtype).itemsize * math.prod(shape)
+                     for dtype, shape, _ in layout.values()) >= VIEWS_FROM_BYTES
 
   # Pickled into worker processes without the parser (protobuf classes do not
   # pickle); it is looked up again when unpickled, on the worker's main thread.
@@ -72,9 +88,12 @@ class _RecordArrays:
     return len(self.records)
 
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-    feature = self.parse(self.records[index]).features.feature
-    return {k: np.frombuffer(_UNPACK[encoding](feature[k].bytes_list.value[0]),
-                             dtype=dtype).reshape(shape)
+    record = self.records[index]
+    stored = tf_example.bytes_features(record, self.layout) if self.views else None
+    if stored is None:
+      feature = self.parse(record).features.feature
+      stored = {k: feature[k].bytes_list.value[0] for k in self.layout}
+    return {k: np.frombuffer(_UNPACK[encoding](stored[k]), dtype=dtype).reshape(shape)
             for k, (dtype, shape, encoding) in self.layout.items()}
 
 
