@@ -14,8 +14,12 @@ Overrides apply to every config of the sweep, after --preset:
 `--config.KEY=VALUE` (dotted KEY, VALUE parsed by the type of the field, as
 `smd_jax.train --config.KEY=VALUE` does; `--config.KEY` / `--noconfig.KEY` for a
 boolean), and `--set KEY=VALUE`, the older spelling (VALUE read as a Python
-literal, else as a string), applied before them. A bad config path or override is
-one line `error: ...` with exit status 1, before anything is written.
+literal, else as a string), applied before them. Every config is loaded and checked
+before any trains: bad paths, overrides and values, of all the configs at once, are
+one line `error: ...` with exit status 1, before anything is written. A run that
+fails while training (its traceback goes to `<out>/<config name>/failed.txt`) does not
+stop the others; the table is written, and the command then exits with status 1 naming
+the failed runs (run it again to retry them).
 """
 
 from __future__ import annotations
@@ -78,12 +82,6 @@ def run(flag_values: flags.FlagValues, paths: Sequence[str], config_args: Sequen
     if not paths or not flag_values.out:
       raise errors.UserError("Usage: python -m smd_jax.experiments --out DIR CONFIG.py "
                              "[CONFIG.py ...] [--config.KEY=VALUE ...]")
-    try:  # a bad path or override: one line, before anything is written
-      sweep.prepare_configs(paths, flag_values.out, flag_values.preset, flag_values.set,
-                            config_args=config_args)
-    except (FileNotFoundError, KeyError, ValueError) as e:
-      message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)  # str() quotes it
-      raise errors.UserError(message) from None
     print(sweep.run(paths, flag_values.out, preset=flag_values.preset,
                     overrides=flag_values.set, config_args=config_args,
                     retrain=flag_values.retrain, report_only=flag_values.report_only))

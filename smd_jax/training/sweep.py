@@ -13,12 +13,13 @@ import ast
 import importlib.util
 import os
 import re
+import traceback
 from typing import Sequence
 
 from absl import flags, logging
 from ml_collections import config_flags
 
-from smd_jax import output_files, validation
+from smd_jax import errors, output_files, validation
 from smd_jax.evaluation import report, tables
 from smd_jax.training import trainer
 
@@ -98,17 +99,59 @@ def prepare_config(path: str, out: str, preset: str | None, overrides: Sequence[
   return config
 
 
+def config_name(path: str) -> str:
+  """A config's name in the sweep: its file name without `.py` (also its workdir's name)."""
+  return os.path.splitext(os.path.basename(path))[0]
+
+
+# What a config file, an override or validation can raise for a config that cannot run.
+_CONFIG_ERRORS = (errors.UserError, OSError, KeyError, ValueError, TypeError, AttributeError,
+                  SyntaxError, ImportError)
+
+
+def _error_text(e: BaseException) -> str:
+  if isinstance(e, (errors.UserError, FileNotFoundError, ValueError)):
+    return str(e)
+  if isinstance(e, KeyError) and e.args:  # str() would quote the message
+    return str(e.args[0])
+  return f"{type(e).__name__}: {e}"  # e.g. a SyntaxError in the config file
+
+
 def prepare_configs(paths: Sequence[str], out: str, preset: str | None,
                     overrides: Sequence[str], config_args: Sequence[str] = ()) -> dict:
-  """Config name -> prepared config, all parsed and validated first (`validation`): a typo
-  fails before hours of training, as one `UserError`."""
+  """Config name -> prepared config, all parsed and validated first (`validation`).
+
+  Every config is checked before any trains, and the problems of all of them are
+  one `UserError` (the same message for several configs is given once, with their
+  paths), so a typo in the fifth config fails before hours of training the first
+  four, and the user fixes everything in one go.
+  """
   import jax  # pylint: disable=g-import-not-at-top
-  configs = {os.path.splitext(os.path.basename(p))[0]:
-             prepare_config(p, out, preset, overrides, config_args) for p in paths}
-  for (name, config), path in zip(configs.items(), paths):
-    validation.validate_config(config, command="experiments", workdir=os.path.join(out, name),
-                               num_devices=jax.device_count(), source=path)
+  problems: dict[str, list[str]] = {}  # message -> config paths
+  names = [config_name(p) for p in paths]
+  for name in sorted({n for n in names if names.count(n) > 1}):
+    clash = [p for p, n in zip(paths, names) if n == name]
+    problems.setdefault(f"Configs named {name!r} would share the workdir "
+                        f"{os.path.join(out, name)}; rename one.", []).extend(clash)
+  configs = {}
+  for name, path in zip(names, paths):
+    try:
+      config = prepare_config(path, out, preset, overrides, config_args)
+      validation.validate_config(config, command="experiments", workdir=os.path.join(out, name),
+                                 num_devices=jax.device_count())
+    except _CONFIG_ERRORS as e:
+      problems.setdefault(_error_text(e), []).append(path)
+    else:
+      configs[name] = config
+  if problems:
+    raise errors.UserError(" Also: ".join(_with_paths(m, w) for m, w in problems.items()))
   return configs
+
+
+def _with_paths(message: str, paths: Sequence[str]) -> str:
+  if len(paths) == 1 and paths[0] in message:  # e.g. "No config file 'x.py'."
+    return message
+  return f"{message} [{', '.join(paths)}]"
 
 
 def run(paths: Sequence[str], out: str, *, preset: str | None = None,
@@ -120,14 +163,52 @@ def run(paths: Sequence[str], out: str, *, preset: str | None = None,
   arguments; both apply to every config (`prepare_config`).
   """
   configs = prepare_configs(paths, out, preset, overrides, config_args)
-  results = {}
+  results, failed = {}, {}
   for name, config in configs.items():
     workdir = os.path.join(out, name)
     results[name] = report.final_results(workdir)
     if report_only or (results[name] and not retrain):
       continue
     logging.info("Experiment %s -> %s", name, workdir)
-    results[name] = trainer.train_and_evaluate(config, workdir)
+    try:
+      results[name] = trainer.train_and_evaluate(config, workdir)
+    except Exception as e:  # pylint: disable=broad-except
+      # One run's crash (a bad data path, out of memory, a bug) must not cost the
+      # others of a long sweep: its traceback is kept, the sweep goes on, and the
+      # command fails at the end naming it. Ctrl-C still stops everything.
+      logging.exception("Experiment %s failed; going on with the others.", name)
+      failed[name] = _record_failure(workdir, e)
+    else:
+      _clear_failure(workdir)
   table = tables.markdown_table(results, configs)
+  if failed:
+    table += "\nFailed runs (traceback in `<workdir>/" + FAILURE_FILE + "`):\n\n" + "".join(
+        f"- {name}: {message}\n" for name, message in failed.items())
   output_files.write_text(os.path.join(out, "results.md"), table)
+  if failed:
+    raise errors.UserError(
+        f"{len(failed)} of {len(configs)} runs failed: " + "; ".join(
+            f"{name} ({message}; see {os.path.join(out, name, FAILURE_FILE)})"
+            for name, message in failed.items())
+        + f". The others' table is in {os.path.join(out, 'results.md')}; run the same command "
+        "again to retry the failed runs (finished runs are not trained again).")
   return table
+
+
+FAILURE_FILE = "failed.txt"
+
+
+def _record_failure(workdir: str, e: BaseException) -> str:
+  """Writes the traceback of `e` to `<workdir>/failed.txt`; returns its one-line summary."""
+  summary = (_error_text(e).strip().splitlines() or [type(e).__name__])[0]
+  os.makedirs(workdir, exist_ok=True)
+  output_files.write_text(os.path.join(workdir, FAILURE_FILE),
+                          "".join(traceback.format_exception(e)))
+  return summary
+
+
+def _clear_failure(workdir: str) -> None:
+  """Removes an earlier attempt's failed.txt once the run has succeeded."""
+  path = os.path.join(workdir, FAILURE_FILE)
+  if os.path.exists(path):
+    os.remove(path)
