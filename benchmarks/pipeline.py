@@ -2,8 +2,9 @@
 the array_record shards of a built HyperSim TFDS data set.
 
 The data set is the procedural one the demo builds (same builder, same features:
-raw uint8 image, float32 depth and int16 label bytes since builder version 3.0.0),
-generated once into a cache folder and reused by later runs. Also times one
+raw uint8 image, float32 depth and int16 label bytes since builder version 3.0.0,
+in uncompressed array_record files since 3.1.0), generated once into a cache
+folder and reused by later runs. Also times one
 example's read + decode on one thread, TFDS's (`source[i]`) and the pipeline's
 (`datasets.array_source`), to tell decode cost from pipeline overhead.
 
