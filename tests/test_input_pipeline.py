@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 
-from smd_jax.data import batching, datasets, tf_example
+from smd_jax.data import allocator, batching, datasets, tf_example
 from smd_jax.errors import UserError
 from smd_jax.training import checkpoints
 
@@ -237,6 +237,36 @@ def test_array_source_decodes_bit_equal_to_tfds(tfds_source, monkeypatch, views)
   assert_same_batches([again[i] for i in range(len(again))], want)
   other = fake_source(3)
   assert datasets.array_source(other) is other  # not a TFDS source: left as it is
+
+
+def test_decoders_keep_freed_memory_in_every_process(tfds_source, monkeypatch):
+  calls = []
+  monkeypatch.setattr(allocator, "keep_freed_memory", lambda: calls.append(1))
+  fast = datasets.array_source(tfds_source)
+  assert calls == [1]
+  cloudpickle.loads(cloudpickle.dumps(fast))  # as a worker process gets it
+  assert calls == [1, 1]
+
+
+def test_keep_freed_memory_sets_glibc_thresholds(monkeypatch):
+  class Libc:
+    calls = []
+
+    def mallopt(self, param, value):
+      self.calls.append((param, value))
+      return 1
+
+  monkeypatch.setattr(allocator, "_glibc", Libc)
+  allocator.keep_freed_memory.cache_clear()
+  try:
+    assert allocator.keep_freed_memory() and allocator.keep_freed_memory()
+    # glibc's malloc.h: M_MMAP_THRESHOLD = -3, M_TRIM_THRESHOLD = -1 (once per process).
+    assert sorted(Libc.calls) == [(-3, 32 * 2**20), (-1, 64 * 2**20)]
+    allocator.keep_freed_memory.cache_clear()
+    monkeypatch.setenv("SMD_KEEP_FREED_MEMORY", "0")
+    assert not allocator.keep_freed_memory() and len(Libc.calls) == 2
+  finally:
+    allocator.keep_freed_memory.cache_clear()
 
 
 def _example(**features):

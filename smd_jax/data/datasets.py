@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from absl import logging
 
-from smd_jax.data import tf_example
+from smd_jax.data import allocator, tf_example
 from smd_jax.errors import UserError
 
 
@@ -63,7 +63,8 @@ class _RecordArrays:
   examples (`VIEWS_FROM_BYTES`) the stored bytes are views into the record, not
   the copies a protobuf parse makes (which stays for records laid out otherwise);
   raw arrays are then read-only views, possibly not aligned to their dtype
-  (batching copies them).
+  (batching copies them). The process that makes or unpickles one keeps freed
+  memory for reuse (`allocator.keep_freed_memory`).
   """
 
   def __init__(self, source, layout: dict[str, tuple[np.dtype, tuple[int, ...], str]]):
@@ -72,6 +73,7 @@ class _RecordArrays:
     self.parse = _example_parser()
     self.views = sum(np.dtype(dtype).itemsize * math.prod(shape)
                      for dtype, shape, _ in layout.values()) >= VIEWS_FROM_BYTES
+    allocator.keep_freed_memory()
 
   # Pickled into worker processes without the parser (protobuf classes do not
   # pickle); it is looked up again when unpickled, on the worker's main thread.
@@ -83,6 +85,7 @@ class _RecordArrays:
 
   def __setstate__(self, state: dict[str, Any]) -> None:
     self.__dict__.update(state, parse=_example_parser())
+    allocator.keep_freed_memory()  # in a worker process
 
   def __len__(self) -> int:
     return len(self.records)
