@@ -5,10 +5,12 @@ multipliers; everything else (pipeline, builder, step, Orbax, writer) is what a
 user runs.
 """
 
+import contextlib
 import functools
 import importlib
 import json
 import os
+import threading
 
 import jax
 import numpy as np
@@ -123,17 +125,24 @@ def test_batch_size_must_divide_devices(tiny_config):
     data_parallel.check_batch_size(12, data_parallel.make_mesh(8))
 
 
-def test_train_and_evaluate_on_dummy_data_and_resume(tiny_config, tmp_path):
-  config = tiny_config
+def dummy_data_config(config, tmp_path, steps=2):
+  """`config` on the dummy HyperSim frames (built in `tmp_path`): `steps` steps of batch 8,
+  one checkpoint and one evaluation at the end."""
   config.data.synthetic.enabled = False
   config.data.manual_dir = os.path.abspath(DUMMY_DATA)
   config.data.data_dir = str(tmp_path / "tfds")
   config.batch_size = config.eval_batch_size = 8  # 8 devices; 2 train frames, repeated
-  config.num_train_steps = 4
+  config.num_train_steps = steps
   config.log_every_steps = 1
-  config.checkpoint_every_steps = 2
+  config.checkpoint_every_steps = steps
   config.eval_every_steps = -1
   config.num_images = 1
+  return config
+
+
+def test_train_and_evaluate_on_dummy_data_and_resume(tiny_config, tmp_path):
+  config = dummy_data_config(tiny_config, tmp_path, steps=4)
+  config.checkpoint_every_steps = 2
   workdir = str(tmp_path / "run")
 
   results = trainer.train_and_evaluate(config, workdir)
@@ -178,6 +187,135 @@ def test_train_and_evaluate_on_dummy_data_and_resume(tiny_config, tmp_path):
     logged = [json.loads(line) for line in f]
   assert [r["step"] for r in logged if "train/loss" in r] == [1, 2, 3, 4, 5, 6]
   assert "6" in os.listdir(os.path.join(workdir, "checkpoints"))
+
+
+# ------------------------------------------------------ compiling ahead of the data
+
+BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"  # JAX's event per XLA compile
+
+
+@contextlib.contextmanager
+def xla_compiles():
+  """[(function name, thread name)] of every XLA compilation while the block runs."""
+  seen = []
+
+  def listener(event, duration, **kwargs):
+    del duration
+    if event == BACKEND_COMPILE:
+      seen.append((str(kwargs.get("fun_name")), threading.current_thread().name))
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    yield seen
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def test_steps_compiled_ahead_are_not_compiled_again(tiny_config, tmp_path, monkeypatch):
+  """The train, evaluation and figure steps compile once, on the background thread, while
+  the data set is built; the run then gives the same state and metrics as one without."""
+  config = dummy_data_config(tiny_config, tmp_path)
+  with config.data.synthetic.unlocked():
+    config.data.synthetic.num_frames.validation = 1  # compile_ahead's cue for eval steps
+  monkeypatch.setattr(trainer, "compiles_ahead", lambda config, workdir: True)
+  with xla_compiles() as compiles:
+    ahead = trainer.train_and_evaluate(config, str(tmp_path / "ahead"))
+  names = ("train_step", "eval_step", "predict_step")
+  ours = sorted(c for c in compiles if any(n in c[0] for n in names))
+  assert [n for n in names if not any(n in c[0] for c in ours)] == [], compiles
+  assert len(ours) == 3 and {t for _, t in ours} == {"smd-compile-ahead"}, ours
+
+  monkeypatch.setattr(trainer, "compiles_ahead", lambda config, workdir: False)
+  plain = trainer.train_and_evaluate(config, str(tmp_path / "plain"))
+  assert ahead == plain  # same program, same seed: bit-equal metrics
+  restored = [data_parallel.fetch(trained_run.load(str(tmp_path / w)).state.params)
+              for w in ("ahead", "plain")]
+  jax.tree.map(np.testing.assert_array_equal, *restored)
+
+
+class _Lowerable:
+  """Stands in for a jitted function: `lower` returns it; `compile` waits until
+  `release` is set, then raises `error` or compiles x * 2."""
+
+  def __init__(self, release: threading.Event, error: Exception | None = None):
+    self.release, self.error = release, error
+
+  def lower(self, *args):
+    self.args = args
+    return self
+
+  def compile(self):
+    self.release.wait()
+    if self.error is not None:
+      raise self.error
+    return jax.jit(lambda x: x * 2).lower(*self.args).compile()
+
+
+SPEC = (jax.ShapeDtypeStruct((2,), np.float32),)
+
+
+def test_a_failed_compilation_ahead_is_raised_not_swallowed():
+  go = threading.Event()
+  go.set()
+  error = RuntimeError("XLA ran out of memory")
+  ahead = steps_lib.CompileAhead([("ok", _Lowerable(go), SPEC),
+                                  ("bad", _Lowerable(go, error), SPEC),
+                                  ("after", _Lowerable(go), SPEC)])
+  with pytest.raises(RuntimeError) as raised:
+    ahead.wait()
+  assert raised.value is error
+  assert list(ahead.seconds) == ["ok"]  # nothing after the failure compiles
+
+
+def test_a_failed_lowering_raises_on_the_calling_thread():
+  with pytest.raises(TypeError, match="dot_general"):  # (2, 3) @ (2, 3) does not type-check
+    steps_lib.CompileAhead([("bad", jax.jit(lambda x: x @ x),
+                             (jax.ShapeDtypeStruct((2, 3), np.float32),))])
+
+
+def test_an_error_while_compiling_ahead_waits_for_the_compilation():
+  """An exception in the block joins the compiling thread before it propagates (a
+  process that exits during a compilation aborts)."""
+  release = threading.Event()
+  ahead = steps_lib.CompileAhead([("slow", _Lowerable(release), SPEC)])
+  threading.Timer(0.2, release.set).start()
+  with pytest.raises(KeyError):
+    with ahead:
+      raise KeyError("data")
+  assert "slow" in ahead.seconds  # compiled before the error left the block
+  assert list(ahead.wait()) == ["slow"]
+
+
+def test_compiles_ahead_only_for_a_fresh_run_on_procedural_data(tiny_config, tmp_path,
+                                                                monkeypatch):
+  workdir = str(tmp_path / "run")
+  assert default.get_config().data.synthetic.enabled
+  assert trainer.compiles_ahead(tiny_config, workdir)
+  monkeypatch.setenv("SMD_COMPILE_AHEAD", "0")
+  assert not trainer.compiles_ahead(tiny_config, workdir)
+  monkeypatch.delenv("SMD_COMPILE_AHEAD")
+  os.makedirs(os.path.join(workdir, "checkpoints"))  # a resumed run: the data are there
+  assert not trainer.compiles_ahead(tiny_config, workdir)
+  fresh = str(tmp_path / "fresh")
+  tiny_config.num_train_steps = -1  # the length depends on the data set's size
+  assert not trainer.compiles_ahead(tiny_config, fresh)
+  tiny_config.num_train_steps = 5
+  tiny_config.data.synthetic.enabled = False
+  assert not trainer.compiles_ahead(tiny_config, fresh)
+
+
+def test_abstract_batch_is_what_the_pipeline_gives(tmp_path):
+  """Shapes and dtypes of a real training and evaluation batch of the built data set."""
+  config = dummy_data_config(default.get_config(), tmp_path)
+  config.data.resolution = 32
+  sources = trainer.load_data(config, str(tmp_path / "run"))
+  mesh = data_parallel.make_mesh()
+  got = {"train": next(trainer.train_iterator(config, sources["train"])),
+         "eval": next(batching.eval_batches(sources["validation"], global_batch_size=8))}
+  for kind, padded in (("train", False), ("eval", True)):
+    want = steps_lib.abstract_batch(32, 8, mesh, padded=padded)
+    assert {k: (v.shape, v.dtype) for k, v in got[kind].items()} == \
+        {k: (v.shape, v.dtype) for k, v in want.items()}
 
 
 # ------------------------------------------- the run's length and learning-rate schedule

@@ -9,12 +9,16 @@ inputs, tasks, losses and weights all come from the config.
 from __future__ import annotations
 
 import dataclasses
+import threading
+import time
 from typing import Any, Callable
 
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from absl import logging
 from flax import nnx
 from jax.sharding import Mesh
 
@@ -187,3 +191,82 @@ def build_steps(config, model, total_steps: int, mesh: Mesh) -> tuple[Steps, Tra
       predict_step=jax.jit(predict_step, in_shardings=(rep, data), out_shardings=data),
   )
   return steps, data_parallel.replicate(state, mesh)
+
+
+# ------------------------------------------------------------- compiling ahead of the data
+
+# One example's arrays as the input pipeline yields them (the builder's features;
+# smd_jax/data/batching.py `train_dataset`): key -> (dimensions after H, W; dtype).
+EXAMPLE_ARRAYS = {"image": ((3,), np.uint8), "depth": ((), np.float32),
+                  "semantic": ((), np.int16)}
+
+
+def abstract_batch(resolution: int, global_batch_size: int, mesh: Mesh, *,
+                   padded: bool = False) -> dict[str, jax.ShapeDtypeStruct]:
+  """Shapes, dtypes and shardings of a global batch at `resolution`; `padded`: an
+  evaluation batch, whose `mask` marks the real examples (`batching.pad_batch`)."""
+  sharding = data_parallel.batch_sharding(mesh)
+  lead = (global_batch_size, resolution, resolution)
+  out = {k: jax.ShapeDtypeStruct(lead + rest, dtype, sharding=sharding)
+         for k, (rest, dtype) in EXAMPLE_ARRAYS.items()}
+  if padded:
+    out["mask"] = jax.ShapeDtypeStruct((global_batch_size,), np.bool_, sharding=sharding)
+  return out
+
+
+def abstract(tree: Any) -> Any:
+  """The shapes, dtypes, weak types and shardings of a tree of arrays."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+      x.shape, x.dtype, sharding=x.sharding, weak_type=x.aval.weak_type), tree)
+
+
+class CompileAhead:
+  """Compiles jitted functions for given abstract arguments on a background thread.
+
+  `jax.jit(f).lower(*args).compile()` fills the cache that a later call `f(*args)`
+  with the same shapes, dtypes and shardings uses: that call does not compile
+  again (tests/test_train.py counts XLA's compilations). So the steps can compile
+  while the data are being made. Tracing and lowering run here, on the caller's
+  thread: they import JAX modules on first use, and two threads importing at once
+  can each get the other's modules half initialised (seen: "No module named
+  'jax._src.state.types.TransformedRef'"); XLA's compilation, on the thread,
+  imports nothing. `wait` joins the thread and re-raises the first failure on the
+  caller's thread. Used as a context manager, an exception in the block waits for
+  the thread before it propagates: a process that exits while a thread is inside
+  XLA's compiler aborts (so the thread is not a daemon either).
+  """
+
+  def __init__(self, jobs: list[tuple[str, Callable, tuple]]):
+    self.seconds: dict[str, float] = {}  # name -> compile time, s
+    self._error: tuple[str, BaseException] | None = None
+    lowered = [(name, fn.lower(*args)) for name, fn, args in jobs]
+    self._thread = threading.Thread(target=self._compile, args=(lowered,),
+                                    name="smd-compile-ahead")
+    self._thread.start()
+
+  def _compile(self, lowered) -> None:
+    for name, program in lowered:
+      start = time.perf_counter()
+      try:
+        program.compile()
+      except BaseException as e:  # pylint: disable=broad-except  (re-raised by `wait`)
+        self._error = (name, e)
+        return
+      self.seconds[name] = time.perf_counter() - start
+
+  def wait(self) -> dict[str, float]:
+    """Blocks until every function is compiled; raises what a compilation raised."""
+    self._thread.join()
+    if self._error is not None:
+      name, error = self._error
+      logging.error("Compiling %s ahead of the data failed: %s", name, error)
+      raise error
+    return self.seconds
+
+  def __enter__(self) -> "CompileAhead":
+    return self
+
+  def __exit__(self, exc_type, exc, tb) -> None:
+    if exc_type is not None and self._thread.is_alive():
+      logging.info("Waiting for the compilation started ahead of the data to end.")
+      self._thread.join()

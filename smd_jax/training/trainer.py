@@ -354,6 +354,33 @@ def final_evaluation(run: _Run) -> dict[str, float]:
   return results
 
 
+def compiles_ahead(config, workdir: str) -> bool:
+  """Whether the steps compile while the data are made (`steps.CompileAhead`).
+
+  For a fresh run on procedural data (generating and building them takes about as
+  long as compiling) whose length does not depend on the data (`num_train_steps`
+  > 0). Not for prepared data sets, where there is little to overlap and a data
+  error would have to wait for the compilation. SMD_COMPILE_AHEAD=0 turns it off.
+  """
+  return (os.environ.get("SMD_COMPILE_AHEAD", "1") != "0" and config.num_train_steps > 0
+          and bool(config.data.synthetic.enabled)
+          and not os.path.isdir(os.path.join(workdir, "checkpoints")))
+
+
+def compile_ahead(config, steps: steps_lib.Steps, state, mesh) -> steps_lib.CompileAhead:
+  """Starts compiling the train step, and the evaluation and figure steps if the data
+  will have a validation split, for the batches the pipeline will give."""
+  resolution, state = int(config.data.resolution), steps_lib.abstract(state)
+  evaluation = (state, steps_lib.abstract_batch(resolution, config.eval_batch_size, mesh,
+                                                padded=True))
+  jobs = [("train_step", steps.train_step,
+           (state, steps_lib.abstract_batch(resolution, config.batch_size, mesh)))]
+  if config.data.synthetic.num_frames.get("validation", 0) > 0:
+    jobs += [("eval_step", steps.eval_step, evaluation),
+             ("predict_step", steps.predict_step, evaluation)]
+  return steps_lib.CompileAhead(jobs)
+
+
 def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   """Trains `config` in `workdir` (resuming from its newest intact checkpoint), then evaluates.
 
@@ -378,13 +405,25 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   with workdir_held(workdir):
     model = build_model(config)
     convert.fetch_init_from(config, workdir)  # a bad Hub id fails before the data is built
-    sources = load_data(config, workdir)
-    total_steps = num_train_steps(config, len(sources["train"]))
     convert.maybe_init_from(model, config, workdir)  # config.init_from, fresh runs only
-    steps, state = steps_lib.build_steps(config, model, total_steps, mesh)
-    del model
-    train_iter = train_iterator(config, sources["train"])
-    state, damaged = restore_newest_intact(workdir, state, train_iter)
+    ahead = None
+    if compiles_ahead(config, workdir):
+      steps, state = steps_lib.build_steps(config, model, config.num_train_steps, mesh)
+      ahead = compile_ahead(config, steps, state, mesh)
+    with ahead or contextlib.nullcontext():
+      sources = load_data(config, workdir)
+      total_steps = num_train_steps(config, len(sources["train"]))
+      if ahead is None:
+        steps, state = steps_lib.build_steps(config, model, total_steps, mesh)
+      del model
+      train_iter = train_iterator(config, sources["train"])
+      state, damaged = restore_newest_intact(workdir, state, train_iter)
+      if ahead is not None:
+        waited = time.perf_counter()
+        seconds = ahead.wait()
+        logging.info("Compiled ahead of the data (%s); waited %.1f s for it.",
+                     ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()),
+                     time.perf_counter() - waited)
 
     write_config(config, workdir)
     # Evaluated checkpoints store their metrics; the best by config.best_metric is kept.
