@@ -1169,7 +1169,7 @@ def _run_in_subprocesses(out_dir: str, num_frames: dict[str, int], seed: int,
 
 def generate(out_dir: str | os.PathLike, *, num_frames: dict[str, int] | None = None,
              seed: int = 0, frames_per_scene: int = 6, noise: float = 0.0,
-             compression_level: int = 4, color_step: float = 0.0,
+             compression_level: int = 1, color_step: float = 0.0,
              workers: int | None = None) -> list[tuple[str, str, int]]:
   """Writes a HyperSim-format manual_dir of procedural frames.
 
@@ -1182,7 +1182,8 @@ def generate(out_dir: str | os.PathLike, *, num_frames: dict[str, int] | None = 
     frames_per_scene: frames rendered in each room.
     noise: std of multiplicative Gaussian pixel noise on the radiance (0 = none;
       noise makes the float16 files ~2x larger and slower to compress).
-    compression_level: gzip level of the HDF5 datasets.
+    compression_level: gzip level of the HDF5 datasets (1: ~25% faster to write
+      than 4, ~20% larger, as fast to read).
     color_step: if > 0, radiance is rounded to multiples of it (visible banding,
       ~4x smaller files; used for the tiny dummy_data).
     workers: rendering processes; None = min(cpu count, 4) (1 below 16 frames),
@@ -1231,7 +1232,7 @@ def define_flags(flag_values: flags.FlagValues) -> None:
   flags.DEFINE_integer("seed", 0, "Random seed.", flag_values=flag_values)
   flags.DEFINE_integer("frames_per_scene", 6, "Frames per scene.", flag_values=flag_values)
   flags.DEFINE_float("noise", 0.0, "Sensor noise.", flag_values=flag_values)
-  flags.DEFINE_integer("compression_level", 4, "gzip level of the HDF5 datasets.",
+  flags.DEFINE_integer("compression_level", 1, "gzip level of the HDF5 datasets.",
                        flag_values=flag_values)
   flags.DEFINE_float("color_step", 0.0, "Colour quantisation step.", flag_values=flag_values)
   flags.DEFINE_integer("workers", None, "Worker processes (default: one per core).",
