@@ -279,10 +279,12 @@ def _max_diff(got, want):
   return float(np.max(np.abs(np.asarray(got) - want)))
 
 
+# DeepLabV3 on EfficientNet-b4 at 2x64x96 in eval mode, with a bound of 1e-4 absolute
+# on every feature map and output, is tests/test_convert_fidelity.py's
+# test_smp_model_matches_smp[deeplabv3] (plus train mode): not compiled twice here.
 @pytest.mark.parametrize("encoder,decoder,height,width", [
     ("resnet50", "unet", 64, 96),
     ("resnet50", "deeplabv3", 64, 64),
-    ("efficientnet_b4", "deeplabv3", 64, 96),
 ])
 def test_matches_pytorch_reference(encoder, decoder, height, width):
   torch, _, smp = torch_reference.import_reference()
