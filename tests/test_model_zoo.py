@@ -312,6 +312,29 @@ def test_matches_pytorch_reference(encoder, decoder, height, width):
     assert _max_diff(got, want) <= 1e-4 * scale, (got.shape, scale, _max_diff(got, want))
 
 
+def test_deeplab_decoder_atrous_rates_match_smp():
+  """smp's DeepLabV3Decoder (ASPP rates 12, 24, 36) on a 40x40 map, wider than the
+  largest rate. The whole-model tests' 64x96 inputs give an 8x12 deepest map, where
+  every dilated tap falls into the padding: they cannot tell the rates apart."""
+  torch, _, _ = torch_reference.import_reference()
+  from segmentation_models_pytorch.decoders.deeplabv3 import decoder as smp_deeplab  # pylint: disable=g-import-not-at-top
+  from smd_jax.convert import names  # pylint: disable=g-import-not-at-top
+  from smd_jax.models.deeplab import DeepLabV3Decoder  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  reference = smp_deeplab.DeepLabV3Decoder(8, 16)
+  torch_copy.randomize_batch_norm(torch, reference)
+  reference.eval()
+  decoder = DeepLabV3Decoder((8,) * 5, 16, rngs=nnx.Rngs(0))
+  torch_copy.load_state_dict(decoder, reference.state_dict(), names.decoder_path)
+  decoder.eval()
+  x = _rng_normal((1, 40, 40, 8))
+  with torch.no_grad():
+    want = _to_nhwc(reference(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())))
+  got = nnx.jit(lambda m, x: m([x]))(decoder, x)
+  assert got.shape == want.shape == (1, 40, 40, 16)
+  assert _max_diff(got, want) <= 1e-4 * max(1.0, float(np.max(np.abs(want))))
+
+
 def test_semantic_conv_matches_torchvision_mbconv():
   torch, _, _ = torch_reference.import_reference()
   torch.manual_seed(0)
