@@ -290,10 +290,16 @@ def test_compiles_ahead_only_for_a_fresh_run_on_procedural_data(tiny_config, tmp
                                                                 monkeypatch):
   workdir = str(tmp_path / "run")
   assert default.get_config().data.synthetic.enabled
+  monkeypatch.setattr(os, "cpu_count", lambda: 8)
   assert trainer.compiles_ahead(tiny_config, workdir)
+  monkeypatch.setattr(os, "cpu_count", lambda: 2)  # measured not to pay on 2 cores
+  assert not trainer.compiles_ahead(tiny_config, workdir)
+  monkeypatch.setenv("SMD_COMPILE_AHEAD", "1")
+  assert trainer.compiles_ahead(tiny_config, workdir)
+  monkeypatch.setattr(os, "cpu_count", lambda: 8)
   monkeypatch.setenv("SMD_COMPILE_AHEAD", "0")
   assert not trainer.compiles_ahead(tiny_config, workdir)
-  monkeypatch.delenv("SMD_COMPILE_AHEAD")
+  monkeypatch.setenv("SMD_COMPILE_AHEAD", "1")
   os.makedirs(os.path.join(workdir, "checkpoints"))  # a resumed run: the data are there
   assert not trainer.compiles_ahead(tiny_config, workdir)
   fresh = str(tmp_path / "fresh")

@@ -354,16 +354,26 @@ def final_evaluation(run: _Run) -> dict[str, float]:
   return results
 
 
+# Compiling ahead pays only with cores to spare: the generator runs up to 4 processes
+# and XLA's compiler 2 threads. On 2 cores (2026-12-04, demo at 150 steps, load 7-10)
+# the first step came ~150 s later with it than without, so by default it is on only
+# above 4 cores; SMD_COMPILE_AHEAD=1 / 0 turns it on / off anywhere.
+COMPILE_AHEAD_MIN_CORES = 5
+_ON_OFF = {"1": True, "0": False}
+
+
 def compiles_ahead(config, workdir: str) -> bool:
   """Whether the steps compile while the data are made (`steps.CompileAhead`).
 
   For a fresh run on procedural data (generating and building them takes about as
   long as compiling) whose length does not depend on the data (`num_train_steps`
-  > 0). Not for prepared data sets, where there is little to overlap and a data
-  error would have to wait for the compilation. SMD_COMPILE_AHEAD=0 turns it off.
+  > 0), on a machine with `COMPILE_AHEAD_MIN_CORES` (or SMD_COMPILE_AHEAD=1). Not
+  for prepared data sets, where there is little to overlap and a data error would
+  have to wait for the compilation.
   """
-  return (os.environ.get("SMD_COMPILE_AHEAD", "1") != "0" and config.num_train_steps > 0
-          and bool(config.data.synthetic.enabled)
+  wanted = _ON_OFF.get(os.environ.get("SMD_COMPILE_AHEAD", ""),
+                       (os.cpu_count() or 1) >= COMPILE_AHEAD_MIN_CORES)
+  return (wanted and config.num_train_steps > 0 and bool(config.data.synthetic.enabled)
           and not os.path.isdir(os.path.join(workdir, "checkpoints")))
 
 
