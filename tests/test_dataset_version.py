@@ -17,6 +17,7 @@ import shutil
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from array_record.python import array_record_module
 
 from smd_jax import errors
 from smd_jax.data import datasets
@@ -25,7 +26,7 @@ from smd_jax.models import registry
 from smd_jax.training import trainer
 from tests import subprocess_runs as runs, toy_config
 from tests.toy_models import ToyEncoder
-from tfds_hypersim import build as build_cli, hypersim_dataset_builder as hdb
+from tfds_hypersim import build as build_cli, hypersim_dataset_builder as hdb, upgrade
 
 OLD = "3.0.0"
 NEW = "3.1.0"  # the builder's version (a change of stored format that is not bumped fails)
@@ -104,6 +105,51 @@ def test_user_build_of_an_old_version_is_refused(config, tmp_path, build):
   assert f"`{want}`" in message, message
 
 
+def _named_command(message: str, module: str) -> list[str]:
+  """The command of `python -m module` that `message` names between backticks."""
+  commands = [shlex.split(part) for part in message.split("`")[1::2]]
+  named = [c for c in commands if c[:3] == ["python", "-m", module]]
+  assert len(named) == 1, message
+  return named[0]
+
+
+def _shard_records(version_dir: str) -> dict[str, list[bytes]]:
+  out = {}
+  for name in sorted(os.listdir(version_dir)):
+    if upgrade.SHARD_MARK in name:
+      reader = array_record_module.ArrayRecordReader(os.path.join(version_dir, name))
+      out[name] = (reader.writer_options_string(), reader.read_all())
+      reader.close()
+  return out
+
+
+def test_the_named_upgrade_command_upgrades_without_raw_frames(config, tmp_path):
+  config.data.manual_dir = str(tmp_path / "no_raw_frames")  # an upgrade needs none
+  message = _refused(lambda: datasets.load_data_sources(config.data, "unused"), config)
+  command = _named_command(message, "tfds_hypersim.upgrade")
+  root = os.path.join(config.data.data_dir, "hypersim", "res32")
+  os.makedirs(os.path.join(root, NEW + ".incomplete"))  # left by an interrupted upgrade
+  old_files = runs.tree_snapshot(os.path.join(root, OLD))
+  assert upgrade.main(command[3:]) == 0
+  assert sorted(os.listdir(root)) == [OLD, NEW]
+  assert runs.tree_snapshot(os.path.join(root, OLD)) == old_files  # left as it was
+  old, new = _shard_records(os.path.join(root, OLD)), _shard_records(os.path.join(root, NEW))
+  assert list(old) == list(new) and old
+  for name, (old_options, old_records) in old.items():
+    new_options, new_records = new[name]
+    assert "zstd" in old_options and "uncompressed" in new_options, (old_options, new_options)
+    assert new_records == old_records  # the same records, in the same order
+  # This code reads the upgraded set, and it is the old build's (sentinel depth), not a
+  # rebuild from raw frames.
+  sources = datasets.load_data_sources(config.data, "unused", build=False)
+  assert {k: len(v) for k, v in sources.items()} == {"train": 2, "validation": 1, "test": 1}
+  for src in sources.values():
+    for i in range(len(src)):
+      assert np.all(np.asarray(src[i]["depth"]) == np.float32(SENTINEL))
+  # Nothing left to upgrade: one line, exit status 1.
+  assert upgrade.main(command[3:]) == 1
+
+
 def test_training_and_evaluation_refuse_it(config, tmp_path):
   workdir = str(tmp_path / "run")
   _refused(lambda: trainer.load_data(config, workdir), config)
@@ -113,8 +159,7 @@ def test_training_and_evaluation_refuse_it(config, tmp_path):
 
 def test_the_named_command_rebuilds(config, tmp_path):
   message = _refused(lambda: datasets.load_data_sources(config.data, "unused"), config)
-  command = shlex.split(message.split("`")[1])
-  assert command[:3] == ["python", "-m", "tfds_hypersim.build"]
+  command = _named_command(message, "tfds_hypersim.build")
   assert build_cli.main(command[3:]) == 0
   sources = datasets.load_data_sources(config.data, "unused", build=False)
   # The dummy data's splits after its two broken frames (tests/test_tfds_hypersim.py).

@@ -269,10 +269,15 @@ def check_version(paths: DataPaths, config, *, rebuild: bool) -> None:
                     "building version %s next to it (the old one is never read).",
                     where, ", ".join(others), version)
     return
+  from tfds_hypersim import upgrade  # pylint: disable=g-import-not-at-top
+  upgrade_command = shlex.join(["python", "-m", "tfds_hypersim.upgrade", "--data_dir",
+                               paths.data_dir, "--config", config.name])
+  how = (f"Upgrade it in minutes, without the raw frames: `{upgrade_command}`; or rebuild it"
+         if any(v in upgrade.UPGRADABLE_FROM for v in others) else "Rebuild it")
   raise UserError(
       f"{where} holds the data set built by builder version {', '.join(others)}, not "
       f"{version}, the version this code reads (what changed: docs/data.md, \"Data-set "
-      f"versions\"). Rebuild it with `{rebuild_command(paths, config)}` (raw frames: "
+      f"versions\"). {how} with `{rebuild_command(paths, config)}` (raw frames: "
       "python -m tfds_hypersim.download), or set --config.data.data_dir to a "
       f"{version} build.")
 
