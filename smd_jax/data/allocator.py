@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import os
+
+from smd_jax import env_flags
 
 # mallopt parameters (glibc's malloc.h).
 M_TRIM_THRESHOLD = -1
@@ -37,7 +38,7 @@ def _glibc():
 def keep_freed_memory() -> bool:
   """Sets the thresholds above in this process, once; whether glibc took them
   (False off glibc or with SMD_KEEP_FREED_MEMORY=0)."""
-  if os.environ.get("SMD_KEEP_FREED_MEMORY", "1") == "0":
+  if not env_flags.on_off("SMD_KEEP_FREED_MEMORY", True):
     return False
   libc = _glibc()
   if libc is None:

@@ -11,11 +11,13 @@ TPUs keep XLA's native convolutions. Why each one: docs/benchmarks.md.
 from __future__ import annotations
 
 import functools
-import os
 from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
+
+from smd_jax import env_flags
+
 
 def depthwise_conv_taps(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
                         padding: Sequence[tuple[int, int]],
@@ -282,19 +284,12 @@ def kxk_conv_dots_vjp(x: jax.Array, kernel: jax.Array, padding: Sequence[tuple[i
   return _kxk_dots_vjp(x, kernel, padding, precision)
 
 
-def _flag_from_env(variable: str, default: bool) -> bool:
-  value = os.environ.get(variable, "")
-  if value not in ("", "0", "1"):
-    raise ValueError(f"{variable} must be 0 or 1 (or unset), got {value!r}")
-  return default if value == "" else value == "1"
-
-
 def _depthwise_vjp_from_env() -> bool:
-  return _flag_from_env("SMD_DEPTHWISE_VJP", DEPTHWISE_VJP_DEFAULT)
+  return env_flags.on_off("SMD_DEPTHWISE_VJP", DEPTHWISE_VJP_DEFAULT)
 
 
 def _kxk_dots_from_env() -> bool:
-  return _flag_from_env("SMD_KXK_DOTS", KXK_DOTS_DEFAULT)
+  return env_flags.on_off("SMD_KXK_DOTS", KXK_DOTS_DEFAULT)
 
 
 # Whether depthwise convs on the CPU backend may use the hand-written gradient

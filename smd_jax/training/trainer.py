@@ -14,7 +14,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from smd_jax import convert, output_files, tasks as tasks_lib
+from smd_jax import convert, env_flags, output_files, tasks as tasks_lib
 from smd_jax.data import batching, datasets, shards
 from smd_jax.errors import UserError
 from smd_jax.evaluation import figures, passes
@@ -359,7 +359,6 @@ def final_evaluation(run: _Run) -> dict[str, float]:
 # the first step came ~150 s later with it than without, so by default it is on only
 # above 4 cores; SMD_COMPILE_AHEAD=1 / 0 turns it on / off anywhere.
 COMPILE_AHEAD_MIN_CORES = 5
-_ON_OFF = {"1": True, "0": False}
 
 
 def compiles_ahead(config, workdir: str) -> bool:
@@ -371,8 +370,8 @@ def compiles_ahead(config, workdir: str) -> bool:
   for prepared data sets, where there is little to overlap and a data error would
   have to wait for the compilation.
   """
-  wanted = _ON_OFF.get(os.environ.get("SMD_COMPILE_AHEAD", ""),
-                       (os.cpu_count() or 1) >= COMPILE_AHEAD_MIN_CORES)
+  wanted = env_flags.on_off("SMD_COMPILE_AHEAD",
+                            (os.cpu_count() or 1) >= COMPILE_AHEAD_MIN_CORES)
   return (wanted and config.num_train_steps > 0 and bool(config.data.synthetic.enabled)
           and not os.path.isdir(os.path.join(workdir, "checkpoints")))
 

@@ -1,0 +1,58 @@
+"""The SMD_* on/off switches: one rule (1 on, 0 off, unset the default), a typo is an error."""
+
+import pytest
+from ml_collections import config_dict
+
+from smd_jax import env_flags
+from smd_jax.data import allocator
+from smd_jax.errors import UserError
+from smd_jax.models import conv_formulations
+from smd_jax.training import trainer
+
+
+@pytest.mark.parametrize("default", [True, False])
+def test_on_off(monkeypatch, default):
+  monkeypatch.delenv("SMD_SWITCH", raising=False)
+  assert env_flags.on_off("SMD_SWITCH", default) is default
+  for value, want in (("1", True), ("0", False), ("", default)):
+    monkeypatch.setenv("SMD_SWITCH", value)
+    assert env_flags.on_off("SMD_SWITCH", default) is want
+  for typo in ("yes", "off", "true", " 1", "2"):
+    monkeypatch.setenv("SMD_SWITCH", typo)
+    with pytest.raises(UserError, match=f"SMD_SWITCH must be 1 \\(on\\) or 0 \\(off\\).*{typo!r}"):
+      env_flags.on_off("SMD_SWITCH", default)
+
+
+def _compiles_ahead(tmp_path):
+  config = config_dict.ConfigDict({"num_train_steps": 5, "data": {"synthetic": {"enabled": True}}})
+  return trainer.compiles_ahead(config, str(tmp_path / "run"))
+
+
+def _keeps_freed_memory():
+  allocator.keep_freed_memory.cache_clear()
+  try:
+    return allocator.keep_freed_memory()
+  finally:
+    allocator.keep_freed_memory.cache_clear()
+
+
+# Every switch of the project, read through its user.
+SWITCHES = {
+    "SMD_DEPTHWISE_VJP": lambda _: conv_formulations._depthwise_vjp_from_env(),
+    "SMD_KXK_DOTS": lambda _: conv_formulations._kxk_dots_from_env(),
+    "SMD_COMPILE_AHEAD": _compiles_ahead,
+    "SMD_KEEP_FREED_MEMORY": lambda _: _keeps_freed_memory(),
+}
+
+
+@pytest.mark.parametrize("variable", sorted(SWITCHES))
+def test_every_switch_follows_the_rule(monkeypatch, tmp_path, variable):
+  read = SWITCHES[variable]
+  monkeypatch.setenv(variable, "0")
+  assert read(tmp_path) is False
+  if variable != "SMD_KEEP_FREED_MEMORY" or allocator._glibc() is not None:  # glibc only
+    monkeypatch.setenv(variable, "1")
+    assert read(tmp_path) is True
+  monkeypatch.setenv(variable, "yes")
+  with pytest.raises(UserError, match=variable):
+    read(tmp_path)
