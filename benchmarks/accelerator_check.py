@@ -261,14 +261,18 @@ class _Checks:
     mesh = data_parallel.make_mesh(self.n)
     shared: dict[str, Any] = {}
     with jax.default_matmul_precision("highest"):
-      steps32, state32 = self.build("f32", mesh)
-      self.record("outputs_match_cpu", lambda: self.outputs_match_cpu(steps32, state32, mesh))
-      self.record("f32_step", lambda: self.f32_step(steps32, state32, mesh, shared))
-      del state32  # donated to the train step
+      self.f32_checks(mesh, shared)
       self.record("bf16_step", lambda: self.bf16_step(mesh, shared))
       self.record("no_recompile", lambda: self.no_recompile(mesh, shared))
       self.record("mesh_all_devices", lambda: self.mesh_all_devices(shared))
     return self.results
+
+  def f32_checks(self, mesh, shared: dict[str, Any]) -> None:
+    """The float32 checks on one built state; the train step donates it, so it must not
+    outlive them (a local here, released on return)."""
+    steps, state = self.build("f32", mesh)
+    self.record("outputs_match_cpu", lambda: self.outputs_match_cpu(steps, state, mesh))
+    self.record("f32_step", lambda: self.f32_step(steps, state, mesh, shared))
 
   def outputs_match_cpu(self, steps, state, mesh) -> dict:
     from smd_jax.training import data_parallel  # pylint: disable=g-import-not-at-top
