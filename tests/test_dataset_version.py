@@ -10,6 +10,7 @@ command that works; the procedural demo set is rebuilt.
 
 from __future__ import annotations
 
+import glob
 import os
 import shlex
 import shutil
@@ -208,3 +209,27 @@ def test_train_command_prints_one_error_line(config, tmp_path):
   assert last.startswith("error: ") and f"builder version {OLD}, not {NEW}" in last, last
   assert "python -m tfds_hypersim.build --manual_dir" in last
   assert not os.path.exists(workdir)
+
+
+# Truncated: array_record fails to read it. Replaced by another whole shard (a copy
+# gone wrong): it reads without an error, but holds other records.
+@pytest.mark.parametrize("damage,why", [("truncated", "reading it failed"),
+                                        ("replaced", "it holds 1 records, its dataset_info.json "
+                                                    "says 2")])
+def test_upgrade_of_a_damaged_shard_is_one_line_and_writes_nothing(config, capsys, damage,
+                                                                   why):
+  root = os.path.join(config.data.data_dir, "hypersim", "res32")
+  shard, = glob.glob(os.path.join(root, OLD, "hypersim-train.array_record-*"))
+  if damage == "truncated":
+    with open(shard, "r+b") as f:
+      f.truncate(os.path.getsize(shard) // 2)
+  else:
+    other, = glob.glob(os.path.join(root, OLD, "hypersim-validation.array_record-*"))
+    shutil.copyfile(other, shard)
+  capsys.readouterr()
+  assert upgrade.main(["--data_dir", config.data.data_dir]) == 1
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error: "), err
+  assert f"{shard} looks damaged" in err[0] and "python -m tfds_hypersim.build" in err[0]
+  assert why in err[0]
+  assert NEW not in os.listdir(root)  # no 3.1.0 that lacks records

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 from collections.abc import Sequence
@@ -38,6 +39,8 @@ from tfds_hypersim import hypersim_dataset_builder as hdb
 UPGRADABLE_FROM = ("3.0.0",)
 SHARD_MARK = ".array_record-"  # in the file names of TFDS's array_record shards
 RECORDS_PER_READ = 64  # records held in memory at once (0.6 MB each at 256 px)
+# TFDS's shard file names: <dataset>-<split>.array_record-<index>-of-<count>.
+_SHARD_NAME = re.compile(r"-(?P<split>[^-]+)\.array_record-(?P<index>\d+)-of-\d+$")
 
 
 def version_dir(data_dir: str, config_name: str, version: str) -> str:
@@ -78,6 +81,33 @@ def rewrite_shard(source: str, dest: str, options: str) -> int:
   return count
 
 
+def expected_records(info: dict, shard: str) -> int | None:
+  """How many records `dataset_info.json` (as `info`) says the shard file holds; None
+  if the file name or the metadata do not say."""
+  match = _SHARD_NAME.search(shard)
+  for split in info.get("splits", []) if match else ():
+    lengths = split.get("shardLengths", [])
+    if split.get("name") == match["split"] and int(match["index"]) < len(lengths):
+      return int(lengths[int(match["index"])])
+  return None
+
+
+def copy_checked_shard(source: str, dest: str, options: str, expected: int | None) -> int:
+  """`rewrite_shard`, failing with one line if the source is damaged: array_record reads
+  a truncated or garbled file as fewer (or no) records without an error, so the count
+  is checked against the data set's metadata."""
+  damaged = (f"{source} looks damaged: {{}}. Nothing was upgraded; rebuild this "
+             "configuration from the raw frames (python -m tfds_hypersim.build, docs/data.md).")
+  try:
+    count = rewrite_shard(source, dest, options)
+  except (RuntimeError, ValueError, IndexError, OSError) as e:
+    raise UserError(damaged.format(f"reading it failed ({e})")) from e
+  if expected is not None and count != expected:
+    raise UserError(damaged.format(f"it holds {count} records, its dataset_info.json says "
+                                   f"{expected}"))
+  return count
+
+
 def upgrade(data_dir: str, config_name: str, source_version: str, target_version: str,
             record_compression: str, log=print) -> str:
   """Writes `<config>/<target_version>` from `<config>/<source_version>`; returns its path."""
@@ -88,9 +118,12 @@ def upgrade(data_dir: str, config_name: str, source_version: str, target_version
   os.makedirs(staging)
   options = hdb.RECORD_COMPRESSION[record_compression]
   names = sorted(os.listdir(source))
+  with open(os.path.join(source, "dataset_info.json")) as f:
+    source_info = json.load(f)
   shards = [n for n in names if SHARD_MARK in n]
   for i, name in enumerate(shards, 1):
-    count = rewrite_shard(os.path.join(source, name), os.path.join(staging, name), options)
+    count = copy_checked_shard(os.path.join(source, name), os.path.join(staging, name),
+                               options, expected_records(source_info, name))
     log(f"  {config_name}: shard {i}/{len(shards)} {name}: {count} records")
   for name in names:
     if SHARD_MARK not in name and os.path.isfile(os.path.join(source, name)):
