@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import os
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=8").strip()
+from tests.xla_flags import xla_flags  # imports no jax
+
+os.environ["XLA_FLAGS"] = xla_flags(8, os.environ.get("XLA_FLAGS", ""))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
   # One of several workers: PyTorch's OpenMP threads (one per core by default) would

@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+from tests.xla_flags import xla_flags
+
 TESTS = os.path.dirname(os.path.abspath(__file__))
 RUNNER = os.path.join(TESTS, "train_subprocess.py")
 TOY_CONFIG = os.path.join(TESTS, "toy_config.py")
@@ -17,7 +19,7 @@ def start_training(workdir: str, *flags: str, devices: int = 2, cache_dir: str |
                    env: dict[str, str] | None = None) -> subprocess.Popen:
   """Starts the toy config's training in `workdir` on `devices` simulated CPU devices."""
   full_env = dict(os.environ, JAX_PLATFORMS="cpu",
-                  XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", **(env or {}))
+                  XLA_FLAGS=xla_flags(devices), **(env or {}))
   if cache_dir:  # later runs of the same program load its executable instead of compiling
     full_env.update(JAX_COMPILATION_CACHE_DIR=cache_dir,
                     JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")

@@ -8,6 +8,7 @@ from smd_jax.data import allocator
 from smd_jax.errors import UserError
 from smd_jax.models import conv_formulations
 from smd_jax.training import trainer
+from tests import xla_flags
 
 
 @pytest.mark.parametrize("default", [True, False])
@@ -56,3 +57,18 @@ def test_every_switch_follows_the_rule(monkeypatch, tmp_path, variable):
   monkeypatch.setenv(variable, "yes")
   with pytest.raises(UserError, match=variable):
     read(tmp_path)
+
+
+def test_test_xla_flags(monkeypatch):
+  """The tests' fast compile: on by default, off with SMD_TEST_XLA_FAST=0, never twice."""
+  monkeypatch.delenv("SMD_TEST_XLA_FAST", raising=False)
+  assert xla_flags.xla_flags(2).split() == [
+      "--xla_force_host_platform_device_count=2", "--xla_backend_optimization_level=0"]
+  inherited = xla_flags.xla_flags(8, "--xla_dump_to=/tmp/x")
+  assert inherited.split()[0] == "--xla_dump_to=/tmp/x"
+  assert xla_flags.xla_flags(2, inherited).count("--xla_backend_optimization_level=0") == 1
+  monkeypatch.setenv("SMD_TEST_XLA_FAST", "0")
+  assert xla_flags.xla_flags(2).split() == ["--xla_force_host_platform_device_count=2"]
+  monkeypatch.setenv("SMD_TEST_XLA_FAST", "no")
+  with pytest.raises(UserError, match="SMD_TEST_XLA_FAST"):
+    xla_flags.xla_flags(2)
