@@ -10,7 +10,6 @@ which small tests do not notice. `SMD_TEST_XLA_FAST=0` compiles as users do.
 
 from __future__ import annotations
 
-
 from smd_jax.env_flags import on_off
 
 FAST_COMPILE = "--xla_backend_optimization_level=0"
