@@ -141,12 +141,8 @@ def test_formulation_is_chosen_per_backend_flag_and_geometry():
                 feature_group_count=16, window_strides=(stride, stride), backend=backend,
                 **kw)
 
-  # Where it was measured faster: 3x3 kernels, and any kernel at stride 2.
-  assert depthwise(3, 1, custom_vjp=True) == "taps_vjp"
-  assert depthwise(3, 2, custom_vjp=True) == "taps_vjp"
-  assert depthwise(5, 2, custom_vjp=True) == "taps_vjp"
-  assert depthwise(5, 1, custom_vjp=True) == "taps"
-  for k, stride in ((3, 1), (3, 2), (5, 2)):
+  for k, stride in ((3, 1), (3, 2), (5, 1), (5, 2)):
+    assert depthwise(k, stride, custom_vjp=True) == "taps_vjp"
     assert depthwise(k, stride, custom_vjp=False) == "taps"
     for backend in ("gpu", "tpu"):
       assert depthwise(k, stride, backend, custom_vjp=True) == "native"

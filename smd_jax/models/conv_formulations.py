@@ -292,9 +292,14 @@ def _kxk_dots_from_env() -> bool:
   return env_flags.on_off("SMD_KXK_DOTS", KXK_DOTS_DEFAULT)
 
 
-# Whether depthwise convs on the CPU backend may use the hand-written gradient
-# (`depthwise_conv_vjp`, formulation 'taps_vjp') where `_depthwise_vjp_pays` says it is
-# faster, or always autodiff's of the same taps ('taps'). SMD_DEPTHWISE_VJP=1 / 0 in
+# Whether depthwise convs on the CPU backend use the hand-written gradient
+# (`depthwise_conv_vjp`, formulation 'taps_vjp') or autodiff's of the same taps
+# ('taps'). Every kernel and stride: per layer, idle (`benchmarks.ops --groups
+# depthwise_vjp`, 2x256 UNet, 2026-12-05), it takes 0.23-0.58x autodiff's time for 3x3
+# kernels, 0.86-0.88x for 5x5 at stride 2 and 1.16-1.54x for 5x5 at stride 1, yet the
+# whole train step is faster with it on the 5x5 stride-1 layers too (b2@256 0.976x the
+# time in 9 interleaved rounds, twice; b8@64 0.99x): in the step, autodiff keeps each
+# tap's slice for the backward pass. SMD_DEPTHWISE_VJP=1 / 0 in
 # the environment sets it at import; assigning `conv_formulations.depthwise_vjp` works
 # too, before a function is traced (jit caches do not see it).
 DEPTHWISE_VJP_DEFAULT = True
@@ -302,28 +307,16 @@ depthwise_vjp = _depthwise_vjp_from_env()
 
 # Whether stride-1, undilated kxk convs on the CPU backend with at least
 # KXK_DOTS_MIN_CHANNELS input channels get `kxk_conv_dots_vjp` (formulation
-# 'kxk_dots') instead of XLA's convolution and its gradient ('native').
+# 'kxk_dots') instead of XLA's convolution and its gradient ('native'). Off by default:
+# on an idle machine XLA's own kernel gradient is faster (2026-12-05, 2-core AMD EPYC,
+# jax 0.12: per layer 1.0-3.5x less time than the dots on the b4 UNet's shapes at 2x256;
+# the whole b2@256 train step 0.81x the time with the dots off, b8@64 0.98x,
+# docs/benchmarks.md). The dots won only on loaded machines (2026-12-04).
 # SMD_KXK_DOTS=1 / 0 sets it at import; assigning `conv_formulations.kxk_dots` works
-# too, before a function is traced. Where it pays, per layer (`benchmarks.ops --groups
-# kxk_dots`, 2x256 UNet, 2026-12-04, load ~15, indicative only): 0.43-0.88x XLA's time
-# for 64-608 input channels on 16x16-128x128 maps; 0.97-2x for 16-32 channels. Whole
-# b4 UNet train step, off / on interleaved, jax 0.12, loaded machine (2026-12-04): b2@256
-# 0.90x the time (median of 7, faster in 6 of 7 pairs), b8@64 1.04x (median of 9, pairs
-# 0.76-1.15x: noise). Idle, on a slower machine, b2@256 (2026-12-04, docs/benchmarks.md):
-# 0.97x in 6 interleaved rounds, within that machine's noise.
-KXK_DOTS_DEFAULT = True
+# too, before a function is traced.
+KXK_DOTS_DEFAULT = False
 KXK_DOTS_MIN_CHANNELS = 64
 kxk_dots = _kxk_dots_from_env()
-
-
-def _depthwise_vjp_pays(kernel_hw: Sequence[int], strides: Sequence[int]) -> bool:
-  """Where the hand-written gradient was measured faster than autodiff's (per layer,
-  every depthwise shape of the b4 UNet at 8x64x64 and 2x256x256, `benchmarks.ops
-  --groups depthwise_vjp`, 2026-11-29; loaded machine, indicative only): 3x3 kernels
-  (0.1-0.5x the time) and 5x5 at stride 2 (0.6-0.9x); not 5x5 at stride 1 (1.1-2.2x): there
-  XLA already fuses autodiff's k*k transposed slices into one pass, as here, and ours
-  adds a padded copy of the output gradient."""
-  return max(kernel_hw) <= 3 or max(strides) > 1
 
 
 def conv_formulation(lhs_shape: Sequence[int], rhs_shape: Sequence[int], padding: Any, *,
@@ -341,8 +334,8 @@ def conv_formulation(lhs_shape: Sequence[int], rhs_shape: Sequence[int], padding
   ``jax.default_backend()``), for 2-D NHWC / HWIO convolutions without input
   dilation, string padding, an explicit output sharding or a preferred element type;
   every other case, and every convolution on GPU/TPU, is 'native'. Depthwise convs
-  get 'taps_vjp' if ``custom_vjp`` (default: the module's `depthwise_vjp`) and the
-  kernel / ``window_strides`` are where it pays (`_depthwise_vjp_pays`), else 'taps'.
+  get 'taps_vjp' if ``custom_vjp`` (default: the module's `depthwise_vjp`), else
+  'taps'.
   Stride-1, undilated kxk convs with at least `KXK_DOTS_MIN_CHANNELS` input channels
   get 'kxk_dots' if ``kernel_grad_dots`` (default: the module's `kxk_dots`).
   """
@@ -353,8 +346,7 @@ def conv_formulation(lhs_shape: Sequence[int], rhs_shape: Sequence[int], padding
   if (feature_group_count > 1 and feature_group_count == lhs_shape[-1] == rhs_shape[-1]
       and rhs_shape[-2] == 1):
     use_vjp = depthwise_vjp if custom_vjp is None else custom_vjp
-    pays = _depthwise_vjp_pays(rhs_shape[:2], window_strides)
-    return "taps_vjp" if use_vjp and pays else "taps"
+    return "taps_vjp" if use_vjp else "taps"
   if (feature_group_count == 1 and tuple(rhs_shape[:2]) == (1, 1)
       and all(tuple(p) == (0, 0) for p in padding)):
     return "dot"

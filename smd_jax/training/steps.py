@@ -151,19 +151,24 @@ def build_steps(config, model, total_steps: int, mesh: Mesh) -> tuple[Steps, Tra
       _, _, new_model_state = nnx.split(net, nnx.Param, ...)
       return loss, (parts, outputs, new_model_state)
 
-    (loss, (parts, outputs, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    (loss, (parts, outputs, new_model_state)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(state.params)
     grad_norm = optax.tree.norm(grads)
+
+    def update(old: TrainState) -> TrainState:
+      updates, opt_state = tx.update(grads, old.opt_state, old.params)
+      return TrainState(step=old.step, params=optax.apply_updates(old.params, updates),
+                        model_state=new_model_state, opt_state=opt_state)
+
     # A non-finite loss or gradient (a bad batch, a diverging step) skips the
     # update: parameters, statistics and optimizer state stay as they were, so no
-    # non-finite value ever enters the state. The loop counts and reports these.
+    # non-finite value ever enters the state. The loop counts and reports these. A
+    # `cond`, not a `where` per leaf: the optimizer then runs only when its result is
+    # kept, and the donated state is updated in place instead of copied first (the
+    # whole step 6-11% faster on the CPU, docs/benchmarks.md).
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-    new_state = TrainState(step=state.step + 1, params=keep(params, state.params),
-                           model_state=keep(model_state, state.model_state),
-                           opt_state=keep(opt_state, state.opt_state))
+    new_state = jax.lax.cond(finite, update, lambda old: old, state)
+    new_state = new_state.replace(step=state.step + 1)
     out = {"loss": loss, "grad_norm": grad_norm, "nonfinite": jnp.logical_not(finite),
            "learning_rate": schedule(state.step), **parts}
     for name, task in task_objs.items():
