@@ -7,7 +7,7 @@ from smd_jax import env_flags
 from smd_jax.data import allocator
 from smd_jax.errors import UserError
 from smd_jax.models import conv_formulations
-from smd_jax.training import trainer
+from smd_jax.training import trainer, xla_options
 from tests import xla_flags
 
 
@@ -41,6 +41,8 @@ def _keeps_freed_memory():
 SWITCHES = {
     "SMD_DEPTHWISE_VJP": lambda _: conv_formulations._depthwise_vjp_from_env(),
     "SMD_KXK_DOTS": lambda _: conv_formulations._kxk_dots_from_env(),
+    "SMD_CPU_FORWARD_OPTIONS":
+        lambda _: xla_options.compiler_options("cpu", xla_options.FORWARD) is not None,
     "SMD_COMPILE_AHEAD": _compiles_ahead,
     "SMD_KEEP_FREED_MEMORY": lambda _: _keeps_freed_memory(),
 }

@@ -24,7 +24,7 @@ from jax.sharding import Mesh
 
 from smd_jax import losses, semantics, tasks as tasks_lib
 from smd_jax.models import registry
-from smd_jax.training import data_parallel
+from smd_jax.training import data_parallel, xla_options
 
 
 @flax.struct.dataclass
@@ -190,10 +190,13 @@ def build_steps(config, model, total_steps: int, mesh: Mesh) -> tuple[Steps, Tra
   rep, data = data_parallel.replicated(mesh), data_parallel.batch_sharding(mesh)
   steps = Steps(
       eval_graph=eval_graph, forward=forward, tasks=task_objs,
-      train_step=jax.jit(train_step, in_shardings=(rep, data), out_shardings=(rep, rep),
-                         donate_argnums=0),
-      eval_step=jax.jit(eval_step, in_shardings=(rep, data), out_shardings=rep),
-      predict_step=jax.jit(predict_step, in_shardings=(rep, data), out_shardings=data),
+      train_step=xla_options.jit(train_step, mesh, xla_options.TRAIN,
+                                 in_shardings=(rep, data), out_shardings=(rep, rep),
+                                 donate_argnums=0),
+      eval_step=xla_options.jit(eval_step, mesh, xla_options.FORWARD,
+                                in_shardings=(rep, data), out_shardings=rep),
+      predict_step=xla_options.jit(predict_step, mesh, xla_options.FORWARD,
+                                   in_shardings=(rep, data), out_shardings=data),
   )
   return steps, data_parallel.replicate(state, mesh)
 
