@@ -22,7 +22,7 @@ import tempfile
 
 from absl import flags
 
-from smd_jax import cli
+from smd_jax import cli, huge_pages
 from smd_jax.training import data_parallel, steps as steps_lib
 
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*)$")
@@ -192,4 +192,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+  huge_pages.reexec_with_huge_pages()
   sys.exit(main())

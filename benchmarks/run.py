@@ -27,7 +27,7 @@ import types
 
 from absl import flags
 
-from smd_jax import cli
+from smd_jax import cli, huge_pages
 
 SECTIONS = ("models", "pipeline", "build", "scaling")
 
@@ -326,4 +326,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+  huge_pages.reexec_with_huge_pages()
   sys.exit(main())

@@ -21,7 +21,7 @@ import jax
 from absl import flags
 from ml_collections import config_flags
 
-from smd_jax import cli, errors, validation
+from smd_jax import cli, errors, huge_pages, validation
 from smd_jax.evaluation import report
 from smd_jax.inference import trained_run
 
@@ -86,4 +86,5 @@ def run(fv, args) -> int:
 
 
 if __name__ == "__main__":
+  huge_pages.reexec_with_huge_pages()
   cli.run_command(run, define_flags)

@@ -31,7 +31,7 @@ from typing import Sequence
 
 from absl import flags
 
-from smd_jax import cli, errors
+from smd_jax import cli, errors, huge_pages
 from smd_jax.training import sweep
 
 _CONFIG_OVERRIDE = re.compile(r"^--?(no)?config\.")
@@ -97,4 +97,5 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+  huge_pages.reexec_with_huge_pages()
   main()

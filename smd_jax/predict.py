@@ -19,7 +19,7 @@ from absl import flags
 
 import os
 
-from smd_jax import cli, errors, validation
+from smd_jax import cli, errors, huge_pages, validation
 from smd_jax.inference import predict_lib, trained_run
 
 
@@ -67,4 +67,5 @@ def run(fv, args) -> int:
 
 
 if __name__ == "__main__":
+  huge_pages.reexec_with_huge_pages()
   cli.run_command(run, define_flags)

@@ -19,7 +19,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from smd_jax import cli, validation
+from smd_jax import cli, huge_pages, validation
 from smd_jax.training import multihost, trainer
 
 
@@ -63,4 +63,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  huge_pages.reexec_with_huge_pages()
   app.run(main, flags_parser=cli.parse_flags)

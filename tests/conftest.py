@@ -14,10 +14,18 @@ from __future__ import annotations
 
 import os
 
+from smd_jax import huge_pages  # imports no jax
 from tests.xla_flags import xla_flags  # imports no jax
 
 os.environ["XLA_FLAGS"] = xla_flags(8, os.environ.get("XLA_FLAGS", ""))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# glibc's huge-page tunable for xdist's workers and every process a test starts, as
+# the commands give it themselves (smd_jax/huge_pages.py): faster steps, and the
+# commands the tests start need not re-execute.
+_TUNED = huge_pages.tuned_environment(os.environ, glibc=huge_pages.glibc_version(),
+                                      thp=huge_pages.thp_mode())
+if _TUNED is not None:
+  os.environ["GLIBC_TUNABLES"] = _TUNED["GLIBC_TUNABLES"]
 if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
   # One of several workers: PyTorch's OpenMP threads (one per core by default) would
   # spin against the other workers' XLA threads.

@@ -36,7 +36,7 @@ import flax
 import jax
 from absl import flags
 
-from smd_jax import cli
+from smd_jax import cli, huge_pages
 from smd_jax.convert import converters, hub, io
 from smd_jax.convert.core import ConversionError, dotted
 from smd_jax.errors import UserError
@@ -180,4 +180,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+  huge_pages.reexec_with_huge_pages()
   sys.exit(main())

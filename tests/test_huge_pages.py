@@ -1,0 +1,100 @@
+"""glibc's huge-page tunable for the commands (smd_jax/huge_pages.py)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from smd_jax import huge_pages
+from smd_jax.errors import UserError
+
+TUNABLE = "glibc.malloc.hugetlb=1"
+
+
+@pytest.fixture(autouse=True)
+def _switch_unset(monkeypatch):
+  monkeypatch.delenv("SMD_HUGE_PAGES", raising=False)
+
+
+def tuned(environ, glibc=(2, 36), thp="madvise"):
+  env = huge_pages.tuned_environment(environ, glibc=glibc, thp=thp)
+  return None if env is None else env.get("GLIBC_TUNABLES")
+
+
+def test_tunable_is_added_where_it_can_work():
+  assert tuned({}) == TUNABLE
+  assert tuned({}, thp="always") == TUNABLE
+  assert tuned({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}) == (
+      "glibc.malloc.arena_max=2:" + TUNABLE)
+  assert huge_pages.tuned_environment({"PATH": "/bin"}, glibc=(2, 35), thp="madvise") == {
+      "PATH": "/bin", "GLIBC_TUNABLES": TUNABLE}
+  # Nothing to do: already set (any value), too old a glibc or none, THP off or unknown.
+  assert tuned({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}) is None
+  assert tuned({"GLIBC_TUNABLES": "a.b=1:glibc.malloc.hugetlb=2"}) is None
+  assert tuned({}, glibc=(2, 34)) is None
+  assert tuned({}, glibc=None) is None
+  assert tuned({}, thp="never") is None
+  assert tuned({}, thp=None) is None
+
+
+def test_switch(monkeypatch):
+  monkeypatch.setenv("SMD_HUGE_PAGES", "0")
+  assert tuned({}) is None
+  monkeypatch.setenv("SMD_HUGE_PAGES", "no")
+  with pytest.raises(UserError, match="SMD_HUGE_PAGES"):
+    tuned({})
+
+
+def test_thp_mode_and_glibc_version(tmp_path):
+  path = tmp_path / "enabled"
+  for text, mode in (("always [madvise] never\n", "madvise"), ("[always] madvise never", "always"),
+                     ("always madvise [never]", "never"), ("garbage", None)):
+    path.write_text(text)
+    assert huge_pages.thp_mode(str(path)) == mode
+  assert huge_pages.thp_mode(str(tmp_path / "missing")) is None
+  version = huge_pages.glibc_version()
+  assert version is None or (len(version) == 2 and version >= (2, 0))
+
+
+# A process that mallocs, fills and frees a 256 MiB block twice, as XLA does a step's
+# buffers, and prints the minor page faults of the second time (after re-executing
+# itself). Through libc, not NumPy: NumPy asks for huge pages itself.
+_PROBE = """
+import ctypes, os, resource
+from smd_jax import huge_pages
+print("started", os.environ.get("GLIBC_TUNABLES", ""), flush=True)
+huge_pages.reexec_with_huge_pages()
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+def fill_and_free(size=256 << 20):
+  block = libc.malloc(size)
+  ctypes.memset(block, 1, size)
+  libc.free(block)
+fill_and_free()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+fill_and_free()
+print("faults", resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def _probe(env):
+  out = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True,
+                       text=True, timeout=120, check=True).stdout.split("\n")
+  return [line for line in out if line.startswith("started")], int(
+      next(line for line in out if line.startswith("faults")).split()[1])
+
+
+@pytest.mark.skipif(huge_pages.tuned_environment(
+    {}, glibc=huge_pages.glibc_version(), thp=huge_pages.thp_mode()) is None,
+                    reason="no glibc >= 2.35 with transparent huge pages on this machine")
+def test_command_reexecutes_itself_and_faults_fewer_pages():
+  env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "SMD_HUGE_PAGES")}
+  starts, faults = _probe(env)
+  # Started twice: once as launched, once re-executed with the tunable.
+  assert starts == ["started ", "started " + TUNABLE], starts
+  starts_off, faults_off = _probe({**env, "SMD_HUGE_PAGES": "0"})
+  assert starts_off == ["started "], starts_off
+  # 256 MiB in 4 KiB pages is 65,536 faults; in 2 MiB pages, 128.
+  assert faults_off > 30_000 and faults < faults_off / 10, (faults, faults_off)
