@@ -275,6 +275,7 @@ def render(result: dict) -> str:
            f"{m['date']}; {m['cpu']}, {m['cores']} cores; JAX backend {result['backend']} "
            f"({result['device']}); jax {m['jax']}, flax {m['flax']}, torch {m['torch']}, "
            f"timm {m['timm']}, smp {m['segmentation_models_pytorch']}, grain {m['grain']}; "
+           f"GLIBC_TUNABLES {m.get('glibc_tunables') or 'unset'}; "
            f"load average at start {result['load_start']}, end {result['load_end']}; "
            f"wall {result['wall_s']:.0f} s.\n\n`{result['command']}`\n"]
   if result["models"]:

@@ -61,6 +61,8 @@ def machine() -> dict:
   info = {
       "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
       "cpu": _cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
+      # Both sides' allocator settings (smd_jax/huge_pages.py).
+      "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
   }
   try:  # timm and smp import only after the torchvision stand-ins (see reference.py)
     from smd_jax.convert import reference  # pylint: disable=g-import-not-at-top
