@@ -66,8 +66,15 @@ def test_two_processes_with_4_devices_match_one_process_with_8(tmp_path):
 
   single, multi = runs.train_losses(single_dir), runs.train_losses(multi_dir)
   assert sorted(multi) == sorted(single) == list(range(1, 7))
-  np.testing.assert_allclose([multi[s] for s in sorted(multi)],
-                             [single[s] for s in sorted(single)], rtol=1e-5)
+  # The same batches and maths; only the order of the cross-device sums differs. Its
+  # rounding is ~1e-7 for the first losses and grows with each step (BatchNorm and
+  # ReLU carry it on): the sixth loss differed by 1.1e-5 relative on a 2-core AMD EPYC
+  # with jax 0.12 (2026-12-05). A process reading another's shard changes the very
+  # first loss (planted: 7%).
+  np.testing.assert_allclose([multi[s] for s in (1, 2)], [single[s] for s in (1, 2)],
+                             rtol=1e-5)
+  np.testing.assert_allclose([multi[s] for s in range(3, 7)],
+                             [single[s] for s in range(3, 7)], rtol=1e-4)
   assert single[6] < single[1]  # it trains
 
   # Evaluation sums over both processes: each reports the whole split's numbers.
@@ -92,9 +99,10 @@ def test_two_processes_with_4_devices_match_one_process_with_8(tmp_path):
   got, want = runs.load_checkpoint(multi_dir, 6), runs.load_checkpoint(single_dir, 6)
   assert jax.tree.structure(got) == jax.tree.structure(want)
   # Gloo's cross-process sums add in another order than one process's; over 6 steps
-  # that grows to a few 1e-6 on weights of size 1e-2..1.
+  # that grows to a few 1e-6 on weights of size 1e-2..1, and to 3.5e-5 on one weight
+  # of 0.007 on the AMD machine above (its XLA code sums in another order again).
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-    np.testing.assert_allclose(a, b, rtol=1e-3, atol=2e-5)
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
 
 
 def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
