@@ -71,13 +71,18 @@ def tuned_environment(environ, *, glibc: tuple[int, int] | None, thp: str | None
   return env
 
 
+def tuned_environment_here(environ) -> dict[str, str] | None:
+  """`tuned_environment` for this machine's glibc and kernel."""
+  return tuned_environment(environ, glibc=glibc_version(), thp=thp_mode())
+
+
 def reexec_with_huge_pages() -> None:
   """Re-executes this process with the tunable set (does not return), or returns where
   there is nothing to do or the exec fails. Call it first in a command's `__main__`."""
   if not sys.platform.startswith("linux"):
     return
   try:
-    env = tuned_environment(os.environ, glibc=glibc_version(), thp=thp_mode())
+    env = tuned_environment_here(os.environ)
   except UserError as e:  # a typo in SMD_HUGE_PAGES: one line, as the commands do
     sys.exit(f"error: {e}")
   if env is None or not sys.executable:

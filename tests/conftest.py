@@ -22,8 +22,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # glibc's huge-page tunable for xdist's workers and every process a test starts, as
 # the commands give it themselves (smd_jax/huge_pages.py): faster steps, and the
 # commands the tests start need not re-execute.
-_TUNED = huge_pages.tuned_environment(os.environ, glibc=huge_pages.glibc_version(),
-                                      thp=huge_pages.thp_mode())
+_TUNED = huge_pages.tuned_environment_here(os.environ)
 if _TUNED is not None:
   os.environ["GLIBC_TUNABLES"] = _TUNED["GLIBC_TUNABLES"]
 if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:

@@ -86,8 +86,7 @@ def _probe(env):
       next(line for line in out if line.startswith("faults")).split()[1])
 
 
-@pytest.mark.skipif(huge_pages.tuned_environment(
-    {}, glibc=huge_pages.glibc_version(), thp=huge_pages.thp_mode()) is None,
+@pytest.mark.skipif(huge_pages.tuned_environment_here({}) is None,
                     reason="no glibc >= 2.35 with transparent huge pages on this machine")
 def test_command_reexecutes_itself_and_faults_fewer_pages():
   env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "SMD_HUGE_PAGES")}
