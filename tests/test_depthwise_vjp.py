@@ -60,7 +60,8 @@ def _data(x_shape, k, dtype, seed=0):
 # even maps, DeepLabV3's dilated ones (smp's output stride 8: dilation 2 and 4), a
 # 5x5 at dilation 4 on an 8x8 map whose outer taps read only padding, XLA 'SAME'
 # (one more row of padding below than above at stride 2) and asymmetric explicit
-# padding whose excess rows the gradient must crop.
+# padding whose excess rows the gradient must crop; maps at least
+# `ROW_SUMS_MIN_WIDTH` wide, whose kernel gradient sums rows first.
 GEOMETRIES = [
     ((2, 16, 16, 8), 3, 1, 1, ((1, 1), (1, 1))),
     ((2, 16, 16, 8), 5, 1, 1, ((2, 2), (2, 2))),
@@ -71,6 +72,8 @@ GEOMETRIES = [
     ((2, 8, 8, 8), 5, 1, 4, ((8, 8), (8, 8))),
     ((2, 7, 10, 8), 3, 2, 1, "SAME"),
     ((2, 7, 9, 8), 3, 1, 1, ((0, 3), (2, 0))),
+    ((2, 5, 34, 8), 3, 1, 1, ((1, 1), (1, 1))),
+    ((2, 5, 67, 8), 5, 2, 1, ((2, 2), (2, 2))),
 ]
 IDS = [f"{s[1]}x{s[2]}-k{k}-s{st}-d{d}-{p if isinstance(p, str) else 'explicit'}"
        for s, k, st, d, p in GEOMETRIES]
@@ -91,6 +94,14 @@ def _check(x, w, ct, strides, padding, dilation, dtype):
     assert np.all(err <= bound), (name, float(err.max()), float((err / bound).max()))
 
 
+def test_geometries_cover_both_kernel_gradient_sums():
+  """Some geometries' outputs are narrower than `ROW_SUMS_MIN_WIDTH` (one whole
+  reduction), some at least as wide (row sums first), so the tests below check both."""
+  widths = [(s[2] + sum(p[1]) - d * (k - 1) - 1) // st + 1
+            for s, k, st, d, p in GEOMETRIES if not isinstance(p, str)]
+  assert min(widths) < conv_formulations.ROW_SUMS_MIN_WIDTH <= max(widths)
+
+
 @pytest.mark.parametrize("x_shape, k, stride, dilation, padding", GEOMETRIES, ids=IDS)
 def test_values_and_gradients_match_grouped_conv_f32(x_shape, k, stride, dilation, padding):
   x, w, rng = _data(x_shape, k, jnp.float32)
@@ -103,8 +114,8 @@ def test_values_and_gradients_match_grouped_conv_f32(x_shape, k, stride, dilatio
 
 
 @pytest.mark.parametrize("x_shape, k, stride, dilation, padding",
-                         [GEOMETRIES[i] for i in (1, 3, 5, 7)],
-                         ids=[IDS[i] for i in (1, 3, 5, 7)])
+                         [GEOMETRIES[i] for i in (1, 3, 5, 7, 10)],
+                         ids=[IDS[i] for i in (1, 3, 5, 7, 10)])
 def test_values_and_gradients_match_grouped_conv_bf16(x_shape, k, stride, dilation, padding):
   """bf16 inputs, float32 accumulation, one rounding to bf16 per result element."""
   x, w, rng = _data(x_shape, k, jnp.bfloat16)

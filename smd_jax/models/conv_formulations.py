@@ -92,23 +92,40 @@ def depthwise_kernel_grad(x: jax.Array, g: jax.Array, kernel_hw: Sequence[int],
   g [B, Ho, Wo, C] (the output cotangent) -> [kh, kw, 1, C] in float32 (or wider).
 
   Tap (i, j) of channel c: the sum over batch and output pixels of g times the
-  strided input slice that tap multiplied in the forward pass; k*k reductions.
+  strided input slice that tap multiplied in the forward pass. All k*k sums come from
+  one variadic reduction, which XLA fuses with the slices and products: one pass over
+  x and g, no tap materialised. On maps at least `ROW_SUMS_MIN_WIDTH` wide it sums
+  each output row first (keeping batch and rows, which XLA:CPU spreads over its
+  threads) and then the [B, Ho, C] row sums.
   """
   (kh, kw), (sh, sw), (dh, dw) = tuple(kernel_hw), tuple(strides), tuple(dilation)
   acc_dtype = jnp.promote_types(x.dtype, jnp.float32)
   x = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
   b, ho, wo, c = g.shape
   g = g.astype(acc_dtype)
-  rows = []
+  products = []
   for i in range(kh):
-    row = []
     for j in range(kw):
       tap = jax.lax.slice(x, (0, i * dh, j * dw, 0),
                           (b, i * dh + sh * (ho - 1) + 1, j * dw + sw * (wo - 1) + 1, c),
                           (1, sh, sw, 1))
-      row.append(jnp.sum(tap.astype(acc_dtype) * g, axis=(0, 1, 2)))
-    rows.append(jnp.stack(row))
-  return jnp.stack(rows)[:, :, None, :]
+      products.append(tap.astype(acc_dtype) * g)
+  first_axes = (2,) if wo >= ROW_SUMS_MIN_WIDTH else (0, 1, 2)
+  zeros = [jnp.zeros((), acc_dtype)] * len(products)
+  sums = jax.lax.reduce(products, zeros, lambda acc, new: [a + n for a, n in zip(acc, new)],
+                        first_axes)
+  sums = jnp.stack(sums)
+  if first_axes == (2,):
+    sums = jnp.sum(sums, axis=(1, 2))
+  return sums.reshape(kh, kw, 1, c)
+
+
+# `depthwise_kernel_grad` sums rows first on maps at least this wide. Per layer, idle,
+# on the b4 UNet's depthwise shapes (2026-12-06, 2-core Intel Xeon, jax 0.12, forward +
+# reductions of the kernel gradient alone; docs/benchmarks.md): the row sums take
+# 0.14-0.4x the time of k*k separate reductions on 32-128 px wide maps and ~1x to 1.9x
+# that of one whole reduction on maps up to 16 px wide.
+ROW_SUMS_MIN_WIDTH = 32
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
