@@ -94,30 +94,47 @@ def assert_vjps_within_bounds(fns, x, w, ct, wants):
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize("stride", [1, 2])
-def test_pointwise_dot_equals_plain_conv_with_gradients(dtype, stride):
+@pytest.mark.parametrize("cin, cout", [(24, 40), (40, 24)])
+def test_pointwise_dot_equals_plain_conv_with_gradients(dtype, stride, cin, cout):
   """Both formulations against a float64 NumPy reference of the same (rounded) inputs,
-  within bounds derived from the dtype's rounding and the terms' magnitudes."""
-  x, w = _data((2, 7, 6, 24), (1, 1, 24, 40), dtype)
+  within bounds derived from the dtype's rounding and the terms' magnitudes; widening
+  and narrowing layers (the hand-written kernel gradient transposes the narrower
+  operand, so each takes its own branch)."""
+  x, w = _data((2, 7, 6, cin), (1, 1, cin, cout), dtype)
   pad = ((0, 0), (0, 0))
   dot = lambda x, w: conv_formulations.pointwise_conv_dot(x, w, (stride, stride))
   conv = lambda x, w: plain_conv(x, w, (stride, stride), pad)
-  out_shape = (2, -(-7 // stride), -(-6 // stride), 40)
+  out_shape = (2, -(-7 // stride), -(-6 // stride), cout)
   ct = jnp.asarray(np.random.default_rng(5).normal(size=out_shape), dtype)
   assert jax.eval_shape(conv, x, w).shape == out_shape
   assert_vjps_within_bounds({"dot": dot, "conv": conv}, x, w, ct,
                             pointwise_error_bounds(x, w, ct, stride, dtype))
 
 
+def primitive_names(jaxpr) -> set[str]:
+  """The primitives of a jaxpr and of every jaxpr nested in its equations (the bodies
+  of custom_vjp calls, pjit, ...)."""
+  jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+  names = set()
+  for eqn in jaxpr.eqns:
+    names.add(eqn.primitive.name)
+    for param in eqn.params.values():
+      if hasattr(param, "eqns") or hasattr(getattr(param, "jaxpr", None), "eqns"):
+        names |= primitive_names(param)
+  return names
+
+
 def test_nnx_convs_use_the_cpu_formulations_and_match_plain():
   if jax.default_backend() != "cpu":
     pytest.skip("the alternative formulations are CPU-only")
   x, _ = _data((2, 8, 8, 16), (1,), jnp.float32)
+  # 1x1: a dot with its hand-written gradient.
   cases = [(layers.conv2d(16, 32, 1, rngs=nnx.Rngs(0)), "dot_general", 1),
            # Depthwise 3x3: the taps with their hand-written gradient (test_depthwise_vjp.py).
            (layers.conv2d(16, 16, 3, 2, groups=16, rngs=nnx.Rngs(0)), "custom_vjp_call", 16),
            (layers.conv2d(16, 8, 3, rngs=nnx.Rngs(0)), "conv_general_dilated", 1)]
   for conv, primitive, groups in cases:
-    names = {e.primitive.name for e in jax.make_jaxpr(conv)(x).eqns}
+    names = primitive_names(jax.make_jaxpr(conv)(x))
     assert primitive in names, names
     assert ("conv_general_dilated" in names) == (primitive == "conv_general_dilated")
     k = conv.kernel.shape[0]
@@ -178,7 +195,7 @@ def test_aspp_conv_at_8x8_runs_as_a_dot_on_cpu():
     pytest.skip("the dot formulation is CPU-only")
   conv = layers.conv2d(16, 8, 3, dilation=12, rngs=nnx.Rngs(0))
   x, _ = _data((2, 8, 8, 16), (1,), jnp.float32)
-  names = {e.primitive.name for e in jax.make_jaxpr(conv)(x).eqns}
+  names = primitive_names(jax.make_jaxpr(conv)(x))
   assert "dot_general" in names and "conv_general_dilated" not in names, names
   want = plain_conv(x, conv.kernel[...], (1, 1), ((12, 12), (12, 12)), (12, 12))
   np.testing.assert_allclose(conv(x), want, atol=1e-4, rtol=1e-4)
