@@ -274,3 +274,71 @@ def test_kxk_dots_vjp_equals_plain_conv_with_gradients(dtype, shape_x, shape_w, 
                    dtype)
   assert_vjps_within_bounds({"dots": dots, "conv": conv}, x, w, ct,
                             kxk_reference_with_bounds(x, w, ct, padding, dtype))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("skip_channels", [0, 3])
+def test_upsampled_skip_conv3x3_equals_conv_of_upsampled_concat(dtype, skip_channels):
+  """The sub-pixel decoder conv against a float64 NumPy reference of
+  conv3x3(concat([nearest x2 upsample of x, skip])): values and the gradients w.r.t. x,
+  the skip and the 3x3 kernel, within the reference's dtype-derived bounds (tripled for
+  bfloat16: the folded kernel and the folded kernel gradient are rounded to bfloat16
+  once more each); odd map sizes, with and without a skip."""
+  cx, cout = 4, 5
+  x, w = _data((2, 3, 5, cx), (3, 3, cx + skip_channels, cout), dtype, seed=7)
+  rng = np.random.default_rng(8)
+  skip = (jnp.asarray(rng.normal(size=(2, 6, 10, skip_channels)), dtype)
+          if skip_channels else None)
+  ct = jnp.asarray(rng.normal(size=(2, 6, 10, cout)), dtype)
+  up = np.repeat(np.repeat(np.asarray(x, np.float64), 2, axis=1), 2, axis=2)
+  full = up if skip is None else np.concatenate([up, np.asarray(skip, np.float64)], -1)
+  (y, y_bound), (g_full, g_bound), (gw, gw_bound) = kxk_reference_with_bounds(
+      full, w, ct, ((1, 1), (1, 1)), dtype)
+  # The gradient w.r.t. x sums those of the 2x2 upsampled pixels each pixel became.
+  pool = lambda a: a[..., :cx].reshape(2, 3, 2, 5, 2, cx).sum(axis=(2, 4))
+  wants = [(y, y_bound), (pool(g_full), pool(g_bound)), (gw, gw_bound)]
+  if skip is not None:
+    wants.append((g_full[..., cx:], g_bound[..., cx:]))
+  scale = 3.0 if dtype == jnp.bfloat16 else 1.0
+  if skip is None:
+    f = lambda x, w: conv_formulations.upsampled_skip_conv3x3(x, None, w)
+    got, vjp = jax.vjp(f, x, w)
+    gx, gwt = vjp(ct)
+    haves = [got, gx, gwt]
+  else:
+    f = lambda x, w, s: conv_formulations.upsampled_skip_conv3x3(x, s, w)
+    got, vjp = jax.vjp(f, x, w, skip)
+    gx, gwt, gs = vjp(ct)
+    haves = [got, gx, gwt, gs]
+  for have, (want, bound), what in zip(haves, wants, ("value", "x", "kernel", "skip")):
+    assert have.dtype == x.dtype and have.shape == want.shape, what
+    err = np.abs(np.asarray(have, np.float64) - want)
+    assert np.all(err <= scale * bound), (what, float((err / bound).max()))
+
+
+def test_decoder_block_uses_the_subpixel_conv_on_cpu_only(monkeypatch):
+  """`upsample_conv_formulation` per backend and switch; a UNet decoder block gives the
+  same output and kernel gradient either way (the sub-pixel form never builds the
+  upsampled concat)."""
+  from smd_jax.models import unet
+  pick = conv_formulations.upsample_conv_formulation
+  assert pick("cpu") == "subpixel" and pick("gpu") == pick("tpu") == "native"
+  monkeypatch.setattr(conv_formulations, "subpixel_upsample_conv", False)
+  assert pick("cpu") == "native"
+  if jax.default_backend() != "cpu":
+    pytest.skip("the sub-pixel formulation is CPU-only")
+  block = unet.DecoderBlock(4, 3, 5, rngs=nnx.Rngs(0))
+  x, _ = _data((2, 3, 5, 4), (1,), jnp.float32, seed=9)
+  skip, _ = _data((2, 6, 10, 3), (1,), jnp.float32, seed=10)
+  loss = lambda block: jnp.sum(jnp.sin(block(x, skip)))
+  results = {}
+  for subpixel in (True, False):
+    monkeypatch.setattr(conv_formulations, "subpixel_upsample_conv", subpixel)
+    graphdef, state = nnx.split(block)
+    names = primitive_names(jax.make_jaxpr(
+        lambda state, x: nnx.merge(graphdef, state)(x, skip))(state, x))
+    assert ("concatenate" in names) == (not subpixel), (subpixel, names)
+    grads = nnx.grad(loss)(block)
+    results[subpixel] = (block(x, skip), grads["conv1"]["conv"]["kernel"][...])
+  for a, b in zip(results[True], results[False]):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

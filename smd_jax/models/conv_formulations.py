@@ -4,8 +4,11 @@
 `layers.conv2d` hands to ``nnx.Conv``: on every backend it drops kernel taps that read
 only padding (`trim_dead_taps`); then `conv_formulation` picks, on the CPU backend only,
 depthwise convs as shifted-slice taps (`depthwise_conv_taps`, or `depthwise_conv_vjp`
-with a hand-written gradient) and 1x1 convs as dots (`pointwise_conv_dot`). GPUs and
-TPUs keep XLA's native convolutions. Why each one: docs/benchmarks.md.
+with a hand-written gradient) and 1x1 convs as dots with a hand-written gradient
+(`pointwise_conv_dot`). `upsample_conv_formulation` picks, on the CPU backend only,
+the sub-pixel form of the UNet decoder's upsample + 3x3 conv
+(`upsampled_skip_conv3x3`). GPUs and TPUs keep XLA's native convolutions. Why each
+one: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -283,18 +286,25 @@ def kernel_grad_dots(x: jax.Array, g: jax.Array, kernel_hw: Sequence[int],
   (its input), g [B, Ho, Wo, Cout] (the output cotangent) -> [kh, kw, Cin, Cout] in
   float32 (or wider).
 
-  Tap (i, j) is one ``dot_general`` contracting batch and space of the input slice that
-  tap multiplied with g: ``sum_{b,h,w} x_pad[b, h + i, w + j, :]^T g[b, h, w, :]``.
+  Tap (i, j) is one matrix product contracting batch and space of the input slice that
+  tap multiplied with g: ``sum_{b,h,w} x_pad[b, h + i, w + j, :]^T g[b, h, w, :]``,
+  transposing the narrower of the two operands.
   """
   kh, kw = kernel_hw
   acc_dtype = jnp.promote_types(x.dtype, jnp.float32)
   x = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
-  _, ho, wo, _ = g.shape
-  contract = (((0, 1, 2), (0, 1, 2)), ((), ()))
-  return jnp.stack([jnp.stack([
-      jax.lax.dot_general(x[:, i:i + ho, j:j + wo], g, contract,
-                          preferred_element_type=acc_dtype) for j in range(kw)])
-                    for i in range(kh)])
+  _, ho, wo, cout = g.shape
+  cin = x.shape[-1]
+  g2 = g.reshape(-1, cout)
+
+  def tap_grad(i, j):
+    # Transpose the narrower operand (as `_pointwise_dot_bwd` does).
+    tap = x[:, i:i + ho, j:j + wo].reshape(-1, cin)
+    if cin <= cout:
+      return jnp.matmul(tap.T, g2, preferred_element_type=acc_dtype)
+    return jnp.matmul(g2.T, tap, preferred_element_type=acc_dtype).T
+
+  return jnp.stack([jnp.stack([tap_grad(i, j) for j in range(kw)]) for i in range(kh)])
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -331,6 +341,67 @@ def kxk_conv_dots_vjp(x: jax.Array, kernel: jax.Array, padding: Sequence[tuple[i
   return _kxk_dots_vjp(x, kernel, padding, precision)
 
 
+# Sub-pixel folding of a 3x3 kernel over a nearest-upsampled input: output row 2i + a
+# (phase a) reads upsampled rows 2i + a - 1 .. 2i + a + 1, i.e. source rows (i - 1, i)
+# for a = 0 and (i, i + 1) for a = 1, so its kernel rows fold to (w0, w1 + w2) and
+# (w0 + w1, w2). _PHASE_FOLD[a, t, r] = 1 where kernel row r lands on source tap t.
+_PHASE_FOLD = ((((1, 0, 0), (0, 1, 1)), ((1, 1, 0), (0, 0, 1))))
+
+
+def upsampled_conv3x3(x: jax.Array, kernel: jax.Array, precision: Any = None) -> jax.Array:
+  """``conv3x3(upsample_nearest_2x(x), kernel)`` (stride 1, padding 1, NHWC / HWIO)
+  computed at x's resolution: x [B, H, W, Cin], kernel [3, 3, Cin, Cout] -> [B, 2H, 2W,
+  Cout], equal up to summation order.
+
+  Each of the four output phases (row parity a, column parity b) is a 2x2 convolution
+  of x with the 3x3 kernel folded onto the source pixels it reads (`_PHASE_FOLD`); the
+  four run as one VALID 2x2 convolution with 4 * Cout outputs over x padded by one
+  pixel, and phase (a, b) is its output shifted by (a, b), interleaved into the
+  result. 4 kernel taps per output pixel instead of 9, and the upsampled input (4x x)
+  is never built.
+
+  Why: in smp's UNet decoder the first conv of every block reads the nearest-upsampled
+  map; on the CPU its forward pass and both gradients cost ~9/4 of what they need
+  (docs/benchmarks.md).
+  """
+  b, h, w, _ = x.shape
+  cout = kernel.shape[-1]
+  fold = jnp.asarray(_PHASE_FOLD, kernel.dtype)
+  # [t, u, Cin, a, b, Cout]: tap (t, u) of phase (a, b).
+  folded = jnp.einsum("atr,bus,rsio->tuiabo", fold, fold, kernel,
+                      precision=jax.lax.Precision.HIGHEST)
+  folded = folded.reshape(2, 2, kernel.shape[2], 4 * cout)
+  # XLA:CPU's own kernel gradient of a 2x2 convolution is a generic loop (~30x
+  # slower than its library's 3x3 ones): the kernel gradient as 4 dots instead.
+  out = kxk_conv_dots_vjp(x, folded, ((1, 1), (1, 1)), precision)
+  phases = out.reshape(b, h + 1, w + 1, 2, 2, cout)
+  rows = [jnp.stack([phases[:, a:a + h, c:c + w, a, c] for c in (0, 1)], axis=3)
+          for a in (0, 1)]
+  return jnp.stack(rows, axis=2).reshape(b, 2 * h, 2 * w, cout)
+
+
+def upsample_conv_formulation(backend: str | None = None) -> str:
+  """How smp's UNet decoder computes the 3x3 conv of its nearest-upsampled input:
+  'subpixel' (`upsampled_skip_conv3x3`) on the CPU backend while
+  `subpixel_upsample_conv` is on, else 'native' (upsample, concat, XLA's conv)."""
+  backend = backend or jax.default_backend()
+  return "subpixel" if backend == "cpu" and subpixel_upsample_conv else "native"
+
+
+def upsampled_skip_conv3x3(x: jax.Array, skip: jax.Array | None, kernel: jax.Array,
+                           precision: Any = None) -> jax.Array:
+  """``conv3x3(concat([upsample_nearest_2x(x), skip]), kernel)``, stride 1, padding 1
+  (a UNet decoder block's first conv, NHWC / HWIO; ``skip`` may be None), up to
+  summation order: the kernel's first Cin(x) input channels act on x through
+  `upsampled_conv3x3`, the rest on the skip as its own conv, and the two are summed."""
+  cx = x.shape[-1]
+  y = upsampled_conv3x3(x, kernel[:, :, :cx], precision)
+  if skip is not None:
+    y = y + conv_general_dilated(skip, kernel[:, :, cx:], (1, 1), ((1, 1), (1, 1)),
+                                 dimension_numbers=_NHWC_HWIO, precision=precision)
+  return y
+
+
 def _depthwise_vjp_from_env() -> bool:
   return env_flags.on_off("SMD_DEPTHWISE_VJP", DEPTHWISE_VJP_DEFAULT)
 
@@ -364,6 +435,11 @@ depthwise_vjp = _depthwise_vjp_from_env()
 KXK_DOTS_DEFAULT = False
 KXK_DOTS_MIN_CHANNELS = 64
 kxk_dots = _kxk_dots_from_env()
+
+
+# Whether smp's UNet decoder computes its upsample + 3x3 conv at the low resolution on
+# the CPU backend (`upsampled_conv3x3`). Assigning it works before a function is traced.
+subpixel_upsample_conv = True
 
 
 def conv_formulation(lhs_shape: Sequence[int], rhs_shape: Sequence[int], padding: Any, *,

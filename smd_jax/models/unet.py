@@ -6,6 +6,11 @@ stride (features in reverse order; the last block has none) and applies
 conv3x3(no bias)-BN-ReLU twice. With an encoder whose first feature is at stride 2, the
 last block brings the output back to the input resolution.
 
+On the CPU backend the first conv of a block reads x at its own resolution instead of
+the upsampled concat (`conv_formulations.upsampled_skip_conv3x3`: the same convolution up to summation order, 4
+kernel taps per output pixel for the upsampled part instead of 9); the parameters and
+their layout are smp's either way.
+
 Names follow smp (``blocks[i].conv1``, ``blocks[i].conv2``); smp's ``Conv2dReLU`` is an
 ``nn.Sequential`` so its ``conv1.0`` / ``conv1.1`` are our ``conv1.conv`` / ``conv1.bn``.
 """
@@ -18,6 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from smd_jax.models import conv_formulations
 from smd_jax.models.layers import (Dtype, batch_norm, conv2d, upsample_nearest_2x,
                                    variance_scaling)
 
@@ -39,9 +45,19 @@ class Conv2dReLU(nnx.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     return jax.nn.relu(self.bn(self.conv(x)))
 
+  def upsampled(self, x: jax.Array, skip: jax.Array | None) -> jax.Array:
+    """``self(concat([upsample_nearest_2x(x), skip]))`` with the conv computed at x's
+    resolution (`conv_formulations.upsampled_skip_conv3x3`); the conv's dtype rules."""
+    x, kernel = nnx.nn.dtypes.promote_dtype((x, self.conv.kernel[...]), dtype=self.conv.dtype)
+    if skip is not None:
+      skip = skip.astype(x.dtype)
+    y = conv_formulations.upsampled_skip_conv3x3(x, skip, kernel, self.conv.precision)
+    return jax.nn.relu(self.bn(y))
+
 
 class DecoderBlock(nnx.Module):
-  """Upsample x2 -> [concat skip] -> Conv2dReLU -> Conv2dReLU."""
+  """Upsample x2 -> [concat skip] -> Conv2dReLU -> Conv2dReLU (on the CPU, the first
+  three as `Conv2dReLU.upsampled`)."""
 
   def __init__(self, in_channels: int, skip_channels: int, out_channels: int, *,
                dtype: Dtype | None = None, rngs: nnx.Rngs):
@@ -50,6 +66,8 @@ class DecoderBlock(nnx.Module):
     self.conv2 = Conv2dReLU(out_channels, out_channels, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array, skip: jax.Array | None = None) -> jax.Array:
+    if conv_formulations.upsample_conv_formulation() == "subpixel":
+      return self.conv2(self.conv1.upsampled(x, skip))
     x = upsample_nearest_2x(x)
     if skip is not None:
       # Both are `dtype` under mixed precision; the cast only guards against a float32
