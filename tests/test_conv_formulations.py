@@ -224,6 +224,7 @@ def test_kxk_dots_is_chosen_for_wide_stride1_convs_on_cpu_only():
 @pytest.mark.parametrize("variable,read,default", [
     ("SMD_DEPTHWISE_VJP", "_depthwise_vjp_from_env", "DEPTHWISE_VJP_DEFAULT"),
     ("SMD_KXK_DOTS", "_kxk_dots_from_env", "KXK_DOTS_DEFAULT"),
+    ("SMD_SUBPIXEL_UPSAMPLE", "_subpixel_upsample_from_env", "SUBPIXEL_UPSAMPLE_DEFAULT"),
 ])
 def test_flags_default_when_unset(monkeypatch, variable, read, default):
   # 1 / 0 and typos: tests/test_env_flags.py.

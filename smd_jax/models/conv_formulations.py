@@ -437,9 +437,17 @@ KXK_DOTS_MIN_CHANNELS = 64
 kxk_dots = _kxk_dots_from_env()
 
 
+def _subpixel_upsample_from_env() -> bool:
+  return env_flags.on_off("SMD_SUBPIXEL_UPSAMPLE", SUBPIXEL_UPSAMPLE_DEFAULT)
+
+
 # Whether smp's UNet decoder computes its upsample + 3x3 conv at the low resolution on
-# the CPU backend (`upsampled_conv3x3`). Assigning it works before a function is traced.
-subpixel_upsample_conv = True
+# the CPU backend (`upsampled_skip_conv3x3`): the b4 UNet's b2@256 train step 0.92x the
+# time, its eval step 0.91x, b8@64 unchanged (2026-12-06, 2-core Intel Xeon, jax 0.12,
+# interleaved A/B; docs/benchmarks.md). SMD_SUBPIXEL_UPSAMPLE=1 / 0 sets it at import;
+# assigning `conv_formulations.subpixel_upsample_conv` works too, before tracing.
+SUBPIXEL_UPSAMPLE_DEFAULT = True
+subpixel_upsample_conv = _subpixel_upsample_from_env()
 
 
 def conv_formulation(lhs_shape: Sequence[int], rhs_shape: Sequence[int], padding: Any, *,
