@@ -81,6 +81,12 @@ def define_flags(flag_values: flags.FlagValues) -> None:
                       "Procedural data sets for the pipeline benchmark (reused).", **fv)
   flags.DEFINE_string("out", "benchmarks/results", "Folder for the JSON + Markdown.", **fv)
   flags.DEFINE_string("name", None, "File name stem (default: a timestamp).", **fv)
+  # Checked before anything runs: a path here used to fail only when the results were
+  # written, after minutes of measuring.
+  flags.register_validator(
+      "name", lambda name: name is None or (name not in ("", ".", "..") and "/" not in name
+                                            and os.sep not in name),
+      "must be a file name stem without '/' (the files go to --out)", flag_values=flag_values)
   cli.define_hyphen_aliases(flag_values)
 
 

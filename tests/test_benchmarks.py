@@ -88,6 +88,14 @@ def test_commands_report_bad_flags_in_one_line(capsys):
           command.__name__, err)
 
 
+def test_run_refuses_a_path_as_name_before_measuring(capsys):
+  with pytest.raises(SystemExit) as exit_:
+    run.parse_args(["--name", "benchmarks/results/x"])
+  err = capsys.readouterr().err
+  assert exit_.value.code == 1 and err.startswith("error: ") and "--out" in err, err
+  assert run.parse_args(["--name", "cpu-idle-x"]).name == "cpu-idle-x"
+
+
 def test_curves_cli_takes_workdirs_and_several_keys(tmp_path, capsys):
   for name, losses in (("a", (2.0, 1.0)), ("b", (2.5, 0.5))):
     (tmp_path / name).mkdir()
