@@ -3,6 +3,7 @@
 import logging
 import multiprocessing
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -51,3 +52,20 @@ def test_a_shutdown_that_hangs_is_cut_short(monkeypatch, caplog):
   for p in spawned:
     p.join(10)
   assert not any(p.is_alive() for p in spawned)
+
+
+class _ClosesAtOnce:
+  def close(self):
+    pass
+
+
+def test_stopping_waits_for_worker_processes_that_are_still_exiting(caplog):
+  """grain's close may return while its processes are still on their way out; the stop
+  waits for them (within the timeout) instead of returning with them alive, and does
+  not terminate a process that ends on its own."""
+  process = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(1.0,))
+  process.start()
+  with caplog.at_level(logging.ERROR):
+    batching._stop_workers([_ClosesAtOnce()], lambda: [process], timeout_s=30)
+  assert not process.is_alive()
+  assert process.exitcode == 0 and "did not stop" not in caplog.text

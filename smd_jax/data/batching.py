@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
+import time
 import weakref
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -208,21 +209,33 @@ def _call_with_timeout(fn: Callable[[], Any], timeout_s: float) -> Any:
 
 def _stop_workers(running: list, spawned: Callable[[], list],
                   timeout_s: float | None = None) -> None:
-  """Closes grain's worker iterator; workers still there after `timeout_s` are killed."""
+  """Closes grain's worker iterator and waits for the worker processes to end; those
+  still there after `timeout_s` in all are terminated (killed if that fails).
+
+  Waiting matters: grain's close can return while its processes are still exiting,
+  and a caller (a restart, a test) must not find them alive afterwards.
+  """
+  timeout_s = timeout_s or WORKER_STOP_TIMEOUT_S
+  deadline = time.monotonic() + timeout_s
   while running:
     iterator = running.pop()
     try:
-      _call_with_timeout(iterator.close, timeout_s or WORKER_STOP_TIMEOUT_S)
+      _call_with_timeout(iterator.close, timeout_s)
     except TimeoutError:
-      left = [p for p in spawned() if p.is_alive()]
-      logging.error("The data worker processes did not stop within %.0f s; terminating %d "
-                    "of them.", timeout_s or WORKER_STOP_TIMEOUT_S, len(left))
-      for process in left:
-        process.terminate()
-      for process in left:
-        process.join(5)
-        if process.is_alive():
-          process.kill()
+      pass
+  processes = spawned()
+  for process in processes:
+    process.join(max(0.0, deadline - time.monotonic()))
+  left = [p for p in processes if p.is_alive()]
+  if left:
+    logging.error("The data worker processes did not stop within %.0f s; terminating %d "
+                  "of them.", timeout_s, len(left))
+  for process in left:
+    process.terminate()
+  for process in left:
+    process.join(5)
+    if process.is_alive():
+      process.kill()
 
 
 def _mark_flags_parsed() -> None:
