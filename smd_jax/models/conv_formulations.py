@@ -113,12 +113,12 @@ def depthwise_kernel_grad(x: jax.Array, g: jax.Array, kernel_hw: Sequence[int],
                           (b, i * dh + sh * (ho - 1) + 1, j * dw + sw * (wo - 1) + 1, c),
                           (1, sh, sw, 1))
       products.append(tap.astype(acc_dtype) * g)
-  first_axes = (2,) if wo >= ROW_SUMS_MIN_WIDTH else (0, 1, 2)
+  row_sums_first = wo >= ROW_SUMS_MIN_WIDTH
   zeros = [jnp.zeros((), acc_dtype)] * len(products)
-  sums = jax.lax.reduce(products, zeros, lambda acc, new: [a + n for a, n in zip(acc, new)],
-                        first_axes)
-  sums = jnp.stack(sums)
-  if first_axes == (2,):
+  sums = jnp.stack(jax.lax.reduce(products, zeros,
+                                  lambda acc, new: [a + n for a, n in zip(acc, new)],
+                                  (2,) if row_sums_first else (0, 1, 2)))
+  if row_sums_first:
     sums = jnp.sum(sums, axis=(1, 2))
   return sums.reshape(kh, kw, 1, c)
 
@@ -200,23 +200,26 @@ def _pointwise_dot_fwd(x, kernel, precision):
 
 
 def _pointwise_dot_bwd(precision, residuals, g):
-  # The kernel gradient x^T g contracts the batch and pixels, the major axis of both
-  # operands, so one of them must be transposed for the matrix product; autodiff
-  # leaves the choice to XLA:CPU, which transposes the wider one (e.g. the 192-channel
-  # gradient of a 32 -> 192 expansion). Transposing the narrower one explicitly
-  # (x^T g, or (g^T x)^T) takes 0.4-0.9x the time per layer (docs/benchmarks.md).
+  # Why by hand: under autodiff XLA:CPU transposes the wider operand of the kernel
+  # gradient (e.g. the 192-channel gradient of a 32 -> 192 expansion); `_rows_product`
+  # transposes the narrower: 0.4-0.9x the time per layer (docs/benchmarks.md).
   x, kernel = residuals
   cin, cout = kernel.shape
   grad_x = jax.lax.dot_general(g, kernel, (((3,), (1,)), ((), ())), precision=precision)
-  x2, g2 = x.reshape(-1, cin), g.reshape(-1, cout)
-  if cin <= cout:
-    grad_k = jnp.matmul(x2.T, g2, precision=precision)
-  else:
-    grad_k = jnp.matmul(g2.T, x2, precision=precision).T
+  grad_k = _rows_product(x.reshape(-1, cin), g.reshape(-1, cout), precision=precision)
   return grad_x.astype(x.dtype), grad_k.astype(kernel.dtype)
 
 
 _pointwise_dot.defvjp(_pointwise_dot_fwd, _pointwise_dot_bwd)
+
+
+def _rows_product(a: jax.Array, b: jax.Array, **matmul_kwargs) -> jax.Array:
+  """``a^T b`` for a [N, p] and b [N, q] (a kernel gradient: contract the rows), as
+  ``a^T b`` or ``(b^T a)^T``, whichever transposes the narrower operand: XLA:CPU must
+  copy one of them transposed, and left to itself picks the wider one."""
+  if a.shape[1] <= b.shape[1]:
+    return jnp.matmul(a.T, b, **matmul_kwargs)
+  return jnp.matmul(b.T, a, **matmul_kwargs).T
 
 
 _NHWC_HWIO = jax.lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
@@ -296,14 +299,8 @@ def kernel_grad_dots(x: jax.Array, g: jax.Array, kernel_hw: Sequence[int],
   _, ho, wo, cout = g.shape
   cin = x.shape[-1]
   g2 = g.reshape(-1, cout)
-
-  def tap_grad(i, j):
-    # Transpose the narrower operand (as `_pointwise_dot_bwd` does).
-    tap = x[:, i:i + ho, j:j + wo].reshape(-1, cin)
-    if cin <= cout:
-      return jnp.matmul(tap.T, g2, preferred_element_type=acc_dtype)
-    return jnp.matmul(g2.T, tap, preferred_element_type=acc_dtype).T
-
+  tap_grad = lambda i, j: _rows_product(x[:, i:i + ho, j:j + wo].reshape(-1, cin), g2,
+                                        preferred_element_type=acc_dtype)
   return jnp.stack([jnp.stack([tap_grad(i, j) for j in range(kw)]) for i in range(kh)])
 
 
@@ -345,7 +342,7 @@ def kxk_conv_dots_vjp(x: jax.Array, kernel: jax.Array, padding: Sequence[tuple[i
 # (phase a) reads upsampled rows 2i + a - 1 .. 2i + a + 1, i.e. source rows (i - 1, i)
 # for a = 0 and (i, i + 1) for a = 1, so its kernel rows fold to (w0, w1 + w2) and
 # (w0 + w1, w2). _PHASE_FOLD[a, t, r] = 1 where kernel row r lands on source tap t.
-_PHASE_FOLD = ((((1, 0, 0), (0, 1, 1)), ((1, 1, 0), (0, 0, 1))))
+_PHASE_FOLD = (((1, 0, 0), (0, 1, 1)), ((1, 1, 0), (0, 0, 1)))
 
 
 def upsampled_conv3x3(x: jax.Array, kernel: jax.Array, precision: Any = None) -> jax.Array:

@@ -7,9 +7,9 @@ conv3x3(no bias)-BN-ReLU twice. With an encoder whose first feature is at stride
 last block brings the output back to the input resolution.
 
 On the CPU backend the first conv of a block reads x at its own resolution instead of
-the upsampled concat (`conv_formulations.upsampled_skip_conv3x3`: the same convolution up to summation order, 4
-kernel taps per output pixel for the upsampled part instead of 9); the parameters and
-their layout are smp's either way.
+the upsampled concat (`conv_formulations.upsampled_skip_conv3x3`: the same convolution
+up to summation order, 4 kernel taps per output pixel for the upsampled part instead of
+9); the parameters and their layout are smp's either way.
 
 Names follow smp (``blocks[i].conv1``, ``blocks[i].conv2``); smp's ``Conv2dReLU`` is an
 ``nn.Sequential`` so its ``conv1.0`` / ``conv1.1`` are our ``conv1.conv`` / ``conv1.bn``.
