@@ -1,8 +1,10 @@
-"""The real train step and loop, on a tiny EfficientNet so they run fast on 2 CPU cores.
+"""The real train step and loop at toy sizes, so they run fast on 2 CPU cores.
 
-The tiny encoder is the same EfficientNet class with small width/depth
-multipliers; everything else (pipeline, builder, step, Orbax, writer) is what a
-user runs.
+The step's numerics across devices run on a tiny EfficientNet (the same class with
+small width/depth multipliers: depthwise convolutions, squeeze-excitation); the
+loop's tests (resume, compiling ahead, epochs) on the toy conv encoder, whose train
+step compiles in a few seconds. Everything else (pipeline, builder, step, Orbax,
+writer) is what a user runs.
 """
 
 import contextlib
@@ -24,6 +26,7 @@ from smd_jax.evaluation import report
 from smd_jax.inference import trained_run
 from smd_jax.models import efficientnet, registry
 from smd_jax.training import data_parallel, steps as steps_lib, trainer
+from tests.toy_models import ToyEncoder
 
 DUMMY_DATA = os.path.join(os.path.dirname(__file__), "..", "tfds_hypersim", "dummy_data")
 
@@ -38,6 +41,14 @@ def tiny_config(monkeypatch):
     config.model.decoder_channels = (16, 8, 8, 8, 8)
   config.data.resolution = 32
   return config
+
+
+@pytest.fixture
+def loop_config(tiny_config, monkeypatch):
+  """`tiny_config` with the toy encoder: for tests of the loop, not of the step's maths."""
+  monkeypatch.setitem(registry.ENCODERS, "toy", ToyEncoder)
+  tiny_config.model.encoder = "toy"
+  return tiny_config
 
 
 def random_batch(seed, batch=8, size=32):
@@ -146,8 +157,8 @@ def dummy_data_config(config, tmp_path, steps=2):
   return config
 
 
-def test_train_and_evaluate_on_dummy_data_and_resume(tiny_config, tmp_path):
-  config = dummy_data_config(tiny_config, tmp_path, steps=4)
+def test_train_and_evaluate_on_dummy_data_and_resume(loop_config, tmp_path):
+  config = dummy_data_config(loop_config, tmp_path, steps=4)
   config.checkpoint_every_steps = 2
   workdir = str(tmp_path / "run")
 
@@ -217,10 +228,10 @@ def xla_compiles():
     jax.monitoring.unregister_event_duration_listener(listener)
 
 
-def test_steps_compiled_ahead_are_not_compiled_again(tiny_config, tmp_path, monkeypatch):
+def test_steps_compiled_ahead_are_not_compiled_again(loop_config, tmp_path, monkeypatch):
   """The train, evaluation and figure steps compile once, on the background thread, while
   the data set is built; the run then gives the same state and metrics as one without."""
-  config = dummy_data_config(tiny_config, tmp_path)
+  config = dummy_data_config(loop_config, tmp_path)
   with config.data.synthetic.unlocked():
     config.data.synthetic.num_frames.validation = 1  # compile_ahead's cue for eval steps
   monkeypatch.setattr(trainer, "compiles_ahead", lambda config, workdir: True)
@@ -389,10 +400,10 @@ def test_learning_rate_schedule_matches_the_formula(tiny_config, warmup):
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-12)
 
 
-def test_an_epoch_run_logs_the_schedule_step_by_step(tiny_config, tmp_path):
+def test_an_epoch_run_logs_the_schedule_step_by_step(loop_config, tmp_path):
   """num_epochs decides the run's length through the real loop; the learning rate
   each step logs is the formula's at that step (step k trains with the rate of k-1)."""
-  config = tiny_config
+  config = loop_config
   config.data.synthetic.num_frames = dict(train=20, validation=1, test=0)
   config.data.data_dir = str(tmp_path / "tfds")
   config.data.manual_dir = str(tmp_path / "raw")
