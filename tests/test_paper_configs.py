@@ -5,19 +5,21 @@ input block) except for size, so all rows fit in the CPU test budget: the
 decoder is narrow, the encoder rows of Table 2 use a tiny member of their
 encoder's family, and every other row a toy 5-stage conv encoder (XLA:CPU takes
 ~35 s to compile even a tiny EfficientNet's train step; the encoders themselves
-are tested against PyTorch in test_models.py / test_model_zoo.py).
+are tested against PyTorch in test_models.py / test_model_zoo.py). The UNet
+decoder runs its plain upsample + convolution, as on GPUs and TPUs: the CPU's
+sub-pixel form compiles ~2 s longer per decoder and is tested on its own
+(test_conv_formulations.py; whole UNets against PyTorch in test_models.py).
 """
 
 import functools
 import glob
 import os
 
-import jax
 import numpy as np
 import pytest
 
 from smd_jax import metrics, paper
-from smd_jax.models import efficientnet, registry, resnet
+from smd_jax.models import conv_formulations, efficientnet, registry, resnet
 from smd_jax.training import data_parallel, steps as steps_lib, sweep
 from tests.toy_models import ToyEncoder  # noqa: F401  (also imported from here by other tests)
 
@@ -46,6 +48,7 @@ def shrink(config, monkeypatch):
   else:
     tiny = ToyEncoder
   monkeypatch.setitem(registry.ENCODERS, "tiny", tiny)
+  monkeypatch.setattr(conv_formulations, "subpixel_upsample_conv", False)
   config.model.encoder = "tiny"
   with config.model.unlocked():
     config.model.decoder_channels = (16, 8, 8, 8, 8) if config.model.decoder == "unet" else 16
@@ -175,4 +178,3 @@ def test_config_trains_and_evaluates(path, monkeypatch):
   depth = metrics.finalize_depth_metrics(metrics.accumulate(None, sums["depth"]))
   want = np.sqrt(np.mean((np.maximum(pred[valid], 1e-3) - gt[valid]) ** 2))
   assert depth["rmse"] == pytest.approx(want, rel=2e-5)
-  jax.clear_caches()
