@@ -1,6 +1,7 @@
-"""Where the jitted train step spends its time, per XLA operation (any backend).
+"""Where the jitted train (or eval) step spends its time, per XLA operation (any backend).
 
     python -m benchmarks.profile_step --model unet --batch_size 8 --size 64 --steps 3
+    python -m benchmarks.profile_step --step eval --batch_size 2 --size 256
 
 Runs the step under `jax.profiler.trace`, reads the per-thunk events of the trace
 (`jax.profiler.ProfileData`; on the CPU each executed HLO instruction is one event
@@ -20,6 +21,7 @@ import re
 import sys
 import tempfile
 
+import numpy as np
 from absl import flags
 
 from smd_jax import cli, huge_pages
@@ -52,13 +54,16 @@ def parse_hlo(text: str) -> tuple[dict[str, str], dict[str, str]]:
   return instructions, computations
 
 
-def categorize(line: str, computations: dict[str, str]) -> str:
-  """'forward|backward|update: kind' of one top-level HLO instruction."""
+def categorize(line: str, computations: dict[str, str], step: str = "train") -> str:
+  """'forward|backward|update: kind' of one top-level HLO instruction (of an eval step:
+  'eval: kind')."""
   op_name = re.search(r'op_name="([^"]*)"', line)
   op_name = op_name.group(1) if op_name else ""
   called = re.findall(r"calls=%?([\w.\-]+)", line)
   body = line + "\n" + "\n".join(computations.get(c, "") for c in called)
-  if "transpose(" in op_name:
+  if step == "eval":  # no autodiff: every instruction is the forward pass or the metrics
+    phase = "eval"
+  elif "transpose(" in op_name:
     phase = "backward"
   elif "jvp(" in op_name or "jvp()" in op_name:
     phase = "forward"
@@ -103,7 +108,7 @@ def trace_events(trace_dir: str) -> dict[str, float]:
 
 
 def profile(model: str, *, batch_size: int, size: int, precision: str, steps: int,
-            encoder: str = "efficientnet_b4") -> dict:
+            encoder: str = "efficientnet_b4", step: str = "train") -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   from benchmarks import flax_side  # pylint: disable=g-import-not-at-top
 
@@ -114,15 +119,23 @@ def profile(model: str, *, batch_size: int, size: int, precision: str, steps: in
   mesh = data_parallel.make_mesh()
   built, state = steps_lib.build_steps(config, steps_lib.create_model(config, 0),
                                        total_steps=1000, mesh=mesh)
-  batch = data_parallel.to_global(flax_side.random_batch(batch_size, size), mesh)
-  compiled = built.train_step.lower(state, batch).compile()
-  state, out = compiled(state, batch)
+  host_batch = flax_side.random_batch(batch_size, size)
+  if step == "eval":
+    host_batch["mask"] = np.ones(batch_size, bool)
+    batch = data_parallel.to_global(host_batch, mesh)
+    compiled = built.eval_step.lower(state, batch).compile()
+    run = lambda state: (state, compiled(state, batch))
+  else:
+    batch = data_parallel.to_global(host_batch, mesh)
+    compiled = built.train_step.lower(state, batch).compile()
+    run = lambda state: compiled(state, batch)  # donates the old state
+  state, out = run(state)
   jax.block_until_ready(out)
   trace_dir = tempfile.mkdtemp(prefix="smd_jax_profile_")
   start = time.perf_counter()
   with jax.profiler.trace(trace_dir):
     for _ in range(steps):
-      state, out = compiled(state, batch)
+      state, out = run(state)
       jax.block_until_ready(out)
   wall_ms = (time.perf_counter() - start) * 1e3 / steps
   instructions, computations = parse_hlo(compiled.as_text())
@@ -131,21 +144,22 @@ def profile(model: str, *, batch_size: int, size: int, precision: str, steps: in
   rows = []
   for name, ms in per_op.items():
     line = instructions.get(name, "")
-    category = categorize(line, computations)
+    category = categorize(line, computations, step)
     by_category[category] += ms
     op_name = re.search(r'op_name="([^"]*)"', line)
     rows.append((ms, name, category, op_name.group(1) if op_name else ""))
   rows.sort(reverse=True)
-  return {"model": model, "batch_size": batch_size, "size": size, "precision": precision,
-          "steps": steps, "wall_ms_per_step": wall_ms, "op_ms_per_step": sum(per_op.values()),
+  return {"model": model, "step": step, "batch_size": batch_size, "size": size,
+          "precision": precision, "steps": steps, "wall_ms_per_step": wall_ms, "op_ms_per_step": sum(per_op.values()),
           "by_category": dict(sorted(by_category.items(), key=lambda kv: -kv[1])),
           "top": rows[:25], "num_ops": len(per_op)}
 
 
 def render(result: dict) -> str:
   total = result["op_ms_per_step"]
-  lines = [f"{result['model']}, batch {result['batch_size']}, {result['size']}x"
-           f"{result['size']}, {result['precision']}: {result['wall_ms_per_step']:.0f} ms per "
+  lines = [f"{result['model']} {result['step']} step, batch {result['batch_size']}, "
+           f"{result['size']}x{result['size']}, {result['precision']}: "
+           f"{result['wall_ms_per_step']:.0f} ms per "
            f"traced step (wall), {total:.0f} ms summed over {result['num_ops']} HLO "
            "instructions (threads overlap: the sum can exceed the wall time)\n",
            "| category | ms / step | share |", "| --- | ---: | ---: |"]
@@ -165,6 +179,7 @@ def define_flags(flag_values: flags.FlagValues) -> None:
   flags.DEFINE_integer("batch_size", 8, "Batch size.", **fv)
   flags.DEFINE_integer("size", 64, "Input height = width.", **fv)
   flags.DEFINE_enum("precision", "f32", ("f32", "bf16"), "Compute precision.", **fv)
+  flags.DEFINE_enum("step", "train", ("train", "eval"), "The step to profile.", **fv)
   flags.DEFINE_integer("steps", 3, "Profiled steps.", **fv)
   flags.DEFINE_string("out", None, "Also write the Markdown here.", **fv)
   cli.define_hyphen_aliases(flag_values)
@@ -182,7 +197,8 @@ def main(argv=None) -> int:
   if os.getcwd() not in sys.path:
     sys.path.insert(0, os.getcwd())
   result = profile(args.model, batch_size=args.batch_size, size=args.size,
-                   precision=args.precision, steps=args.steps, encoder=args.encoder)
+                   precision=args.precision, steps=args.steps, encoder=args.encoder,
+                   step=args.step)
   text = render(result)
   print(text)
   if args.out:

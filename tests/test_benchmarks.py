@@ -56,8 +56,9 @@ SPELLINGS = [
           scaling_batches=[1, 3], no_train=False)),
     (ops, ["--batch-size", "2", "--groups", "bn", "kxk"],
      ["--batch_size=2", "--groups=bn", "--groups=kxk"], dict(batch_size=2, groups=["bn", "kxk"])),
-    (profile_step, ["--batch-size", "2", "--precision", "bf16"],
-     ["--batch_size=2", "--precision=bf16"], dict(batch_size=2, precision="bf16", size=64)),
+    (profile_step, ["--batch-size", "2", "--precision", "bf16", "--step", "eval"],
+     ["--batch_size=2", "--precision=bf16", "--step=eval"],
+     dict(batch_size=2, precision="bf16", size=64, step="eval")),
     (build_throughput, ["--workers", "1", "4", "--decode-only"],
      ["--workers=1", "--workers=4", "--decode_only"], dict(workers=[1, 4], decode_only=True)),
     (fidelity, ["--only", "resnet50", "unet", "--json", "o.jsonl"],
@@ -129,6 +130,12 @@ def test_profile_join_categorizes_a_real_program():
   assert categories & {"forward: conv 1x1",
                        "forward: dot (1x1 convs: XLA rewrites them as dots)"}, categories
   assert any(c.startswith("backward: conv") for c in categories), categories
+  # An eval step's instructions are all 'eval: ...' (no gradient to tell apart).
+  forward = jax.jit(f).lower(*args).compile()
+  instructions, computations = profile_step.parse_hlo(forward.as_text())
+  categories = {profile_step.categorize(line, computations, "eval")
+                for line in instructions.values()}
+  assert "eval: conv kxk" in categories and all(c.startswith("eval: ") for c in categories)
 
 
 def test_tiled_source_repeats_examples():
