@@ -17,7 +17,9 @@ published checkpoint needs no config to be converted.
 
 from __future__ import annotations
 
+import functools
 import os
+import types
 from typing import Any, Mapping, Sequence
 
 import ml_collections
@@ -60,10 +62,17 @@ def _shapes(variables) -> dict[Path, tuple[int, ...]]:
   return {p: tuple(v.get_value().shape) for p, v in variables.items()}
 
 
-def _encoder_shapes(arch: str, in_channels: int) -> dict[Path, tuple[int, ...]]:
-  abstract = nnx.eval_shape(lambda: registry.ENCODERS[arch](in_channels=in_channels,
-                                                            rngs=nnx.Rngs(0)))
-  return _shapes(model_variables(abstract))
+def _encoder_shapes(arch: str, in_channels: int) -> Mapping[Path, tuple[int, ...]]:
+  """Variable paths and shapes of the registered encoder ``arch`` (read-only)."""
+  return _builder_shapes(registry.ENCODERS[arch], in_channels)
+
+
+@functools.lru_cache(maxsize=None)
+def _builder_shapes(builder, in_channels: int) -> Mapping[Path, tuple[int, ...]]:
+  # Cached per builder, not per name (a name may be registered anew): `infer_arch`
+  # builds every registered EfficientNet abstractly, ~0.5-1 s each.
+  abstract = nnx.eval_shape(lambda: builder(in_channels=in_channels, rngs=nnx.Rngs(0)))
+  return types.MappingProxyType(_shapes(model_variables(abstract)))
 
 
 def infer_arch(encoder_arrays: Mapping[Path, np.ndarray]) -> str:
@@ -77,7 +86,11 @@ def infer_arch(encoder_arrays: Mapping[Path, np.ndarray]) -> str:
       continue
     if stem not in want:  # another family
       continue
-    if _encoder_shapes(arch, want[stem][2]) == want:
+    # Cheap first: the RGB encoder's shapes (cached), the stem aside; then exactly.
+    rgb = _encoder_shapes(arch, RGB_CHANNELS)
+    if (rgb.keys() == want.keys()
+        and all(rgb[p] == want[p] for p in want if p != stem)
+        and _encoder_shapes(arch, want[stem][2]) == want):
       return arch
   raise ConversionError("The encoder weights match none of the registered encoders "
                         f"{sorted(registry.ENCODERS)}; pass --arch to see the differences")
