@@ -9,11 +9,32 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from typing import Mapping
 
 import jax
 import numpy as np
 from absl import logging
+
+
+def _summary_writer_class():
+  """tensorboardX's SummaryWriter, imported without PyTorch.
+
+  tensorboardX imports torch when it is installed (only to accept torch tensors, which
+  we never pass): 2.5 s of every training process's start where the `torch` extra is
+  installed. A `None` entry in `sys.modules` makes that import fail as if torch were
+  absent; it is removed again at once, and an already imported torch is left alone.
+  """
+  if "torch" in sys.modules:
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    return SummaryWriter
+  sys.modules["torch"] = None  # type: ignore[assignment]
+  try:
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+  finally:
+    if sys.modules.get("torch", 0) is None:
+      del sys.modules["torch"]
+  return SummaryWriter
 
 
 def _ends_with_newline(path: str) -> bool:
@@ -29,10 +50,8 @@ class MetricWriter:
     self._tb = None
     self._jsonl = None
     if self.enabled:
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-
       os.makedirs(workdir, exist_ok=True)
-      self._tb = SummaryWriter(logdir=os.path.join(workdir, "tensorboard"))
+      self._tb = _summary_writer_class()(logdir=os.path.join(workdir, "tensorboard"))
       path = os.path.join(workdir, "metrics.jsonl")
       self._jsonl = open(path, "a")
       if self._jsonl.tell() and not _ends_with_newline(path):
