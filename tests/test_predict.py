@@ -8,6 +8,7 @@ with the first model's predicted labels.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import jax
@@ -81,13 +82,23 @@ def test_predict_round_trips_sizes_and_writes_files(runs, photos, tmp_path):
     assert np.asarray(Image.open(out / f"{stem}_semantic_color.png")).shape == (h, w, 3)
 
 
-def expected_outputs(workdir, image):
-  """The model's outputs for one photo, computed here step by step: the documented
-  resize to the network shape (short side 32, multiples of 32), the restored model's
-  eval-mode forward pass on a batch of 8 copies, depth resized back with PIL's
+def expected_outputs(workdir):
+  """image -> the model's outputs for that photo, computed here step by step: the
+  documented resize to the network shape (short side 32, multiples of 32), the restored
+  model's eval-mode forward pass on a batch of 8 copies, depth resized back with PIL's
   bilinear (float) and labels as arg-max + 1 (NYU40 ids; only where no resize is needed).
   """
   loaded = trained_run.load(workdir)
+
+  @jax.jit
+  def semantic_logits(state, batch):
+    net = nnx.merge(loaded.steps.eval_graph, state.params, state.model_state, copy=True)
+    return net(semantics.model_inputs(batch, "none"))["semantic"]
+
+  return functools.partial(_expected_outputs, loaded, semantic_logits)
+
+
+def _expected_outputs(loaded, semantic_logits, image):
   h, w = image.shape[:2]
   shape = predict_lib.network_shape(h, w, 32)
   x = predict_lib.prepare_image(image, shape)
@@ -95,12 +106,6 @@ def expected_outputs(workdir, image):
   global_batch = data_parallel.to_global(batch, loaded.mesh)
   depth = data_parallel.fetch(loaded.steps.predict_step(loaded.state, global_batch))[0]
   back = np.asarray(Image.fromarray(depth.astype(np.float32)).resize((w, h), Image.BILINEAR))
-
-  @jax.jit
-  def semantic_logits(state, batch):
-    net = nnx.merge(loaded.steps.eval_graph, state.params, state.model_state, copy=True)
-    return net(semantics.model_inputs(batch, "none"))["semantic"]
-
   labels = np.argmax(data_parallel.fetch(semantic_logits(loaded.state, global_batch))[0], -1) + 1
   return back, (labels if (h, w) == shape else None)
 
@@ -117,10 +122,11 @@ def test_predictions_are_the_models_own_for_each_photo(runs, photos, tmp_path):
   two_head, _ = runs
   out = tmp_path / "out"
   predict_lib.predict_files(two_head, str(photos), str(out), write_npy=True, batch_size=8)
+  expected = expected_outputs(two_head)
   for stem, (h, w, fmt) in PHOTOS.items():
     with Image.open(photos / f"{stem}.{fmt}") as im:
       image = np.asarray(im.convert("RGB"))
-    want_depth, want_labels = expected_outputs(two_head, image)
+    want_depth, want_labels = expected(image)
     metres = np.load(out / f"{stem}_depth.npy")
     assert metres.shape == (h, w) and np.ptp(metres) > 1e-3, stem
     np.testing.assert_allclose(metres, want_depth, rtol=0, atol=DEPTH_ATOL_M, err_msg=stem)
