@@ -221,7 +221,43 @@ def test_kxk_dots_is_chosen_for_wide_stride1_convs_on_cpu_only():
     assert kxk(least, backend) == "native"
 
 
+def test_single_output_kxk_convs_are_chosen_on_cpu_only(monkeypatch):
+  """'single_output' for stride-1, undilated kxk convs with one output channel on the
+  CPU while the switch is on; every other case stays where it was."""
+  def pick(rhs, backend="cpu", **kw):
+    nhwc = jax.lax.conv_dimension_numbers((2, 8, 8, 16), rhs, DN)
+    return conv_formulations.conv_formulation((2, 8, 8, 16), rhs, ((1, 1), (1, 1)),
+                                              dimension_numbers=nhwc, backend=backend, **kw)
+  assert pick((3, 3, 16, 1)) == pick((3, 2, 16, 1)) == "single_output"
+  assert pick((3, 3, 16, 2)) == "native"
+  assert pick((3, 3, 16, 1), window_strides=(2, 2)) == "native"
+  assert pick((3, 3, 16, 1), rhs_dilation=(2, 2)) == "native"
+  for backend in ("gpu", "tpu"):
+    assert pick((3, 3, 16, 1), backend) == "native"
+  monkeypatch.setattr(conv_formulations, "single_output", False)
+  assert pick((3, 3, 16, 1)) == "native"
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("shape_x,shape_w,padding", [
+    ((2, 6, 5, 8), (3, 3, 8, 1), ((1, 1), (1, 1))),
+    ((2, 7, 6, 3), (3, 2, 3, 1), ((2, 0), (0, 1))),   # asymmetric kernel and padding
+])
+def test_single_output_conv_equals_plain_conv_with_gradients(dtype, shape_x, shape_w,
+                                                             padding):
+  """`single_output_conv` (one dot to the k*k taps' maps, shifted and summed) and XLA's
+  convolution against a float64 NumPy reference, values and both gradients."""
+  x, w = _data(shape_x, shape_w, dtype, seed=4)
+  single = lambda x, w: conv_formulations.single_output_conv(x, w, padding)
+  conv = lambda x, w: plain_conv(x, w, (1, 1), padding)
+  ct = jnp.asarray(np.random.default_rng(5).normal(size=jax.eval_shape(conv, x, w).shape),
+                   dtype)
+  assert_vjps_within_bounds({"single": single, "conv": conv}, x, w, ct,
+                            kxk_reference_with_bounds(x, w, ct, padding, dtype))
+
+
 @pytest.mark.parametrize("variable,read,default", [
+    ("SMD_SINGLE_OUTPUT_CONV", "_single_output_conv_from_env", "SINGLE_OUTPUT_CONV_DEFAULT"),
     ("SMD_DEPTHWISE_VJP", "_depthwise_vjp_from_env", "DEPTHWISE_VJP_DEFAULT"),
     ("SMD_KXK_DOTS", "_kxk_dots_from_env", "KXK_DOTS_DEFAULT"),
     ("SMD_SUBPIXEL_UPSAMPLE", "_subpixel_upsample_from_env", "SUBPIXEL_UPSAMPLE_DEFAULT"),

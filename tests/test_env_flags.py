@@ -42,6 +42,7 @@ SWITCHES = {
     "SMD_DEPTHWISE_VJP": lambda _: conv_formulations._depthwise_vjp_from_env(),
     "SMD_KXK_DOTS": lambda _: conv_formulations._kxk_dots_from_env(),
     "SMD_SUBPIXEL_UPSAMPLE": lambda _: conv_formulations._subpixel_upsample_from_env(),
+    "SMD_SINGLE_OUTPUT_CONV": lambda _: conv_formulations._single_output_conv_from_env(),
     "SMD_CPU_FORWARD_OPTIONS":
         lambda _: xla_options.compiler_options("cpu", xla_options.FORWARD) is not None,
     "SMD_COMPILE_AHEAD": _compiles_ahead,

@@ -342,6 +342,45 @@ def kxk_conv_dots_vjp(x: jax.Array, kernel: jax.Array, padding: Sequence[tuple[i
 # (phase a) reads upsampled rows 2i + a - 1 .. 2i + a + 1, i.e. source rows (i - 1, i)
 # for a = 0 and (i, i + 1) for a = 1, so its kernel rows fold to (w0, w1 + w2) and
 # (w0 + w1, w2). _PHASE_FOLD[a, t, r] = 1 where kernel row r lands on source tap t.
+def single_output_conv(x: jax.Array, kernel: jax.Array, padding: Sequence[tuple[int, int]],
+                       precision: Any = None) -> jax.Array:
+  """A stride-1, undilated kxk convolution with one output channel (a depth head), NHWC /
+  HWIO with explicit padding: one dot of x with the k*k taps' weights ([Cin, k*k], a map
+  per tap), then the k*k maps shifted and summed. Equal up to summation order, in
+  float32 whatever x's dtype, cast once.
+
+  Why: XLA:CPU's library takes no convolution with a single output channel, and XLA's
+  own loop for it costs ~3x the dot and the sum (2x256x256x16 -> 1, 3x3: 5.5 vs 1.6
+  ms). The gradient is the plain convolution's, which that loop computes well enough.
+  """
+  return _single_output_vjp(x, kernel, tuple(tuple(p) for p in padding), precision)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _single_output_vjp(x, kernel, padding, precision):
+  kh, kw, cin, _ = kernel.shape
+  (lo_h, hi_h), (lo_w, hi_w) = padding
+  taps = jax.lax.dot_general(x, kernel.reshape(kh * kw, cin), (((3,), (1,)), ((), ())),
+                             precision=precision, preferred_element_type=jnp.float32)
+  taps = jnp.pad(taps, ((0, 0), (lo_h, hi_h), (lo_w, hi_w), (0, 0)))
+  ho, wo = taps.shape[1] - kh + 1, taps.shape[2] - kw + 1
+  out = sum(taps[:, a:a + ho, c:c + wo, a * kw + c] for a in range(kh) for c in range(kw))
+  return out[..., None].astype(x.dtype)
+
+
+def _single_output_fwd(x, kernel, padding, precision):
+  return _single_output_vjp(x, kernel, padding, precision), (x, kernel)
+
+
+def _single_output_bwd(padding, precision, residuals, g):
+  x, kernel = residuals
+  _, vjp = jax.vjp(lambda x, k: _native_nhwc(x, k, padding, precision), x, kernel)
+  return vjp(g)
+
+
+_single_output_vjp.defvjp(_single_output_fwd, _single_output_bwd)
+
+
 _PHASE_FOLD = (((1, 0, 0), (0, 1, 1)), ((1, 1, 0), (0, 0, 1)))
 
 
@@ -434,6 +473,18 @@ KXK_DOTS_MIN_CHANNELS = 64
 kxk_dots = _kxk_dots_from_env()
 
 
+def _single_output_conv_from_env() -> bool:
+  return env_flags.on_off("SMD_SINGLE_OUTPUT_CONV", SINGLE_OUTPUT_CONV_DEFAULT)
+
+
+# Whether stride-1, undilated kxk convs with one output channel on the CPU backend (the
+# depth head) run as `single_output_conv` (formulation 'single_output') instead of
+# XLA's convolution. SMD_SINGLE_OUTPUT_CONV=1 / 0 sets it at import; assigning
+# `conv_formulations.single_output` works too, before tracing.
+SINGLE_OUTPUT_CONV_DEFAULT = True
+single_output = _single_output_conv_from_env()
+
+
 def _subpixel_upsample_from_env() -> bool:
   return env_flags.on_off("SMD_SUBPIXEL_UPSAMPLE", SUBPIXEL_UPSAMPLE_DEFAULT)
 
@@ -456,7 +507,7 @@ def conv_formulation(lhs_shape: Sequence[int], rhs_shape: Sequence[int], padding
   """Which formulation `conv_general_dilated` uses for a convolution: 'taps'
   (`depthwise_conv_taps`), 'taps_vjp' (`depthwise_conv_vjp`: the same taps with a
   hand-written gradient), 'dot' (`pointwise_conv_dot`), 'kxk_dots'
-  (`kxk_conv_dots_vjp`) or 'native' (XLA's own).
+  (`kxk_conv_dots_vjp`), 'single_output' (`single_output_conv`) or 'native' (XLA's own).
 
   The alternatives are chosen on the CPU backend only (``backend``: default
   ``jax.default_backend()``), for 2-D NHWC / HWIO convolutions without input
@@ -464,8 +515,10 @@ def conv_formulation(lhs_shape: Sequence[int], rhs_shape: Sequence[int], padding
   every other case, and every convolution on GPU/TPU, is 'native'. Depthwise convs
   get 'taps_vjp' if ``custom_vjp`` (default: the module's `depthwise_vjp`), else
   'taps'.
-  Stride-1, undilated kxk convs with at least `KXK_DOTS_MIN_CHANNELS` input channels
-  get 'kxk_dots' if ``kernel_grad_dots`` (default: the module's `kxk_dots`).
+  Stride-1, undilated kxk convs with one output channel get 'single_output'
+  (`single_output_conv`) while the module's `single_output` is on; others with at
+  least `KXK_DOTS_MIN_CHANNELS` input channels get 'kxk_dots' if ``kernel_grad_dots``
+  (default: the module's `kxk_dots`).
   """
   backend = backend or jax.default_backend()
   if backend != "cpu" or not _explicit_nhwc(lhs_shape, rhs_shape, padding, lhs_dilation,
@@ -478,10 +531,12 @@ def conv_formulation(lhs_shape: Sequence[int], rhs_shape: Sequence[int], padding
   if (feature_group_count == 1 and tuple(rhs_shape[:2]) == (1, 1)
       and all(tuple(p) == (0, 0) for p in padding)):
     return "dot"
+  plain_kxk = (feature_group_count == 1 and tuple(window_strides) == (1, 1)
+               and tuple(rhs_dilation or (1, 1)) == (1, 1) and max(rhs_shape[:2]) > 1)
+  if single_output and plain_kxk and rhs_shape[-1] == 1:
+    return "single_output"
   use_dots = kxk_dots if kernel_grad_dots is None else kernel_grad_dots
-  if (use_dots and feature_group_count == 1 and tuple(window_strides) == (1, 1)
-      and tuple(rhs_dilation or (1, 1)) == (1, 1) and max(rhs_shape[:2]) > 1
-      and rhs_shape[-2] >= KXK_DOTS_MIN_CHANNELS):
+  if use_dots and plain_kxk and rhs_shape[-2] >= KXK_DOTS_MIN_CHANNELS:
     return "kxk_dots"
   return "native"
 
@@ -523,5 +578,7 @@ _CPU_FORMULATIONS = {
     "dot": lambda x, k, strides, pad, dilation, precision: pointwise_conv_dot(
         x, k, strides, precision),
     "kxk_dots": lambda x, k, strides, pad, dilation, precision: kxk_conv_dots_vjp(
+        x, k, pad, precision),
+    "single_output": lambda x, k, strides, pad, dilation, precision: single_output_conv(
         x, k, pad, precision),
 }
