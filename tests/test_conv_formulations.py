@@ -247,12 +247,19 @@ def test_single_output_conv_equals_plain_conv_with_gradients(dtype, shape_x, sha
                                                              padding):
   """`single_output_conv` (one dot to the k*k taps' maps, shifted and summed) and XLA's
   convolution against a float64 NumPy reference, values and both gradients."""
-  x, w = _data(shape_x, shape_w, dtype, seed=4)
-  single = lambda x, w: conv_formulations.single_output_conv(x, w, padding)
+  assert_kxk_formulation_matches(conv_formulations.single_output_conv, dtype, shape_x,
+                                 shape_w, padding, seed=4)
+
+
+def assert_kxk_formulation_matches(formulation, dtype, shape_x, shape_w, padding, seed):
+  """`formulation(x, w, padding)` and XLA's stride-1 convolution against a float64 NumPy
+  reference (`kxk_reference_with_bounds`): values and both gradients."""
+  x, w = _data(shape_x, shape_w, dtype, seed=seed)
   conv = lambda x, w: plain_conv(x, w, (1, 1), padding)
-  ct = jnp.asarray(np.random.default_rng(5).normal(size=jax.eval_shape(conv, x, w).shape),
-                   dtype)
-  assert_vjps_within_bounds({"single": single, "conv": conv}, x, w, ct,
+  ct = jnp.asarray(np.random.default_rng(seed + 1).normal(
+      size=jax.eval_shape(conv, x, w).shape), dtype)
+  assert_vjps_within_bounds({"formulation": lambda x, w: formulation(x, w, padding),
+                             "conv": conv}, x, w, ct,
                             kxk_reference_with_bounds(x, w, ct, padding, dtype))
 
 
@@ -304,13 +311,8 @@ def kxk_reference_with_bounds(x, w, ct, padding, dtype):
 def test_kxk_dots_vjp_equals_plain_conv_with_gradients(dtype, shape_x, shape_w, padding):
   """`kxk_conv_dots_vjp` (kernel gradient as k*k dots) and XLA's convolution against a
   float64 NumPy reference, values and both gradients, within dtype-derived bounds."""
-  x, w = _data(shape_x, shape_w, dtype, seed=2)
-  dots = lambda x, w: conv_formulations.kxk_conv_dots_vjp(x, w, padding)
-  conv = lambda x, w: plain_conv(x, w, (1, 1), padding)
-  ct = jnp.asarray(np.random.default_rng(6).normal(size=jax.eval_shape(conv, x, w).shape),
-                   dtype)
-  assert_vjps_within_bounds({"dots": dots, "conv": conv}, x, w, ct,
-                            kxk_reference_with_bounds(x, w, ct, padding, dtype))
+  assert_kxk_formulation_matches(conv_formulations.kxk_conv_dots_vjp, dtype, shape_x,
+                                 shape_w, padding, seed=2)
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
