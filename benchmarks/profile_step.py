@@ -122,11 +122,11 @@ def profile(model: str, *, batch_size: int, size: int, precision: str, steps: in
   host_batch = flax_side.random_batch(batch_size, size)
   if step == "eval":
     host_batch["mask"] = np.ones(batch_size, bool)
-    batch = data_parallel.to_global(host_batch, mesh)
+  batch = data_parallel.to_global(host_batch, mesh)
+  if step == "eval":
     compiled = built.eval_step.lower(state, batch).compile()
     run = lambda state: (state, compiled(state, batch))
   else:
-    batch = data_parallel.to_global(host_batch, mesh)
     compiled = built.train_step.lower(state, batch).compile()
     run = lambda state: compiled(state, batch)  # donates the old state
   state, out = run(state)
@@ -150,7 +150,8 @@ def profile(model: str, *, batch_size: int, size: int, precision: str, steps: in
     rows.append((ms, name, category, op_name.group(1) if op_name else ""))
   rows.sort(reverse=True)
   return {"model": model, "step": step, "batch_size": batch_size, "size": size,
-          "precision": precision, "steps": steps, "wall_ms_per_step": wall_ms, "op_ms_per_step": sum(per_op.values()),
+          "precision": precision, "steps": steps, "wall_ms_per_step": wall_ms,
+          "op_ms_per_step": sum(per_op.values()),
           "by_category": dict(sorted(by_category.items(), key=lambda kv: -kv[1])),
           "top": rows[:25], "num_ops": len(per_op)}
 

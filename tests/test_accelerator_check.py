@@ -33,9 +33,8 @@ def toy_paper_config(monkeypatch):
 def test_runs_every_check_and_the_benchmark_on_the_cpu(tmp_path, toy_paper_config):
   del toy_paper_config
   rc = accelerator_check.main(["--encoder", "toy", "--check-size", "32", "--check-batch", "8",
-                               "--batch-size", "8",
-                               "--size", "32", "--repeats", "1", "--sides", "flax", "--out",
-                               str(tmp_path), "--name", "check"])
+                               "--batch-size", "8", "--size", "32", "--repeats", "1",
+                               "--sides", "flax", "--out", str(tmp_path), "--name", "check"])
   result = json.loads((tmp_path / "check.json").read_text())
   checks = {c["name"]: c for c in result["checks"]}
   assert rc == 0, result["checks"]

@@ -338,10 +338,6 @@ def kxk_conv_dots_vjp(x: jax.Array, kernel: jax.Array, padding: Sequence[tuple[i
   return _kxk_dots_vjp(x, kernel, padding, precision)
 
 
-# Sub-pixel folding of a 3x3 kernel over a nearest-upsampled input: output row 2i + a
-# (phase a) reads upsampled rows 2i + a - 1 .. 2i + a + 1, i.e. source rows (i - 1, i)
-# for a = 0 and (i, i + 1) for a = 1, so its kernel rows fold to (w0, w1 + w2) and
-# (w0 + w1, w2). _PHASE_FOLD[a, t, r] = 1 where kernel row r lands on source tap t.
 def single_output_conv(x: jax.Array, kernel: jax.Array, padding: Sequence[tuple[int, int]],
                        precision: Any = None) -> jax.Array:
   """A stride-1, undilated kxk convolution with one output channel (a depth head), NHWC /
@@ -353,7 +349,8 @@ def single_output_conv(x: jax.Array, kernel: jax.Array, padding: Sequence[tuple[
   own loop for it costs ~3x the dot and the sum (2x256x256x16 -> 1, 3x3: 5.5 vs 1.6
   ms). The gradient is the plain convolution's, which that loop computes well enough.
   """
-  return _single_output_vjp(x, kernel, tuple(tuple(p) for p in padding), precision)
+  padding = tuple((int(lo), int(hi)) for lo, hi in padding)
+  return _single_output_vjp(x, kernel, padding, precision)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -381,6 +378,10 @@ def _single_output_bwd(padding, precision, residuals, g):
 _single_output_vjp.defvjp(_single_output_fwd, _single_output_bwd)
 
 
+# Sub-pixel folding of a 3x3 kernel over a nearest-upsampled input: output row 2i + a
+# (phase a) reads upsampled rows 2i + a - 1 .. 2i + a + 1, i.e. source rows (i - 1, i)
+# for a = 0 and (i, i + 1) for a = 1, so its kernel rows fold to (w0, w1 + w2) and
+# (w0 + w1, w2). _PHASE_FOLD[a, t, r] = 1 where kernel row r lands on source tap t.
 _PHASE_FOLD = (((1, 0, 0), (0, 1, 1)), ((1, 1, 0), (0, 0, 1)))
 
 

@@ -25,14 +25,13 @@ def _summary_writer_class():
   installed. A `None` entry in `sys.modules` makes that import fail as if torch were
   absent; it is removed again at once, and an already imported torch is left alone.
   """
-  if "torch" in sys.modules:
-    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-    return SummaryWriter
-  sys.modules["torch"] = None  # type: ignore[assignment]
+  hide = "torch" not in sys.modules
+  if hide:
+    sys.modules["torch"] = None  # type: ignore[assignment]
   try:
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
   finally:
-    if sys.modules.get("torch", 0) is None:
+    if hide and sys.modules.get("torch", 0) is None:
       del sys.modules["torch"]
   return SummaryWriter
 
