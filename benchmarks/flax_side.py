@@ -8,12 +8,12 @@ transform, model, losses, Adam update and metric sums, all inside one jit.
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import jax
 import numpy as np
 from flax import nnx
 
-from benchmarks import timing
 from configs import base
 from smd_jax.training import data_parallel, steps as steps_lib
 
@@ -50,10 +50,12 @@ def random_batch(batch_size: int, size: int, seed: int = 0) -> dict[str, np.ndar
           "semantic": rng.integers(-1, 41, (batch_size, size, size)).astype(np.int16)}
 
 
-def benchmark(model: str, *, encoder: str = "efficientnet_b4", batch_size: int, size: int,
-              precision: str, repeats: int, warmup: int = 1, train: bool = True,
-              evaluate: bool = True) -> dict:
-  """Compile times and median throughputs of the train and eval steps."""
+def prepare(model: str, *, encoder: str = "efficientnet_b4", batch_size: int, size: int,
+            precision: str, train: bool = True, evaluate: bool = True
+            ) -> tuple[dict, dict[str, Callable[[], object]]]:
+  """Builds and compiles the train and eval steps: (the row so far, with compile times;
+  {"train" / "eval": a function that runs one step and blocks until it is done}). The
+  eval step sees the state that the train steps run so far have left."""
   config = make_config(model, encoder=encoder, batch_size=batch_size, size=size,
                        precision=precision)
   mesh = data_parallel.make_mesh()
@@ -66,25 +68,22 @@ def benchmark(model: str, *, encoder: str = "efficientnet_b4", batch_size: int, 
   steps, state = steps_lib.build_steps(config, net, total_steps=1000, mesh=mesh)
   host_batch = random_batch(batch_size, size)
   batch = data_parallel.to_global(host_batch, mesh)
+  holder = [state]
+  runs = {}
   if train:
     start = time.perf_counter()
     train_step = steps.train_step.lower(state, batch).compile()
     result["train_compile_s"] = time.perf_counter() - start
-    holder = [state]
 
     def run_train():
       holder[0], metrics = train_step(holder[0], batch)
       jax.block_until_ready(metrics)
 
-    t = timing.repeat(run_train, repeats=repeats, warmup=warmup, items=batch_size)
-    result.update(train_images_per_s=t.per_s, train_step_s=t.median_s, train_times=t.times)
-    state = holder[0]
+    runs["train"] = run_train
   if evaluate:
     eval_batch = data_parallel.to_global({**host_batch, "mask": np.ones(batch_size, bool)}, mesh)
     start = time.perf_counter()
     eval_step = steps.eval_step.lower(state, eval_batch).compile()
     result["eval_compile_s"] = time.perf_counter() - start
-    t = timing.repeat(lambda: jax.block_until_ready(eval_step(state, eval_batch)),
-                      repeats=repeats, warmup=warmup, items=batch_size)
-    result.update(eval_images_per_s=t.per_s, eval_step_s=t.median_s, eval_times=t.times)
-  return result
+    runs["eval"] = lambda: jax.block_until_ready(eval_step(holder[0], eval_batch))
+  return result, runs

@@ -172,22 +172,20 @@ def bn_stats_centred(x):
 
 
 def time_pair(name, fns, args, repeats):
-  """Median seconds of forward+backward for each formulation, timed interleaved (A, B,
-  A, B, ...: a change of machine load hits both alike), and the max |difference| of
+  """Median seconds of forward+backward for each formulation, timed in alternation
+  (`timing.interleave`: a change of machine load hits both alike), and the max |difference| of
   their values and of their gradients."""
   grads = [jax.jit(jax.grad(lambda *a, fn=fn: _scalar(fn(*a)), argnums=tuple(range(len(args)))))
            for fn in fns]
   outs = []
   for fn, grad in zip(fns, grads):
     outs.append((jax.jit(fn)(*args), jax.block_until_ready(grad(*args))))  # compile + warm-up
-  times = [[] for _ in fns]
-  for _ in range(repeats):
-    for grad, t in zip(grads, times):
-      t.extend(timing.repeat(lambda grad=grad: jax.block_until_ready(grad(*args)), repeats=1,
-                             warmup=0, items=1).times)
+  timings = timing.interleave(
+      {i: lambda grad=grad: jax.block_until_ready(grad(*args)) for i, grad in enumerate(grads)},
+      repeats=repeats, warmup=0, items=1)
   diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(
       jax.tree.leaves(outs[0]), jax.tree.leaves(outs[1])))
-  return name, timing.Timing(times[0], 1).median_s, timing.Timing(times[1], 1).median_s, diff
+  return name, timings[0].median_s, timings[1].median_s, diff
 
 
 def _scalar(out):

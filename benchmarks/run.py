@@ -8,7 +8,9 @@ reference models, the input pipeline, the TFDS builder, and scaling with work.
 
 For each model, precision and side: compile time (ours: lower + XLA compile of the
 jitted step; PyTorch: its first step) reported apart, one untimed warm-up step, then
-the median of --repeats timed steps; ratios are ours / PyTorch. The PyTorch side runs
+the median of --repeats timed steps, the two sides' steps timed in alternation (a
+shared machine's speed drifts within minutes; both sides see the same minutes);
+ratios are ours / PyTorch. The PyTorch side runs
 on CUDA when available, with channels_last and autocast (bf16) there (see
 benchmarks/torch_side.py); ours on JAX's default backend. Writes
 <out>/<name>.json (every repeat) and <out>/<name>.md (the tables, also printed).
@@ -182,29 +184,39 @@ def run_models(args, log) -> list[dict]:
 
 
 def run_pair(args, log, model, precision, batch_size, size, repeats) -> list[dict]:
-  """Ours and the reference on one shape; a side that fails is logged and left out."""
-  from benchmarks import flax_side  # pylint: disable=g-import-not-at-top
-  rows = []
+  """Ours and the reference on one shape, their steps timed in alternation
+  (`timing.interleave`); a side that fails to build is logged and left out."""
+  from benchmarks import flax_side, timing  # pylint: disable=g-import-not-at-top
+  kwargs = dict(encoder=args.encoder, batch_size=batch_size, size=size, precision=precision,
+                train=not args.no_train, evaluate=not args.no_eval)
+  rows, runs = {}, {}
   for side in args.sides:
-    log(f"{side} {model} {precision} batch {batch_size} size {size} ...")
-    kwargs = dict(encoder=args.encoder, batch_size=batch_size, size=size, precision=precision,
-                  repeats=repeats, train=not args.no_train, evaluate=not args.no_eval)
+    log(f"{side} {model} {precision} batch {batch_size} size {size}: build and compile ...")
     try:
       if side == "flax":
-        row = flax_side.benchmark(model, **kwargs)
+        rows[side], runs[side] = flax_side.prepare(model, **kwargs)
       else:
         from benchmarks import torch_side  # pylint: disable=g-import-not-at-top
         channels_last = {"auto": None, "on": True, "off": False}[args.torch_channels_last]
-        row = torch_side.benchmark(model, channels_last=channels_last,
-                                   batch=flax_side.random_batch(batch_size, size), **kwargs)
+        rows[side], runs[side] = torch_side.prepare(
+            model, channels_last=channels_last,
+            batch=flax_side.random_batch(batch_size, size), **kwargs)
     except ImportError as e:
       log(f"  skipped: {e}")
+  for step in ("train", "eval"):
+    sides = {side: side_runs[step] for side, side_runs in runs.items() if step in side_runs}
+    if not sides:
       continue
+    log(f"  {step}: {repeats} rounds of {' + '.join(sides)} ...")
+    timings = timing.interleave(sides, repeats=repeats, warmup=1, items=batch_size)
+    for side, t in timings.items():
+      rows[side].update({f"{step}_images_per_s": t.per_s, f"{step}_step_s": t.median_s,
+                         f"{step}_times": t.times})
+  for side, row in rows.items():
     row["load"] = _load()
-    log("  " + ", ".join(f"{k} {v:.3g}" for k, v in row.items()
-                         if k.endswith(("per_s", "compile_s", "step_s"))))
-    rows.append(row)
-  return rows
+    log(f"  {side}: " + ", ".join(f"{k} {v:.3g}" for k, v in row.items()
+                                   if k.endswith(("per_s", "compile_s", "step_s"))))
+  return list(rows.values())
 
 
 def run_pipeline(args, log) -> list[dict]:

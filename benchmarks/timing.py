@@ -36,16 +36,28 @@ class Timing:
 def repeat(fn: Callable[[], object], *, repeats: int, warmup: int, items: int) -> Timing:
   """Calls `fn` warmup times untimed, then `repeats` times timed. `fn` must block
   until its work is done (e.g. `jax.block_until_ready`, `torch.cuda.synchronize`)."""
+  return interleave({"": fn}, repeats=repeats, warmup=warmup, items=items)[""]
+
+
+def interleave(fns: dict[str, Callable[[], object]], *, repeats: int, warmup: int,
+               items: int) -> dict[str, Timing]:
+  """`repeat` for several sides at once, round by round: each side warms up, then every
+  round times each side once, in reversed order every other round. A shared machine's
+  speed drifts by a third or more within minutes; timed block after block, one side
+  could get the fast minutes and the other the slow ones."""
   if repeats < 1:
     raise ValueError(f"repeats must be >= 1, got {repeats}")
-  for _ in range(warmup):
-    fn()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return Timing(times, items)
+  order = list(fns)
+  for name in order:
+    for _ in range(warmup):
+      fns[name]()
+  times = {name: [] for name in order}
+  for round_index in range(repeats):
+    for name in (order if round_index % 2 == 0 else order[::-1]):
+      start = time.perf_counter()
+      fns[name]()
+      times[name].append(time.perf_counter() - start)
+  return {name: Timing(times[name], items) for name in order}
 
 
 def load_average() -> float | None:

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import time
+from typing import Callable
 
 import numpy as np
 
-from benchmarks import timing
 from smd_jax.convert import fidelity, reference
 
 SMP_ENCODERS = fidelity.SMP_ENCODERS
@@ -72,12 +72,13 @@ def device_name(torch) -> str:
   return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def benchmark(model: str, *, encoder: str = "efficientnet_b4", batch_size: int, size: int,
-              precision: str, repeats: int, warmup: int = 1, train: bool = True,
-              evaluate: bool = True, channels_last: bool | None = None,
-              batch: dict[str, np.ndarray]) -> dict:
-  """Median train / eval throughput of the reference model on `batch` (numpy, as
-  `flax_side.random_batch` makes it), on CUDA when available."""
+def prepare(model: str, *, encoder: str = "efficientnet_b4", batch_size: int, size: int,
+            precision: str, train: bool = True, evaluate: bool = True,
+            channels_last: bool | None = None, batch: dict[str, np.ndarray]
+            ) -> tuple[dict, dict[str, Callable[[], object]]]:
+  """The reference model on `batch` (numpy, as `flax_side.random_batch` makes it), on
+  CUDA when available, as `flax_side.prepare` builds ours: (the row so far, with each
+  step's first run timed; {"train" / "eval": a function that runs one step})."""
   torch, _, smp = reference.import_reference()
   dev = device_name(torch)
   if channels_last is None:
@@ -109,11 +110,13 @@ def benchmark(model: str, *, encoder: str = "efficientnet_b4", batch_size: int, 
             "device": torch.cuda.get_device_name() if dev == "cuda" else "cpu",
             "backend": dev, "channels_last": channels_last, "threads": torch.get_num_threads(),
             "params": sum(p.numel() for p in net.parameters())}
+  runs = {}
   if train:
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
-    net.train()
 
     def run_train():
+      if not net.training:  # after an eval step
+        net.train()
       optimizer.zero_grad(set_to_none=True)
       with autocast():
         outputs = net(inputs())
@@ -126,12 +129,12 @@ def benchmark(model: str, *, encoder: str = "efficientnet_b4", batch_size: int, 
     start = time.perf_counter()
     run_train()  # first step: allocations, cuDNN autotuning (the 'compile' column)
     result["train_compile_s"] = time.perf_counter() - start
-    t = timing.repeat(run_train, repeats=repeats, warmup=warmup, items=batch_size)
-    result.update(train_images_per_s=t.per_s, train_step_s=t.median_s, train_times=t.times)
+    runs["train"] = run_train
   if evaluate:
-    net.eval()
 
     def run_eval():
+      if net.training:
+        net.eval()
       with torch.inference_mode(), autocast():
         outputs = net(inputs())
         torch.sigmoid(outputs["depth"].float())
@@ -140,6 +143,5 @@ def benchmark(model: str, *, encoder: str = "efficientnet_b4", batch_size: int, 
     start = time.perf_counter()
     run_eval()
     result["eval_compile_s"] = time.perf_counter() - start
-    t = timing.repeat(run_eval, repeats=repeats, warmup=warmup, items=batch_size)
-    result.update(eval_images_per_s=t.per_s, eval_step_s=t.median_s, eval_times=t.times)
-  return result
+    runs["eval"] = run_eval
+  return result, runs

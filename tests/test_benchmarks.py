@@ -3,6 +3,7 @@ pipeline's tiled source, and the PyTorch side's loss against ours."""
 
 import json
 import math
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +24,29 @@ def test_repeat_times_only_the_timed_calls():
   assert t.median_s == 2.0 and t.per_s == 4.0 and t.spread == 1.0
   with pytest.raises(ValueError):
     timing.repeat(lambda: None, repeats=0, warmup=0, items=1)
+
+
+def test_interleave_alternates_sides_round_by_round():
+  calls = []
+  timings = timing.interleave({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                              repeats=3, warmup=1, items=2)
+  # Warm-up per side, then rounds a b | b a | a b: neither side always runs first.
+  assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]
+  assert [len(t.times) for t in timings.values()] == [3, 3]
+  assert timings["a"].items == 2
+
+
+def test_interleave_gives_each_side_its_own_times():
+  sleeps = {"slow": 3.0, "fast": 1.0}
+  now = [0.0]
+
+  def step(name):
+    now[0] += sleeps[name]
+
+  with mock.patch.object(timing.time, "perf_counter", lambda: now[0]):
+    timings = timing.interleave({name: lambda name=name: step(name) for name in sleeps},
+                                repeats=4, warmup=0, items=6)
+  assert timings["slow"].times == [3.0] * 4 and timings["fast"].per_s == 6.0
 
 
 def test_model_table_pairs_sides_and_prints_ratios():
