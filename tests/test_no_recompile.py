@@ -106,4 +106,19 @@ def test_train_and_eval_steps_compile_once(toy_encoder):
   assert step_compiles == []
   assert int(state.step) == 4
   assert steps.train_step._cache_size() == 1  # pylint: disable=protected-access
-  assert steps.eval_step._cache_size() == 1  # pylint: disable=protected-access
+  assert steps.eval_step.jitted._cache_size() == 1  # pylint: disable=protected-access
+
+
+def test_forward_steps_take_no_optimizer_state(toy_encoder):
+  # The eval and predict programs get the params and model state only: every leaf
+  # handed to a jitted call costs argument handling, and the Adam moments are most of
+  # the state's leaves.
+  config = tiny_config(semantic_head=False)
+  mesh = data_parallel.make_mesh()
+  steps, state = steps_lib.build_steps(config, steps_lib.create_model(config, 0),
+                                       total_steps=10, mesh=mesh)
+  batch = data_parallel.to_global(batch_of(0, n=8), mesh)
+  forward_leaves = len(jax.tree.leaves((state.params, state.model_state, batch)))
+  assert len(jax.tree.leaves(state.opt_state)) > len(jax.tree.leaves(state.params))
+  for step in (steps.eval_step, steps.predict_step):
+    assert len(jax.tree.leaves(step.lower(state, batch).args_info)) == forward_leaves
