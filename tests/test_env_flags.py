@@ -1,5 +1,7 @@
 """The SMD_* on/off switches: one rule (1 on, 0 off, unset the default), a typo is an error."""
 
+from unittest import mock
+
 import pytest
 from ml_collections import config_dict
 
@@ -37,14 +39,21 @@ def _keeps_freed_memory():
     allocator.keep_freed_memory.cache_clear()
 
 
+def _wide_vectors():
+  with mock.patch.object(xla_options, "cpu_has_avx512", lambda: True):  # any machine
+    return "xla_cpu_prefer_vector_width" in (
+        xla_options.compiler_options("cpu", xla_options.TRAIN) or {})
+
+
 # Every switch of the project, read through its user.
 SWITCHES = {
     "SMD_DEPTHWISE_VJP": lambda _: conv_formulations._depthwise_vjp_from_env(),
     "SMD_KXK_DOTS": lambda _: conv_formulations._kxk_dots_from_env(),
     "SMD_SUBPIXEL_UPSAMPLE": lambda _: conv_formulations._subpixel_upsample_from_env(),
     "SMD_SINGLE_OUTPUT_CONV": lambda _: conv_formulations._single_output_conv_from_env(),
-    "SMD_CPU_FORWARD_OPTIONS":
-        lambda _: xla_options.compiler_options("cpu", xla_options.FORWARD) is not None,
+    "SMD_CPU_FORWARD_OPTIONS": lambda _: "xla_cpu_experimental_ynn_fusion_type" in (
+        xla_options.compiler_options("cpu", xla_options.FORWARD) or {}),
+    "SMD_CPU_WIDE_VECTORS": lambda _: _wide_vectors(),
     "SMD_COMPILE_AHEAD": _compiles_ahead,
     "SMD_KEEP_FREED_MEMORY": lambda _: _keeps_freed_memory(),
 }

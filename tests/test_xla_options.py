@@ -12,6 +12,7 @@ from smd_jax.training import data_parallel, steps as steps_lib, xla_options
 from tests import toy_config
 
 YNN_TYPES = "xla_cpu_experimental_ynn_fusion_type"
+WIDTH = "xla_cpu_prefer_vector_width"
 
 
 def ynn_fusion_kinds(compiled_text: str) -> list[str]:
@@ -27,6 +28,7 @@ def ynn_fusion_kinds(compiled_text: str) -> list[str]:
 
 def test_options_per_backend_and_program(monkeypatch):
   monkeypatch.delenv("SMD_CPU_FORWARD_OPTIONS", raising=False)
+  monkeypatch.setattr(xla_options, "cpu_has_avx512", lambda: False)
   forward = xla_options.compiler_options("cpu", xla_options.FORWARD)
   assert set(forward[YNN_TYPES].split(",")) == {
       "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION", "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
@@ -41,6 +43,44 @@ def test_options_per_backend_and_program(monkeypatch):
   monkeypatch.setenv("SMD_CPU_FORWARD_OPTIONS", "off")
   with pytest.raises(UserError, match="SMD_CPU_FORWARD_OPTIONS"):
     xla_options.compiler_options("cpu", xla_options.FORWARD)
+
+
+def test_wide_vectors_on_avx512_cpus_only(monkeypatch):
+  monkeypatch.delenv("SMD_CPU_FORWARD_OPTIONS", raising=False)
+  monkeypatch.delenv("SMD_CPU_WIDE_VECTORS", raising=False)
+  monkeypatch.setattr(xla_options, "cpu_has_avx512", lambda: True)
+  for program in (xla_options.FORWARD, xla_options.TRAIN):
+    assert xla_options.compiler_options("cpu", program)[WIDTH] == "512"
+    assert xla_options.compiler_options("gpu", program) is None
+  # The forward programs' own options go with their switch; the width stays.
+  monkeypatch.setenv("SMD_CPU_FORWARD_OPTIONS", "0")
+  assert xla_options.compiler_options("cpu", xla_options.FORWARD) == {WIDTH: "512"}
+  monkeypatch.setenv("SMD_CPU_WIDE_VECTORS", "0")
+  assert xla_options.compiler_options("cpu", xla_options.TRAIN) is None
+  monkeypatch.setattr(xla_options, "cpu_has_avx512", lambda: False)
+  monkeypatch.setenv("SMD_CPU_WIDE_VECTORS", "1")
+  assert xla_options.compiler_options("cpu", xla_options.TRAIN) is None
+
+
+@pytest.mark.parametrize("flags, want", [
+    ("fpu sse2 avx2 fma avx512f avx512dq avx512bw", True),
+    ("fpu sse2 avx2 fma", False),
+    ("fpu avx512_bf16 avx512vnni", False),  # other AVX-512 words without the foundation
+])
+def test_cpu_has_avx512_reads_the_flags_line(tmp_path, flags, want):
+  cpuinfo = tmp_path / "cpuinfo"
+  # The model name mentions avx512f too: only the flags line counts.
+  cpuinfo.write_text(f"processor\t: 0\nmodel name\t: not avx512f\nflags\t\t: {flags}\n")
+  assert xla_options.cpu_has_avx512(str(cpuinfo)) is want
+  assert xla_options.cpu_has_avx512(str(tmp_path / "missing")) is False
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="CPU compiler options")
+def test_xla_takes_the_wide_vector_option():
+  # A misspelt option name or value is an error at compile time: compile with it.
+  jitted = jax.jit(lambda x: jnp.tanh(x) * 2, compiler_options=dict(xla_options._WIDE_VECTORS))
+  np.testing.assert_allclose(jitted(jnp.arange(40.0) / 40), np.tanh(np.arange(40.0) / 40) * 2,
+                             rtol=1e-6)
 
 
 def _conv_then_reductions(x, w):

@@ -7,9 +7,19 @@ the time at 2x256x256 and 0.80x at 8x64x64 (2026-12-05, idle, docs/benchmarks.md
 "Train and eval step, 2026-12-05"). Train steps keep XLA's defaults: without the YNNPACK
 reductions their gradients are slower (1.37-1.45x the time). GPUs and TPUs keep theirs.
 `SMD_CPU_FORWARD_OPTIONS=0` compiles forward programs with the defaults too.
+
+On CPUs with AVX-512, every program also asks LLVM for 512-bit vectors in XLA's own
+loops (XLA prefers 256 bits, for CPUs that slow their clock on 512-bit work): the
+depthwise taps and elementwise fusions run there, and the b4 UNet's eval step took
+0.96x the time at 2x256x256 and 0.92x at 8x64x64, the train step level (2026-12-06,
+2-core AMD EPYC Zen 4, interleaved A/B; docs/benchmarks.md). `SMD_CPU_WIDE_VECTORS=0`
+keeps XLA's width.
 """
 
 from __future__ import annotations
+
+import functools
+import re
 
 import jax
 from jax.sharding import Mesh
@@ -27,15 +37,33 @@ _OPTIONS = {
 }
 
 
+_WIDE_VECTORS = {"xla_cpu_prefer_vector_width": "512"}  # on AVX-512 CPUs, every program
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_has_avx512(cpuinfo: str = "/proc/cpuinfo") -> bool:
+  """Whether this machine's CPU has AVX-512 (its `flags` list avx512f; False where
+  there is no /proc/cpuinfo to read)."""
+  try:
+    with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+      text = f.read()
+  except OSError:
+    return False
+  return re.search(r"^flags\s*:.*\bavx512f\b", text, re.MULTILINE) is not None
+
+
 def compiler_options(backend: str, program: str) -> dict[str, str] | None:
   """The options for `jax.jit(..., compiler_options=)` of a `program` (FORWARD or
   TRAIN) on `backend` ('cpu', 'gpu', 'tpu'), or None for XLA's defaults."""
   if program not in (FORWARD, TRAIN):
     raise ValueError(f"Unknown program kind {program!r}; known: {FORWARD!r}, {TRAIN!r}.")
-  if program == FORWARD and not env_flags.on_off("SMD_CPU_FORWARD_OPTIONS", True):
-    return None
-  options = _OPTIONS.get((backend, program))
-  return dict(options) if options else None
+  options = {}
+  if program == TRAIN or env_flags.on_off("SMD_CPU_FORWARD_OPTIONS", True):
+    options.update(_OPTIONS.get((backend, program), {}))
+  if (backend == "cpu" and env_flags.on_off("SMD_CPU_WIDE_VECTORS", True)
+      and cpu_has_avx512()):
+    options.update(_WIDE_VECTORS)
+  return options or None
 
 
 def jit(fun, mesh: Mesh, program: str, **kwargs):
