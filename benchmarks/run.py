@@ -9,8 +9,9 @@ reference models, the input pipeline, the TFDS builder, and scaling with work.
 For each model, precision and side: compile time (ours: lower + XLA compile of the
 jitted step; PyTorch: its first step) reported apart, one untimed warm-up step, then
 the median of --repeats timed steps, the two sides' steps timed in alternation (a
-shared machine's speed drifts within minutes; both sides see the same minutes);
-ratios are ours / PyTorch. The PyTorch side runs
+shared machine's speed drifts within minutes; both sides see the same minutes), each
+timed step right after --settle_steps untimed ones of its own side (as in training,
+where a side's steps run back to back); ratios are ours / PyTorch. The PyTorch side runs
 on CUDA when available, with channels_last and autocast (bf16) there (see
 benchmarks/torch_side.py); ours on JAX's default backend. Writes
 <out>/<name>.json (every repeat) and <out>/<name>.md (the tables, also printed).
@@ -56,6 +57,9 @@ def define_flags(flag_values: flags.FlagValues) -> None:
   flags.DEFINE_integer("size", None, "Input height = width (default 128; --quick: 64).", **fv)
   flags.DEFINE_multi_enum("precision", ["f32"], ("f32", "bf16"), "Precisions to run.", **fv)
   flags.DEFINE_integer("repeats", None, "Timed steps per figure (default 5; --quick: 3).", **fv)
+  flags.DEFINE_integer("settle_steps", 1, "Untimed steps of a side right before each of "
+                       "its timed steps, so that each timed step follows one of its own "
+                       "as in training (0: none).", lower_bound=0, **fv)
   flags.DEFINE_bool("no_eval", False, "Train steps only.", **fv)
   flags.DEFINE_bool("no_train", False, "Eval steps only.", **fv)
   flags.DEFINE_enum("torch_channels_last", "auto", ("auto", "on", "off"),
@@ -207,13 +211,16 @@ def run_pair(args, log, model, precision, batch_size, size, repeats) -> list[dic
     sides = {side: side_runs[step] for side, side_runs in runs.items() if step in side_runs}
     if not sides:
       continue
-    log(f"  {step}: {repeats} rounds of {' + '.join(sides)} ...")
-    timings = timing.interleave(sides, repeats=repeats, warmup=1, items=batch_size)
+    log(f"  {step}: {repeats} rounds of {' + '.join(sides)}, each timed step after "
+        f"{args.settle_steps} untimed ...")
+    timings = timing.interleave(sides, repeats=repeats, warmup=1, items=batch_size,
+                                settle=args.settle_steps)
     for side, t in timings.items():
       rows[side].update({f"{step}_images_per_s": t.per_s, f"{step}_step_s": t.median_s,
                          f"{step}_times": t.times})
   for side, row in rows.items():
     row["load"] = _load()
+    row["settle_steps"] = args.settle_steps
     log(f"  {side}: " + ", ".join(f"{k} {v:.3g}" for k, v in row.items()
                                    if k.endswith(("per_s", "compile_s", "step_s"))))
   return list(rows.values())

@@ -40,13 +40,21 @@ def repeat(fn: Callable[[], object], *, repeats: int, warmup: int, items: int) -
 
 
 def interleave(fns: dict[str, Callable[[], object]], *, repeats: int, warmup: int,
-               items: int) -> dict[str, Timing]:
+               items: int, settle: int = 0) -> dict[str, Timing]:
   """`repeat` for several sides at once, round by round: each side warms up, then every
   round times each side once, in reversed order every other round. A shared machine's
   speed drifts by a third or more within minutes; timed block after block, one side
-  could get the fast minutes and the other the slow ones."""
+  could get the fast minutes and the other the slow ones.
+
+  `settle`: untimed calls of a side right before each of its timed calls, so that a
+  timed step follows a step of its own, as in training, where steps run back to back.
+  On a virtual machine a step that comes after its process has idled for a second
+  (while the other side ran) can take 1.5-3x as long (docs/benchmarks.md, "A step
+  after idling")."""
   if repeats < 1:
     raise ValueError(f"repeats must be >= 1, got {repeats}")
+  if settle < 0:
+    raise ValueError(f"settle must be >= 0, got {settle}")
   order = list(fns)
   for name in order:
     for _ in range(warmup):
@@ -54,6 +62,8 @@ def interleave(fns: dict[str, Callable[[], object]], *, repeats: int, warmup: in
   times = {name: [] for name in order}
   for round_index in range(repeats):
     for name in (order if round_index % 2 == 0 else order[::-1]):
+      for _ in range(settle):
+        fns[name]()
       start = time.perf_counter()
       fns[name]()
       times[name].append(time.perf_counter() - start)

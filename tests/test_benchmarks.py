@@ -49,6 +49,24 @@ def test_interleave_gives_each_side_its_own_times():
   assert timings["slow"].times == [3.0] * 4 and timings["fast"].per_s == 6.0
 
 
+def test_interleave_settles_each_side_on_its_own_untimed_steps():
+  calls, now = [], [0.0]
+
+  def step(name):
+    calls.append(name)
+    now[0] += calls.count(name)  # a side's n-th call takes n seconds
+
+  with mock.patch.object(timing.time, "perf_counter", lambda: now[0]):
+    timings = timing.interleave({name: lambda name=name: step(name) for name in "ab"},
+                                repeats=2, warmup=0, items=1, settle=1)
+  # Each timed call right after an untimed one of the same side: a a b b | b b a a.
+  assert calls == ["a", "a", "b", "b", "b", "b", "a", "a"]
+  # Only the second call of each pair is timed: the 2nd and 4th of a side.
+  assert timings["a"].times == [2.0, 4.0] and timings["b"].times == [2.0, 4.0]
+  with pytest.raises(ValueError, match="settle"):
+    timing.interleave({"a": lambda: None}, repeats=1, warmup=0, items=1, settle=-1)
+
+
 def test_model_table_pairs_sides_and_prints_ratios():
   common = dict(model="unet", precision="f32", batch_size=8, size=128)
   rows = [dict(side="flax", train_images_per_s=12.0, eval_images_per_s=30.0,
@@ -68,6 +86,18 @@ def test_quick_defaults_and_explicit_options():
   assert "scaling" not in args.only
   args = run.parse_args(["--quick", "--size", "96", "--scaling"])
   assert args.size == 96 and "scaling" in args.only
+
+
+def test_run_pair_settles_each_timed_step(monkeypatch):
+  calls = []
+  runs = {step: (lambda step=step: calls.append(step)) for step in ("train", "eval")}
+  monkeypatch.setattr(flax_side, "prepare", lambda model, **kwargs: ({"side": "flax"}, runs))
+  args = run.parse_args(["--sides", "flax", "--settle_steps", "2"])
+  (row,) = run.run_pair(args, lambda msg: None, "unet", "f32", 2, 64, 3)
+  # Per step: 1 warm-up, then 3 rounds of 2 untimed + 1 timed.
+  assert calls == ["train"] * 10 + ["eval"] * 10
+  assert len(row["train_times"]) == 3 and row["settle_steps"] == 2
+  assert run.parse_args([]).settle_steps == 1
 
 
 # (command, the argparse spelling it took, absl's spelling, parsed values both must give)
