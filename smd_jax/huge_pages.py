@@ -1,20 +1,28 @@
-"""Transparent huge pages for a command's large allocations (Linux, glibc).
+"""glibc's allocator settings for a command's large allocations (Linux, glibc >= 2.35).
 
 Why: XLA:CPU allocates a step's buffers afresh at every call. glibc serves blocks that
 large with fresh `mmap`s and unmaps them when they are freed, so every step faults its
 whole working set in again, 4 KiB at a time: ~414,000 minor page faults per
 EfficientNet-b4 UNet train step at 2x256x256 (1.7 GB), a third of the step's CPU time
-spent in the kernel. glibc's tunable `glibc.malloc.hugetlb=1` makes malloc ask for
-transparent huge pages for those blocks (`madvise`): ~2,000 faults per step, and the
-step runs ~1.5x faster (2026-12-05, docs/benchmarks.md "Memory: huge pages").
+spent in the kernel. Two groups of glibc tunables (`TUNABLES`) fix that:
 
-glibc reads its tunables once, when a process starts, so the commands
-(`python -m smd_jax.train`, `evaluate`, `predict`, `benchmarks.run`, ...) re-execute
-themselves with it added to `GLIBC_TUNABLES` (`reexec_with_huge_pages`), first thing,
-with the same interpreter, arguments and environment. Nothing happens off Linux, under
-glibc older than 2.35 (the tunable's first release) or another C library, when the
-kernel's transparent huge pages are off ('never'), when the tunable is already set,
-or with SMD_HUGE_PAGES=0.
+- `glibc.malloc.hugetlb=1`: malloc asks for transparent huge pages (`madvise`) for the
+  blocks it maps: ~2,000 faults per step, the train step ~1.5x faster (2026-12-05).
+- keeping freed memory: blocks up to 32 MiB (glibc's largest mmap threshold) come from
+  the heap, which grows 256 MiB at a time and is not trimmed below 4 GiB of free space.
+  With huge pages alone the eval step at 2x256x256 still faulted ~590 pages a step
+  and took 0.12-0.29 s beside PyTorch's steps; with this a steady 0.12-0.14 s, the
+  train step level (2026-12-06). The cost: a process keeps up to its peak of freed
+  memory instead of returning it to the system.
+
+Measured in docs/benchmarks.md, "Memory: huge pages and freed memory". glibc reads its
+tunables once, when a process starts, so the commands (`python -m smd_jax.train`,
+`evaluate`, `predict`, `benchmarks.run`, ...) re-execute themselves with them added to
+`GLIBC_TUNABLES` (`reexec_with_huge_pages`), first thing, with the same interpreter,
+arguments and environment. Nothing happens off Linux, under glibc older than 2.35 (the
+huge-page tunable's first release) or another C library, when the kernel's transparent
+huge pages are off ('never'), when GLIBC_TUNABLES already sets any of `TUNABLES` (the
+user's own choice stands), or with SMD_HUGE_PAGES=0.
 """
 
 from __future__ import annotations
@@ -25,7 +33,13 @@ import sys
 from smd_jax import env_flags
 from smd_jax.errors import UserError
 
-TUNABLE = "glibc.malloc.hugetlb"
+# glibc tunable -> the value the commands give it (see the module's docstring).
+TUNABLES = {
+    "glibc.malloc.hugetlb": "1",  # transparent huge pages for the blocks malloc maps
+    "glibc.malloc.mmap_threshold": str(32 << 20),  # blocks up to 32 MiB from the heap,
+    "glibc.malloc.trim_threshold": str(4 << 30),  # which keeps up to 4 GiB freed
+    "glibc.malloc.top_pad": str(256 << 20),  # and grows 256 MiB at a time
+}
 FIRST_GLIBC = (2, 35)
 THP_MODE_FILE = "/sys/kernel/mm/transparent_hugepage/enabled"
 
@@ -57,17 +71,18 @@ def thp_mode(path: str = THP_MODE_FILE) -> str | None:
 
 def tuned_environment(environ, *, glibc: tuple[int, int] | None, thp: str | None
                       ) -> dict[str, str] | None:
-  """`environ` with the tunable added to GLIBC_TUNABLES, or None where it has nothing to
-  do or is already there (see the module's docstring)."""
+  """`environ` with `TUNABLES` added to GLIBC_TUNABLES, or None where there is nothing
+  to do or GLIBC_TUNABLES already sets one of them (see the module's docstring)."""
   if not env_flags.on_off("SMD_HUGE_PAGES", True):
     return None
   if glibc is None or glibc < FIRST_GLIBC or thp not in ("always", "madvise"):
     return None
   tunables = environ.get("GLIBC_TUNABLES", "")
-  if any(item.split("=")[0] == TUNABLE for item in tunables.split(":")):
+  if any(item.split("=")[0] in TUNABLES for item in tunables.split(":")):
     return None
+  ours = [f"{name}={value}" for name, value in TUNABLES.items()]
   env = dict(environ)
-  env["GLIBC_TUNABLES"] = ":".join(t for t in (tunables, f"{TUNABLE}=1") if t)
+  env["GLIBC_TUNABLES"] = ":".join([tunables, *ours] if tunables else ours)
   return env
 
 
@@ -77,7 +92,7 @@ def tuned_environment_here(environ) -> dict[str, str] | None:
 
 
 def reexec_with_huge_pages() -> None:
-  """Re-executes this process with the tunable set (does not return), or returns where
+  """Re-executes this process with `TUNABLES` set (does not return), or returns where
   there is nothing to do or the exec fails. Call it first in a command's `__main__`."""
   if not sys.platform.startswith("linux"):
     return

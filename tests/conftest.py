@@ -22,8 +22,8 @@ from tests.xla_flags import xla_flags  # imports no jax
 
 os.environ["XLA_FLAGS"] = xla_flags(8, os.environ.get("XLA_FLAGS", ""))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# glibc's huge-page tunable for xdist's workers and every process a test starts, as
-# the commands give it themselves (smd_jax/huge_pages.py): faster steps, and the
+# glibc's allocator tunables for xdist's workers and every process a test starts, as
+# the commands give them themselves (smd_jax/huge_pages.py): faster steps, and the
 # commands the tests start need not re-execute.
 _TUNED = huge_pages.tuned_environment_here(os.environ)
 if _TUNED is not None:
