@@ -69,6 +69,11 @@ def thp_mode(path: str = THP_MODE_FILE) -> str | None:
   return text[start + 1:end] if 0 <= start < end else None
 
 
+def tunables_set(environ) -> set[str]:
+  """The names of the glibc tunables that `environ`'s GLIBC_TUNABLES sets."""
+  return {item.split("=")[0] for item in environ.get("GLIBC_TUNABLES", "").split(":") if item}
+
+
 def tuned_environment(environ, *, glibc: tuple[int, int] | None, thp: str | None
                       ) -> dict[str, str] | None:
   """`environ` with `TUNABLES` added to GLIBC_TUNABLES, or None where there is nothing
@@ -78,7 +83,7 @@ def tuned_environment(environ, *, glibc: tuple[int, int] | None, thp: str | None
   if glibc is None or glibc < FIRST_GLIBC or thp not in ("always", "madvise"):
     return None
   tunables = environ.get("GLIBC_TUNABLES", "")
-  if any(item.split("=")[0] in TUNABLES for item in tunables.split(":")):
+  if tunables_set(environ) & TUNABLES.keys():
     return None
   ours = [f"{name}={value}" for name, value in TUNABLES.items()]
   env = dict(environ)

@@ -257,14 +257,25 @@ def test_keep_freed_memory_sets_glibc_thresholds(monkeypatch):
       return 1
 
   monkeypatch.setattr(allocator, "_glibc", Libc)
+  monkeypatch.delenv("GLIBC_TUNABLES", raising=False)  # tests/conftest.py sets it
   allocator.keep_freed_memory.cache_clear()
   try:
     assert allocator.keep_freed_memory() and allocator.keep_freed_memory()
     # glibc's malloc.h: M_MMAP_THRESHOLD = -3, M_TRIM_THRESHOLD = -1 (once per process).
     assert sorted(Libc.calls) == [(-3, 32 * 2**20), (-1, 64 * 2**20)]
+    # A process started with glibc's thresholds as tunables (the commands' 4 GiB trim
+    # threshold): kept, and not lowered to 64 MiB.
+    for tunables in ("glibc.malloc.hugetlb=1:glibc.malloc.trim_threshold=4294967296",
+                     "glibc.malloc.mmap_threshold=33554432"):
+      allocator.keep_freed_memory.cache_clear()
+      monkeypatch.setenv("GLIBC_TUNABLES", tunables)
+      assert allocator.keep_freed_memory() and len(Libc.calls) == 2
+    allocator.keep_freed_memory.cache_clear()
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")  # huge pages only
+    assert allocator.keep_freed_memory() and len(Libc.calls) == 4
     allocator.keep_freed_memory.cache_clear()
     monkeypatch.setenv("SMD_KEEP_FREED_MEMORY", "0")
-    assert not allocator.keep_freed_memory() and len(Libc.calls) == 2
+    assert not allocator.keep_freed_memory() and len(Libc.calls) == 4
   finally:
     allocator.keep_freed_memory.cache_clear()
 

@@ -11,21 +11,27 @@ sets glibc's thresholds so blocks below 32 MiB come from the heap and up to
 
 The cost is that memory: a process may keep up to 64 MiB per malloc arena it
 freed and not reused. SMD_KEEP_FREED_MEMORY=0 leaves glibc's defaults. Other C
-libraries (macOS, musl) are left alone.
+libraries (macOS, musl) are left alone, and so is a process that started with
+glibc's own thresholds in GLIBC_TUNABLES: the commands start so
+(`smd_jax/huge_pages.py`, which keeps up to 4 GiB), and lowering its trim
+threshold to 64 MiB here would give back the memory their steps reuse.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
+import os
 
-from smd_jax import env_flags
+from smd_jax import env_flags, huge_pages
 
 # mallopt parameters (glibc's malloc.h).
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 32 << 20  # glibc's own ceiling for its dynamic threshold on 64-bit
 TRIM_THRESHOLD = 64 << 20
+# The same thresholds as glibc tunables, read when a process starts.
+THRESHOLD_TUNABLES = {"glibc.malloc.mmap_threshold", "glibc.malloc.trim_threshold"}
 
 
 def _glibc():
@@ -36,12 +42,15 @@ def _glibc():
 
 @functools.lru_cache(maxsize=None)
 def keep_freed_memory() -> bool:
-  """Sets the thresholds above in this process, once; whether glibc took them
-  (False off glibc or with SMD_KEEP_FREED_MEMORY=0)."""
+  """Sets the thresholds above in this process, once; whether freed memory is kept:
+  glibc took them, or GLIBC_TUNABLES sets them already (left as they are). False off
+  glibc or with SMD_KEEP_FREED_MEMORY=0."""
   if not env_flags.on_off("SMD_KEEP_FREED_MEMORY", True):
     return False
   libc = _glibc()
   if libc is None:
     return False
+  if huge_pages.tunables_set(os.environ) & THRESHOLD_TUNABLES:
+    return True
   return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
       libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
