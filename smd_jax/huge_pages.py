@@ -9,7 +9,7 @@ spent in the kernel. Two groups of glibc tunables (`TUNABLES`) fix that:
 - `glibc.malloc.hugetlb=1`: malloc asks for transparent huge pages (`madvise`) for the
   blocks it maps: ~2,000 faults per step, the train step ~1.5x faster (2026-12-05).
 - keeping freed memory: blocks up to 32 MiB (glibc's largest mmap threshold) come from
-  the heap, which grows 256 MiB at a time and is not trimmed below 4 GiB of free space.
+  the heap, which grows 256 MiB at a time and gives freed memory back only above 4 GiB.
   With huge pages alone the eval step at 2x256x256 still faulted ~590 pages a step
   and took 0.12-0.29 s beside PyTorch's steps; with this a steady 0.12-0.14 s, the
   train step level (2026-12-06). The cost: a process keeps up to its peak of freed

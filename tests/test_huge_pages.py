@@ -65,7 +65,7 @@ def test_thp_mode_and_glibc_version(tmp_path):
 
 # A process that (after re-executing itself) mallocs, fills and frees blocks twice, as
 # XLA does a step's buffers, and prints the minor page faults of the second time: one
-# 256 MiB block (`faults`), and ten 16 MiB blocks live at once (`kept`). Through libc,
+# 256 MiB block (`faults`), and twenty 16 MiB blocks live at once (`kept`). Through libc,
 # not NumPy: NumPy asks for huge pages itself.
 _PROBE = """
 import ctypes, os, resource
@@ -87,7 +87,7 @@ def faults_the_second_time(sizes):
   fill_and_free(sizes)
   return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 print("faults", faults_the_second_time([256 << 20]))
-print("kept", faults_the_second_time([16 << 20] * 10))
+print("kept", faults_the_second_time([16 << 20] * 20))
 """
 
 
@@ -113,9 +113,11 @@ def test_command_reexecutes_itself_and_faults_fewer_pages():
   faults, faults_off = tuned_counts["faults"], off_counts["faults"]
   assert faults_off > 30_000 and faults < faults_off / 10, (faults, faults_off)
   # Huge pages alone (a user's GLIBC_TUNABLES: nothing added, no re-execution): glibc
-  # gives the 160 MiB back when it is freed and faults it in again, >= 80 pages of
-  # 2 MiB. With the heap kept, the second time reuses the pages of the first.
+  # gives the 320 MiB back when it is freed and faults it in again, >= 160 pages of
+  # 2 MiB (159-604 measured). With the heap kept, the second time reuses the pages
+  # of the first: 0 measured; 40 leaves room for the interpreter's own allocations,
+  # while the mmap threshold alone, without the trim threshold, faults ~160.
   starts_huge, huge_counts = _probe({**env, "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"})
   assert starts_huge == ["started glibc.malloc.hugetlb=1"], starts_huge
   kept, kept_huge = tuned_counts["kept"], huge_counts["kept"]
-  assert kept_huge >= 80 and kept < kept_huge / 4, (kept, kept_huge)
+  assert kept_huge >= 120 and kept <= 40, (kept, kept_huge)
