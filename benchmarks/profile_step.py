@@ -124,7 +124,7 @@ def profile(model: str, *, batch_size: int, size: int, precision: str, steps: in
     host_batch["mask"] = np.ones(batch_size, bool)
   batch = data_parallel.to_global(host_batch, mesh)
   if step == "eval":
-    built.eval_step.lower(state, batch).compile()  # fills the cache the calls use
+    compiled = built.eval_step.lower(state, batch).compile()  # fills the cache the calls use
     run = lambda state: (state, built.eval_step(state, batch))
   else:
     compiled = built.train_step.lower(state, batch).compile()

@@ -17,7 +17,7 @@ import numpy as np
 from smd_jax import metrics, tasks as tasks_lib
 from smd_jax.data import batching
 from smd_jax.evaluation import breakdown
-from smd_jax.training import data_parallel, steps as steps_lib, xla_options
+from smd_jax.training import data_parallel, steps as steps_lib
 
 
 def evaluate(steps, state, source: Sequence, *, global_batch_size: int, mesh,
@@ -68,10 +68,8 @@ def make_outputs_fn(steps, mesh) -> Callable:
         out[name] = task.predict_labels(outputs[name])
     return out
 
-  data = data_parallel.batch_sharding(mesh)
-  return steps_lib.ForwardStep(xla_options.jit(
-      outputs_fn, mesh, xla_options.FORWARD, in_shardings=(data_parallel.replicated(mesh), data),
-      out_shardings=data))
+  return steps_lib.ForwardStep(outputs_fn, mesh,
+                               out_shardings=data_parallel.batch_sharding(mesh))
 
 
 def semantic_head(tasks) -> str | None:
@@ -128,11 +126,9 @@ def make_analysis_step(steps, mesh, *,
     }
 
   rep = data_parallel.replicated(mesh)
-  return steps_lib.ForwardStep(xla_options.jit(
-      analysis_step, mesh, xla_options.FORWARD,
-      in_shardings=(rep, data_parallel.batch_sharding(mesh)),
-      out_shardings={"tasks": rep, "breakdown": rep,
-                     "per_image": data_parallel.batch_sharding(mesh)}))
+  return steps_lib.ForwardStep(
+      analysis_step, mesh, out_shardings={"tasks": rep, "breakdown": rep,
+                                          "per_image": data_parallel.batch_sharding(mesh)})
 
 
 def analyse(analysis_step, state, tasks, source: Sequence, *, global_batch_size: int, mesh,

@@ -20,11 +20,12 @@ import numpy as np
 import optax
 from absl import logging
 from flax import nnx
+from jax.extend import core
 from jax.sharding import Mesh
 
-from smd_jax import losses, semantics, tasks as tasks_lib
+from smd_jax import env_flags, losses, semantics, tasks as tasks_lib
 from smd_jax.models import registry
-from smd_jax.training import data_parallel, xla_options
+from smd_jax.training import data_parallel, state_work, xla_options
 
 
 @flax.struct.dataclass
@@ -45,19 +46,129 @@ class ForwardState:
 
 class ForwardStep:
   """A jitted forward program (eval, predict), called like the train step as
-  ``f(state, batch)`` (and ``f.lower(state, batch)``), that hands XLA only the
-  state's params and model state: the optimizer's moments are two thirds of the
-  b4 UNet's 1,548 state leaves, and taking every leaf cost ~5 ms of argument
-  handling per call (a b8@64 eval step computes for ~45 ms)."""
+  ``f(state, batch)`` (and ``f.lower(state, batch)``).
 
-  def __init__(self, jitted: Callable):
-    self.jitted = jitted  # of (ForwardState, batch)
+  It hands XLA only the state's params and model state: the optimizer's moments are
+  two thirds of the b4 UNet's 1,548 state leaves, and taking every leaf cost ~5 ms of
+  argument handling per call (a b8@64 eval step computes for ~45 ms). And it runs as
+  two programs (`state_work.split`): the work that reads the state only, once per
+  state (kept while the same state arrays come back, as over an evaluation pass),
+  and the rest once per batch. `SMD_SPLIT_FORWARD=0` runs it as one program.
+  """
+
+  def __init__(self, fun: Callable, mesh: Mesh, out_shardings: Any):
+    self.jitted = xla_options.jit(  # of (ForwardState, batch): traced, or run when not split
+        fun, mesh, xla_options.FORWARD,
+        in_shardings=(data_parallel.replicated(mesh), data_parallel.batch_sharding(mesh)),
+        out_shardings=out_shardings)
+    self._mesh, self._out_shardings = mesh, out_shardings
+    self._split_on = env_flags.on_off("SMD_SPLIT_FORWARD", True)
+    self._programs: dict[Any, _SplitPrograms | None] = {}  # by argument signature
+    self._prepared: tuple[list, Any, list] | None = None  # (state leaves, programs, values)
+
+  def _programs_for(self, forward_state, batch) -> "_SplitPrograms | None":
+    if not self._split_on:
+      return None
+    leaves, tree = jax.tree.flatten((forward_state, batch))
+    key = (tree, tuple((x.shape, x.dtype) for x in leaves))
+    if key not in self._programs:
+      self._programs[key] = _SplitPrograms.build(self.jitted, forward_state, batch,
+                                                 mesh=self._mesh,
+                                                 out_shardings=self._out_shardings)
+    return self._programs[key]
 
   def __call__(self, state, batch):
-    return self.jitted(ForwardState(state.params, state.model_state), batch)
+    forward_state = ForwardState(state.params, state.model_state)
+    programs = self._programs_for(forward_state, batch)
+    if programs is None:
+      return self.jitted(forward_state, batch)
+    leaves = jax.tree.leaves(forward_state)
+    cached = self._prepared
+    if (cached is None or cached[1] is not programs
+        or not state_work.same_leaves(cached[0], leaves)):
+      self._prepared = None  # frees the last state's values before making new ones
+      cached = self._prepared = (leaves, programs, programs.prepare(leaves))
+    return programs.apply([leaves[i] for i in programs.passed], cached[2], batch)
 
   def lower(self, state, batch):
-    return self.jitted.lower(ForwardState(state.params, state.model_state), batch)
+    forward_state = ForwardState(state.params, state.model_state)
+    programs = self._programs_for(forward_state, batch)
+    if programs is None:
+      return self.jitted.lower(forward_state, batch)
+    return programs.lower(forward_state, batch)
+
+  def cache_sizes(self) -> dict[str, int]:
+    """Compiled variants of each program (the split's two, or the whole one)."""
+    sizes = {"whole": self.jitted._cache_size()}  # pylint: disable=protected-access
+    for programs in self._programs.values():
+      if programs is not None:
+        sizes["prepare"] = sizes.get("prepare", 0) + programs.prepare._cache_size()  # pylint: disable=protected-access
+        sizes["apply"] = sizes.get("apply", 0) + programs.apply._cache_size()  # pylint: disable=protected-access
+    return sizes
+
+
+@dataclasses.dataclass(frozen=True)
+class _SplitPrograms:
+  """The two jitted halves of a `ForwardStep` for one argument signature."""
+
+  prepare: Callable  # (state leaves) -> prepared values, replicated
+  apply: Callable  # (passed state leaves, prepared values, batch) -> outputs
+  passed: tuple[int, ...]  # which state leaves `apply` reads
+  prepared: tuple[jax.ShapeDtypeStruct, ...]  # what `prepare` returns
+
+  @classmethod
+  def build(cls, jitted, forward_state, batch, *, mesh: Mesh, out_shardings: Any
+            ) -> "_SplitPrograms | None":
+    """Traces `jitted` (a forward program of (ForwardState, batch)) and jits its two
+    halves with the same compiler options; None if nothing moves to `prepare`."""
+    traced = jitted.trace(forward_state, batch)
+    cut = state_work.split(traced.jaxpr, len(jax.tree.leaves(forward_state)))
+    if cut is None:
+      return None
+    prepare_fn, apply_fn = core.jaxpr_as_fun(cut.prepare), core.jaxpr_as_fun(cut.apply)
+
+    def prepare(leaves):
+      return prepare_fn(*leaves)
+
+    def apply(passed, prepared, batch):
+      return jax.tree.unflatten(traced.out_tree,
+                                apply_fn(*passed, *prepared, *jax.tree.leaves(batch)))
+
+    # Named after the program, as XLA's compile log shows it: "eval_step_apply".
+    name = getattr(jitted, "__name__", "forward")
+    prepare.__name__, apply.__name__ = f"{name}_prepare", f"{name}_apply"
+    rep = data_parallel.replicated(mesh)
+    return cls(
+        prepare=xla_options.jit(prepare, mesh, xla_options.FORWARD,
+                                in_shardings=(rep,), out_shardings=rep),
+        apply=xla_options.jit(apply, mesh, xla_options.FORWARD,
+                              in_shardings=(rep, rep, data_parallel.batch_sharding(mesh)),
+                              out_shardings=out_shardings),
+        passed=cut.passed,
+        prepared=tuple(jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep)
+                       for a in cut.prepare.out_avals))
+
+  def lower(self, forward_state, batch) -> "_SplitLowered":
+    leaves = jax.tree.leaves(forward_state)
+    return _SplitLowered(self.prepare.lower(leaves),
+                         self.apply.lower([leaves[i] for i in self.passed],
+                                          list(self.prepared), batch))
+
+
+@dataclasses.dataclass(frozen=True)
+class _SplitLowered:
+  """Both halves lowered; `compile` compiles both (filling the caches the calls use)
+  and returns the per-batch program, the one worth reading."""
+
+  prepare: Any
+  apply: Any
+
+  def compile(self):
+    self.prepare.compile()
+    return self.apply.compile()
+
+  def as_text(self) -> str:
+    return self.apply.as_text()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,10 +329,8 @@ def build_steps(config, model, total_steps: int, mesh: Mesh) -> tuple[Steps, Tra
       train_step=xla_options.jit(train_step, mesh, xla_options.TRAIN,
                                  in_shardings=(rep, data), out_shardings=(rep, rep),
                                  donate_argnums=0),
-      eval_step=ForwardStep(xla_options.jit(eval_step, mesh, xla_options.FORWARD,
-                                            in_shardings=(rep, data), out_shardings=rep)),
-      predict_step=ForwardStep(xla_options.jit(predict_step, mesh, xla_options.FORWARD,
-                                               in_shardings=(rep, data), out_shardings=data)),
+      eval_step=ForwardStep(eval_step, mesh, out_shardings=rep),
+      predict_step=ForwardStep(predict_step, mesh, out_shardings=data),
   )
   return steps, data_parallel.replicate(state, mesh)
 
