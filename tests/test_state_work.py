@@ -9,7 +9,10 @@ import pytest
 from jax.extend import core
 
 from smd_jax.training import data_parallel, state_work, steps as steps_lib
-from tests.test_no_recompile import batch_of, tiny_config, toy_encoder  # noqa: F401  (fixture)
+from tests import test_no_recompile
+from tests.test_no_recompile import batch_of, tiny_config
+
+toy_encoder = test_no_recompile.toy_encoder  # the fixture, for the UNet test below
 
 
 OFFSET = np.linspace(-1.0, 1.0, 20, dtype=np.float32).reshape(5, 4)
@@ -113,6 +116,24 @@ def test_forward_step_prepares_once_per_state_on_the_8_device_mesh():
   assert step.cache_sizes() == {"whole": 0, "prepare": 1, "apply": 1}
 
 
+def test_batch_shapes_in_turn_prepare_once_each():
+  # Prediction of photos of two sizes in turn: each shape's values are kept.
+  mesh = data_parallel.make_mesh(1)
+  step = steps_lib.ForwardStep(forward, mesh, out_shardings=data_parallel.replicated(mesh))
+  state, _ = numbers()
+  batches = [numbers(batch_size=2, seed=1)[1], numbers(batch_size=4, seed=2)[1]]
+  for batch in batches:
+    step(state, batch)
+  counters = [_Counting(p.prepare) for p in step._programs.values()]  # pylint: disable=protected-access
+  for programs, counting in zip(step._programs.values(), counters):  # pylint: disable=protected-access
+    object.__setattr__(programs, "prepare", counting)
+  for _ in range(3):
+    for batch in batches:
+      np.testing.assert_allclose(step(state, batch)["y"], expected(state, batch), rtol=1e-5,
+                                 atol=1e-5)
+  assert [c.calls for c in counters] == [0, 0]
+
+
 def test_split_off_runs_the_whole_program(monkeypatch):
   monkeypatch.setenv("SMD_SPLIT_FORWARD", "0")
   mesh = data_parallel.make_mesh(1)
@@ -123,8 +144,9 @@ def test_split_off_runs_the_whole_program(monkeypatch):
   assert step.cache_sizes() == {"whole": 1}
 
 
+@pytest.mark.usefixtures("toy_encoder")
 @pytest.mark.parametrize("program", ["eval_step", "predict_step"])
-def test_a_unet_forward_step_equals_its_whole_program(toy_encoder, program):  # noqa: F811
+def test_a_unet_forward_step_equals_its_whole_program(program):
   # A toy-encoder UNet with the paper's semantic head, on the CPU (the decoder's
   # sub-pixel convolutions, whose kernel folds move to the per-state program).
   config = tiny_config(batch_size=2)

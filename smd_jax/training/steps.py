@@ -44,6 +44,11 @@ class ForwardState:
   model_state: Any
 
 
+# Batch shapes whose prepared values a ForwardStep keeps at once (each is about the
+# size of the parameters).
+_PREPARED_SHAPES = 4
+
+
 class ForwardStep:
   """A jitted forward program (eval, predict), called like the train step as
   ``f(state, batch)`` (and ``f.lower(state, batch)``).
@@ -52,8 +57,10 @@ class ForwardStep:
   two thirds of the b4 UNet's 1,548 state leaves, and taking every leaf cost ~5 ms of
   argument handling per call (a b8@64 eval step computes for ~45 ms). And it runs as
   two programs (`state_work.split`): the work that reads the state only, once per
-  state (kept while the same state arrays come back, as over an evaluation pass),
-  and the rest once per batch. `SMD_SPLIT_FORWARD=0` runs it as one program.
+  state, and the rest once per batch. What the first makes (about the size of the
+  parameters) is kept while the same state arrays come back, as over an evaluation
+  pass, for up to `_PREPARED_SHAPES` batch shapes. `SMD_SPLIT_FORWARD=0` runs it as
+  one program.
   """
 
   def __init__(self, fun: Callable, mesh: Mesh, out_shardings: Any):
@@ -64,7 +71,9 @@ class ForwardStep:
     self._mesh, self._out_shardings = mesh, out_shardings
     self._split_on = env_flags.on_off("SMD_SPLIT_FORWARD", True)
     self._programs: dict[Any, _SplitPrograms | None] = {}  # by argument signature
-    self._prepared: tuple[list, Any, list] | None = None  # (state leaves, programs, values)
+    # What `prepare` made of one state (its leaves: `_prepared_for`), per signature.
+    self._prepared_for: list = []
+    self._prepared: dict[_SplitPrograms, list] = {}
 
   def _programs_for(self, forward_state, batch) -> "_SplitPrograms | None":
     if not self._split_on:
@@ -83,12 +92,14 @@ class ForwardStep:
     if programs is None:
       return self.jitted(forward_state, batch)
     leaves = jax.tree.leaves(forward_state)
-    cached = self._prepared
-    if (cached is None or cached[1] is not programs
-        or not state_work.same_leaves(cached[0], leaves)):
-      self._prepared = None  # frees the last state's values before making new ones
-      cached = self._prepared = (leaves, programs, programs.prepare(leaves))
-    return programs.apply([leaves[i] for i in programs.passed], cached[2], batch)
+    if not state_work.same_leaves(self._prepared_for, leaves):
+      self._prepared.clear()  # a new state: the old one's values go before new ones come
+      self._prepared_for = leaves
+    if programs not in self._prepared:
+      if len(self._prepared) >= _PREPARED_SHAPES:  # e.g. predicting photos of many sizes
+        del self._prepared[next(iter(self._prepared))]
+      self._prepared[programs] = programs.prepare(leaves)
+    return programs.apply([leaves[i] for i in programs.passed], self._prepared[programs], batch)
 
   def lower(self, state, batch):
     forward_state = ForwardState(state.params, state.model_state)
@@ -107,7 +118,7 @@ class ForwardStep:
     return sizes
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity: a cache key
 class _SplitPrograms:
   """The two jitted halves of a `ForwardStep` for one argument signature."""
 
