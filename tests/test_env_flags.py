@@ -9,7 +9,7 @@ from smd_jax import env_flags
 from smd_jax.data import allocator
 from smd_jax.errors import UserError
 from smd_jax.models import conv_formulations
-from smd_jax.training import trainer, xla_options
+from smd_jax.training import data_parallel, steps as steps_lib, trainer, xla_options
 from tests import xla_flags
 
 
@@ -56,6 +56,8 @@ SWITCHES = {
     "SMD_CPU_WIDE_VECTORS": lambda _: _wide_vectors(),
     "SMD_COMPILE_AHEAD": _compiles_ahead,
     "SMD_KEEP_FREED_MEMORY": lambda _: _keeps_freed_memory(),
+    "SMD_SPLIT_FORWARD": lambda _: steps_lib.ForwardStep(
+        lambda state, batch: batch, data_parallel.make_mesh(1), None)._split_on,
 }
 
 
