@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Sequence
-
 from jax.extend import core
 
 
@@ -87,7 +85,3 @@ def split(closed: core.ClosedJaxpr, num_state: int) -> Split | None:
                apply=core.ClosedJaxpr(apply, closed.consts),
                passed=tuple(state_index[v] for v in passed))
 
-
-def same_leaves(a: Sequence, b: Sequence) -> bool:
-  """Whether two lists of arrays hold the very same objects (not equal values)."""
-  return len(a) == len(b) and all(x is y for x, y in zip(a, b))
