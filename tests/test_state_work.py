@@ -124,8 +124,9 @@ def test_batch_shapes_in_turn_prepare_once_each():
   batches = [numbers(batch_size=2, seed=1)[1], numbers(batch_size=4, seed=2)[1]]
   for batch in batches:
     step(state, batch)
-  counters = [_Counting(p.prepare) for p in step._programs.values()]  # pylint: disable=protected-access
-  for programs, counting in zip(step._programs.values(), counters):  # pylint: disable=protected-access
+  programs_made = list(step._programs.values())  # pylint: disable=protected-access
+  counters = [_Counting(p.prepare) for p in programs_made]
+  for programs, counting in zip(programs_made, counters):
     object.__setattr__(programs, "prepare", counting)
   for _ in range(3):
     for batch in batches:

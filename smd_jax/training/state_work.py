@@ -14,14 +14,21 @@ or a constant), at least one comes from the state (work on constants alone stays
 the batch, where XLA can fold it) and its result is no larger than its arguments (a
 broadcast of a per-channel vector to an activation's shape, or a `zeros` of it, would
 only add memory traffic to the batch program, where XLA fuses it into its consumer).
-Effects are never moved.
+Effects are never moved. `SplitPrograms` jits the two halves of a forward program
+(`steps.ForwardStep` calls them).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any, Callable
+
+import jax
 from jax.extend import core
+from jax.sharding import Mesh
+
+from smd_jax.training import data_parallel, xla_options
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,3 +92,83 @@ def split(closed: core.ClosedJaxpr, num_state: int) -> Split | None:
                apply=core.ClosedJaxpr(apply, closed.consts),
                passed=tuple(state_index[v] for v in passed))
 
+
+def signature(leaves) -> tuple:
+  """Shapes and dtypes of arrays (or abstract values): what a program is compiled for."""
+  return tuple((x.shape, x.dtype) for x in leaves)
+
+
+@dataclasses.dataclass(frozen=True)
+class StateSeen:
+  """A state a `steps.ForwardStep` was called with: its leaves, their signature, and
+  the split programs found for each batch signature."""
+
+  params: Any
+  model_state: Any
+  leaves: list
+  signature: tuple
+  programs: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity: a cache key
+class SplitPrograms:
+  """The two jitted halves of a `steps.ForwardStep` for one argument signature."""
+
+  prepare: Callable  # (state leaves) -> prepared values, replicated
+  apply: Callable  # (passed state leaves, prepared values, batch) -> outputs
+  passed: tuple[int, ...]  # which state leaves `apply` reads
+  prepared: tuple[jax.ShapeDtypeStruct, ...]  # what `prepare` returns
+
+  @classmethod
+  def build(cls, jitted, forward_state, batch, *, mesh: Mesh, out_shardings: Any
+            ) -> "SplitPrograms | None":
+    """Traces `jitted` (a forward program of (ForwardState, batch)) and jits its two
+    halves with the same compiler options; None if nothing moves to `prepare`."""
+    traced = jitted.trace(forward_state, batch)
+    cut = split(traced.jaxpr, len(jax.tree.leaves(forward_state)))
+    if cut is None:
+      return None
+    prepare_fn, apply_fn = core.jaxpr_as_fun(cut.prepare), core.jaxpr_as_fun(cut.apply)
+
+    def prepare(leaves):
+      return prepare_fn(*leaves)
+
+    def apply(passed, prepared, batch):
+      return jax.tree.unflatten(traced.out_tree,
+                                apply_fn(*passed, *prepared, *jax.tree.leaves(batch)))
+
+    # Named after the program, as XLA's compile log shows it: "eval_step_apply".
+    name = getattr(jitted, "__name__", "forward")
+    prepare.__name__, apply.__name__ = f"{name}_prepare", f"{name}_apply"
+    rep = data_parallel.replicated(mesh)
+    return cls(
+        prepare=xla_options.jit(prepare, mesh, xla_options.FORWARD,
+                                in_shardings=(rep,), out_shardings=rep),
+        apply=xla_options.jit(apply, mesh, xla_options.FORWARD,
+                              in_shardings=(rep, rep, data_parallel.batch_sharding(mesh)),
+                              out_shardings=out_shardings),
+        passed=cut.passed,
+        prepared=tuple(jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep)
+                       for a in cut.prepare.out_avals))
+
+  def lower(self, forward_state, batch) -> "SplitLowered":
+    leaves = jax.tree.leaves(forward_state)
+    return SplitLowered(self.prepare.lower(leaves),
+                        self.apply.lower([leaves[i] for i in self.passed],
+                                         list(self.prepared), batch))
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitLowered:
+  """Both halves lowered; `compile` compiles both (filling the caches the calls use)
+  and returns the per-batch program, the one worth reading."""
+
+  prepare: Any
+  apply: Any
+
+  def compile(self):
+    self.prepare.compile()
+    return self.apply.compile()
+
+  def as_text(self) -> str:
+    return self.apply.as_text()

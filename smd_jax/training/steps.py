@@ -20,7 +20,6 @@ import numpy as np
 import optax
 from absl import logging
 from flax import nnx
-from jax.extend import core
 from jax.sharding import Mesh
 
 from smd_jax import env_flags, losses, semantics, tasks as tasks_lib
@@ -59,8 +58,8 @@ class ForwardStep:
   two programs (`state_work.split`): the work that reads the state only, once per
   state, and the rest once per batch. What the first makes (about the size of the
   parameters) is kept while the same state (its params and model state objects)
-  comes back, as over an evaluation pass, for up to `_PREPARED_SHAPES` batch shapes. `SMD_SPLIT_FORWARD=0` runs it as
-  one program.
+  comes back, as over an evaluation pass, for up to `_PREPARED_SHAPES` batch shapes.
+  `SMD_SPLIT_FORWARD=0` runs it as one program.
   """
 
   def __init__(self, fun: Callable, mesh: Mesh, out_shardings: Any):
@@ -70,39 +69,43 @@ class ForwardStep:
         out_shardings=out_shardings)
     self._mesh, self._out_shardings = mesh, out_shardings
     self._split_on = env_flags.on_off("SMD_SPLIT_FORWARD", True)
-    self._programs: dict[Any, _SplitPrograms | None] = {}  # by argument signature
-    self._state: _StateSeen | None = None  # the last state called with
-    self._prepared: dict[_SplitPrograms, list] = {}  # what `prepare` made of it
+    # Split programs by argument signature (None: nothing to split off).
+    self._programs: dict[Any, state_work.SplitPrograms | None] = {}
+    self._state: state_work.StateSeen | None = None  # the last state called with
+    self._prepared: dict[state_work.SplitPrograms, list] = {}  # what `prepare` made of it
 
-  def _programs_for(self, forward_state, state_signature, batch) -> "_SplitPrograms | None":
+  def _programs_for(self, forward_state, state_signature, batch
+                    ) -> state_work.SplitPrograms | None:
     leaves, tree = jax.tree.flatten(batch)
-    key = (state_signature, tree, _signature(leaves))
+    key = (state_signature, tree, state_work.signature(leaves))
     if key not in self._programs:
-      self._programs[key] = _SplitPrograms.build(self.jitted, forward_state, batch,
-                                                 mesh=self._mesh,
-                                                 out_shardings=self._out_shardings)
+      self._programs[key] = state_work.SplitPrograms.build(
+          self.jitted, forward_state, batch, mesh=self._mesh,
+          out_shardings=self._out_shardings)
     return self._programs[key]
 
-  def _programs_seen(self, seen: "_StateSeen", batch) -> "_SplitPrograms | None":
+  def _programs_seen(self, seen: state_work.StateSeen, batch
+                     ) -> state_work.SplitPrograms | None:
     """`_programs_for` through the state's own table of batch signatures (hashing the
     state's 655-entry signature for every call costs more than the lookup)."""
     leaves, tree = jax.tree.flatten(batch)
-    key = (tree, _signature(leaves))
+    key = (tree, state_work.signature(leaves))
     if key not in seen.programs:
       seen.programs[key] = self._programs_for(ForwardState(seen.params, seen.model_state),
                                               seen.signature, batch)
     return seen.programs[key]
 
-  def _state_seen(self, state) -> "_StateSeen":
+  def _state_seen(self, state) -> state_work.StateSeen:
     """`state`'s leaves, flattened once while the same params and model state objects
     come back (flattening the b4 UNet's nnx state takes ~1 ms, 2% of a b8@64 eval
     step); a new state drops what was prepared for the last one."""
     seen = self._state
-    if seen is None or seen.params is not state.params or seen.model_state is not state.model_state:
+    if (seen is None or seen.params is not state.params
+        or seen.model_state is not state.model_state):
       self._prepared.clear()  # the old state's values go before new ones come
       leaves, tree = jax.tree.flatten(ForwardState(state.params, state.model_state))
-      seen = self._state = _StateSeen(state.params, state.model_state, leaves,
-                                      (tree, _signature(leaves)))
+      seen = self._state = state_work.StateSeen(state.params, state.model_state, leaves,
+                                                (tree, state_work.signature(leaves)))
     return seen
 
   def __call__(self, state, batch):
@@ -124,99 +127,20 @@ class ForwardStep:
     if not self._split_on:
       return self.jitted.lower(forward_state, batch)
     leaves, tree = jax.tree.flatten(forward_state)
-    programs = self._programs_for(forward_state, (tree, _signature(leaves)), batch)
+    programs = self._programs_for(forward_state, (tree, state_work.signature(leaves)), batch)
     if programs is None:
       return self.jitted.lower(forward_state, batch)
     return programs.lower(forward_state, batch)
 
   def cache_sizes(self) -> dict[str, int]:
     """Compiled variants of each program (the split's two, or the whole one)."""
-    sizes = {"whole": self.jitted._cache_size()}  # pylint: disable=protected-access
+    # pylint: disable=protected-access
+    sizes = {"whole": self.jitted._cache_size()}
     for programs in self._programs.values():
       if programs is not None:
-        sizes["prepare"] = sizes.get("prepare", 0) + programs.prepare._cache_size()  # pylint: disable=protected-access
-        sizes["apply"] = sizes.get("apply", 0) + programs.apply._cache_size()  # pylint: disable=protected-access
+        for name in ("prepare", "apply"):
+          sizes[name] = sizes.get(name, 0) + getattr(programs, name)._cache_size()
     return sizes
-
-
-def _signature(leaves) -> tuple:
-  return tuple((x.shape, x.dtype) for x in leaves)
-
-
-@dataclasses.dataclass(frozen=True)
-class _StateSeen:
-  """A state a ForwardStep was called with: its leaves, their signature, and the split
-  programs found for each batch signature."""
-
-  params: Any
-  model_state: Any
-  leaves: list
-  signature: tuple
-  programs: dict = dataclasses.field(default_factory=dict)
-
-
-@dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity: a cache key
-class _SplitPrograms:
-  """The two jitted halves of a `ForwardStep` for one argument signature."""
-
-  prepare: Callable  # (state leaves) -> prepared values, replicated
-  apply: Callable  # (passed state leaves, prepared values, batch) -> outputs
-  passed: tuple[int, ...]  # which state leaves `apply` reads
-  prepared: tuple[jax.ShapeDtypeStruct, ...]  # what `prepare` returns
-
-  @classmethod
-  def build(cls, jitted, forward_state, batch, *, mesh: Mesh, out_shardings: Any
-            ) -> "_SplitPrograms | None":
-    """Traces `jitted` (a forward program of (ForwardState, batch)) and jits its two
-    halves with the same compiler options; None if nothing moves to `prepare`."""
-    traced = jitted.trace(forward_state, batch)
-    cut = state_work.split(traced.jaxpr, len(jax.tree.leaves(forward_state)))
-    if cut is None:
-      return None
-    prepare_fn, apply_fn = core.jaxpr_as_fun(cut.prepare), core.jaxpr_as_fun(cut.apply)
-
-    def prepare(leaves):
-      return prepare_fn(*leaves)
-
-    def apply(passed, prepared, batch):
-      return jax.tree.unflatten(traced.out_tree,
-                                apply_fn(*passed, *prepared, *jax.tree.leaves(batch)))
-
-    # Named after the program, as XLA's compile log shows it: "eval_step_apply".
-    name = getattr(jitted, "__name__", "forward")
-    prepare.__name__, apply.__name__ = f"{name}_prepare", f"{name}_apply"
-    rep = data_parallel.replicated(mesh)
-    return cls(
-        prepare=xla_options.jit(prepare, mesh, xla_options.FORWARD,
-                                in_shardings=(rep,), out_shardings=rep),
-        apply=xla_options.jit(apply, mesh, xla_options.FORWARD,
-                              in_shardings=(rep, rep, data_parallel.batch_sharding(mesh)),
-                              out_shardings=out_shardings),
-        passed=cut.passed,
-        prepared=tuple(jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep)
-                       for a in cut.prepare.out_avals))
-
-  def lower(self, forward_state, batch) -> "_SplitLowered":
-    leaves = jax.tree.leaves(forward_state)
-    return _SplitLowered(self.prepare.lower(leaves),
-                         self.apply.lower([leaves[i] for i in self.passed],
-                                          list(self.prepared), batch))
-
-
-@dataclasses.dataclass(frozen=True)
-class _SplitLowered:
-  """Both halves lowered; `compile` compiles both (filling the caches the calls use)
-  and returns the per-batch program, the one worth reading."""
-
-  prepare: Any
-  apply: Any
-
-  def compile(self):
-    self.prepare.compile()
-    return self.apply.compile()
-
-  def as_text(self) -> str:
-    return self.apply.as_text()
 
 
 @dataclasses.dataclass(frozen=True)
