@@ -4,7 +4,7 @@ Part of a forward pass reads the parameters and model state only: the UNet decod
 sub-pixel kernel folds (`conv_formulations.upsampled_conv3x3`), the kernel slices around
 them, BatchNorm's per-channel scale. Over an evaluation pass the state is fixed, yet
 a jitted eval step redoes that work for every batch: for the EfficientNet-b4 UNet at
-2x256x256 on the CPU, 119 of its instructions, ~6% of the step (docs/benchmarks.md).
+2x256x256 on the CPU, 119 of its instructions, ~7% of the step (docs/benchmarks.md).
 
 `split` sorts the equations of a traced forward program (arguments: the state's
 leaves, then the batch's) into a *prepare* program of the state alone and an *apply*
@@ -48,9 +48,10 @@ def _is_var(atom) -> bool:
   return not isinstance(atom, core.Literal)
 
 
-def _hoistable(eqn, ready: set, from_state: set) -> bool:
+def _hoistable(eqn, from_state: set, consts: set) -> bool:
+  """The module docstring's rule (`split` has turned away programs with effects)."""
   args = [v for v in eqn.invars if _is_var(v)]
-  return (not eqn.effects and bool(args) and all(v in ready for v in args)
+  return (bool(args) and all(v in from_state or v in consts for v in args)
           and any(v in from_state for v in args)
           and sum(_size(v) for v in eqn.outvars) <= sum(_size(v) for v in args))
 
@@ -64,14 +65,12 @@ def split(closed: core.ClosedJaxpr, num_state: int) -> Split | None:
     return None
   state_vars = list(jaxpr.invars[:num_state])
   from_state = set(state_vars)  # values that the state alone determines
-  ready = from_state | set(jaxpr.constvars)
+  consts = set(jaxpr.constvars)
   prepare_eqns, apply_eqns = [], []
   for eqn in jaxpr.eqns:
-    if _hoistable(eqn, ready, from_state):
+    if _hoistable(eqn, from_state, consts):
       prepare_eqns.append(eqn)
-      outs = [v for v in eqn.outvars if not isinstance(v, core.DropVar)]
-      from_state.update(outs)
-      ready.update(outs)
+      from_state.update(v for v in eqn.outvars if not isinstance(v, core.DropVar))
     else:
       apply_eqns.append(eqn)
   # What `apply` reads of the state side, in first-use order.
@@ -100,14 +99,15 @@ def signature(leaves) -> tuple:
 
 @dataclasses.dataclass(frozen=True)
 class StateSeen:
-  """A state a `steps.ForwardStep` was called with: its leaves, their signature, and
-  the split programs found for each batch signature."""
+  """A state a `steps.ForwardStep` was called with: its leaves, their signature, the
+  split programs found for each batch signature, and what their `prepare` made of it."""
 
   params: Any
   model_state: Any
   leaves: list
   signature: tuple
-  programs: dict = dataclasses.field(default_factory=dict)
+  programs: dict = dataclasses.field(default_factory=dict)  # batch signature -> programs
+  prepared: dict = dataclasses.field(default_factory=dict)  # programs -> prepared values
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity: a cache key

@@ -71,8 +71,8 @@ class ForwardStep:
     self._split_on = env_flags.on_off("SMD_SPLIT_FORWARD", True)
     # Split programs by argument signature (None: nothing to split off).
     self._programs: dict[Any, state_work.SplitPrograms | None] = {}
-    self._state: state_work.StateSeen | None = None  # the last state called with
-    self._prepared: dict[state_work.SplitPrograms, list] = {}  # what `prepare` made of it
+    # The last state called with, and what was prepared of it: a new state replaces both.
+    self._state: state_work.StateSeen | None = None
 
   def _programs_for(self, forward_state, state_signature, batch
                     ) -> state_work.SplitPrograms | None:
@@ -102,8 +102,8 @@ class ForwardStep:
     seen = self._state
     if (seen is None or seen.params is not state.params
         or seen.model_state is not state.model_state):
-      self._prepared.clear()  # the old state's values go before new ones come
       leaves, tree = jax.tree.flatten(ForwardState(state.params, state.model_state))
+      # Replacing the old record frees its prepared values before new ones are made.
       seen = self._state = state_work.StateSeen(state.params, state.model_state, leaves,
                                                 (tree, state_work.signature(leaves)))
     return seen
@@ -115,11 +115,11 @@ class ForwardStep:
     programs = self._programs_seen(seen, batch)
     if programs is None:
       return self.jitted(ForwardState(state.params, state.model_state), batch)
-    if programs not in self._prepared:
-      if len(self._prepared) >= _PREPARED_SHAPES:  # e.g. predicting photos of many sizes
-        del self._prepared[next(iter(self._prepared))]
-      self._prepared[programs] = programs.prepare(seen.leaves)
-    return programs.apply([seen.leaves[i] for i in programs.passed], self._prepared[programs],
+    if programs not in seen.prepared:
+      if len(seen.prepared) >= _PREPARED_SHAPES:  # e.g. predicting photos of many sizes
+        del seen.prepared[next(iter(seen.prepared))]
+      seen.prepared[programs] = programs.prepare(seen.leaves)
+    return programs.apply([seen.leaves[i] for i in programs.passed], seen.prepared[programs],
                           batch)
 
   def lower(self, state, batch):
