@@ -59,6 +59,11 @@ def test_split_moves_state_work_and_keeps_batch_shaped_values_with_the_batch():
   # The per-batch program still reads the bias from the state, not the fold's input.
   leaves = jax.tree.leaves(state)
   assert [leaves[i].shape for i in cut.passed] == [(4,)]
+  # Each part names its arguments, as JAX asks of every jaxpr: the state's leaves, then
+  # the prepared values, then the batch.
+  assert cut.prepare.jaxpr.debug_info.arg_names == closed.jaxpr.debug_info.arg_names[:2]
+  assert cut.apply.jaxpr.debug_info.arg_names == (
+      closed.jaxpr.debug_info.arg_names[1], "prepared", *closed.jaxpr.debug_info.arg_names[2:])
   prepared = core.jaxpr_as_fun(cut.prepare)(*leaves)
   (y,) = core.jaxpr_as_fun(cut.apply)(*[leaves[i] for i in cut.passed], *prepared,
                                       *jax.tree.leaves(batch))

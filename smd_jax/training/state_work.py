@@ -84,9 +84,17 @@ def split(closed: core.ClosedJaxpr, num_state: int) -> Split | None:
   prepared = [v for v in needed if v not in state_index]
   if not prepared:
     return None
-  prepare = core.Jaxpr(jaxpr.constvars, state_vars, prepared, prepare_eqns)
+  # Each part names its arguments and results (JAX deprecates jaxprs without them).
+  debug = jaxpr.debug_info
+  names = debug.arg_names or ("",) * len(jaxpr.invars)
+  prepare = core.Jaxpr(jaxpr.constvars, state_vars, prepared, prepare_eqns,
+                       debug_info=debug._replace(arg_names=names[:num_state],
+                                                 result_paths=None))
+  apply_names = (tuple(names[state_index[v]] for v in passed) + ("prepared",) * len(prepared)
+                 + tuple(names[num_state:]))
   apply = core.Jaxpr(jaxpr.constvars, passed + prepared + list(jaxpr.invars[num_state:]),
-                     jaxpr.outvars, apply_eqns)
+                     jaxpr.outvars, apply_eqns,
+                     debug_info=debug._replace(arg_names=apply_names))
   return Split(prepare=core.ClosedJaxpr(prepare, closed.consts),
                apply=core.ClosedJaxpr(apply, closed.consts),
                passed=tuple(state_index[v] for v in passed))
