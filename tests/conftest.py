@@ -4,10 +4,9 @@ The header says whether a missing PyTorch reference fails or skips its tests
 (`SMD_REQUIRE_TORCH_REFERENCE`, tests/torch_reference.py).
 
 Parallel runs: with pytest-xdist installed (the `test` extra), `python -m pytest` runs
-the tests in WORKERS processes: XLA compiles on one thread, so two workers nearly halve
-the wall time on 2 cores, and a third fills the time in which a worker waits on the
-training processes its test started. `-n N` picks another number, `-n 0` or
-`-p no:xdist` runs in this process. Each test file runs in one worker (`--dist loadfile`): module-scoped
+the tests in WORKERS processes (XLA compiles on one thread, so two workers nearly halve
+the wall time on 2 cores). `-n N` picks another number, `-n 0` or `-p no:xdist` runs
+in this process. Each test file runs in one worker (`--dist loadfile`): module-scoped
 fixtures are built once, and a file's tests share their compiled programs. The files
 are handed out slowest first (`SLOW_FILES`), so that short files fill the end and both
 workers finish together (xdist's own order, most tests first, left a file of two 40 s
@@ -45,12 +44,7 @@ import pytest  # noqa: E402
 jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="smd_jax_xla_cache_"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
-# One more worker than the 2 cores of the machines the suite is timed on: files that
-# wait on subprocesses (fault tolerance, multi-host, validation) leave their worker idle
-# for ~200 of the ~1,000 worker-seconds. 2026-12-07, 2-core AMD EPYC Zen 4, the whole
-# suite: 7 min 59 s and 8 min 4 s with three workers, 8 min 18 s - 9 min 35 s in four
-# runs with two (8 min 32 s in the run just before the 7 min 59 s one).
-WORKERS = 3
+WORKERS = 2
 
 # Seconds of work per file in one suite run (2026-12-06, 2-core Intel Xeon, Python 3.13;
 # `--durations=0` summed per file): the order in which workers are given the files.
