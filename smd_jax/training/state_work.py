@@ -84,7 +84,8 @@ def split(closed: core.ClosedJaxpr, num_state: int) -> Split | None:
   prepared = [v for v in needed if v not in state_index]
   if not prepared:
     return None
-  # Each part names its arguments and results (JAX deprecates jaxprs without them).
+  # Each part names its arguments (JAX deprecates jaxprs without debug info); `apply`
+  # returns what the whole program returns, so it keeps the result paths.
   debug = jaxpr.debug_info
   names = debug.arg_names or ("",) * len(jaxpr.invars)
   prepare = core.Jaxpr(jaxpr.constvars, state_vars, prepared, prepare_eqns,
