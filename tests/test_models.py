@@ -277,11 +277,14 @@ def test_initialization_follows_timm_and_smp(b2_model):
 
 
 def test_initializers_same_eager_and_traced():
+  # The traced init compiled at the eager draws' level, as users compile both (the
+  # tests' XLA_FLAGS ask for level 0; on jax 0.10 normal draws then differ in the last bit).
   key = jax.random.key(3)
   for shape in [(3, 3, 1, 40), (1, 1, 300, 700)]:
     for init in (layers.variance_scaling(2.0, "fan_out", "normal"),
                  layers.variance_scaling(1.0, "fan_avg", "uniform")):
-      np.testing.assert_array_equal(init(key, shape), jax.jit(init, static_argnums=1)(key, shape))
+      traced = jax.jit(init, static_argnums=1, compiler_options=layers.CHUNK_COMPILER_OPTIONS)
+      np.testing.assert_array_equal(init(key, shape), traced(key, shape))
 
 
 @pytest.mark.parametrize("kernel,stride,height,width", [(3, 1, 8, 8), (5, 2, 7, 10)])

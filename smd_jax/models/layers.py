@@ -34,7 +34,8 @@ BN_MOMENTUM = 0.9
 # every draw comes from one fixed-size program (compiled once per distribution): a
 # tensor takes ceil(size / chunk) chunks from fold_in(key, i), concatenated and sliced
 # on the host when the key is concrete. Values are identical whether the init runs
-# eagerly or traced (jit / eval_shape).
+# eagerly or traced (jit / eval_shape) when both compile at the same optimisation level
+# (XLA's default; jax 0.10's normal draws can differ in the last bit between levels).
 
 _CHUNK = 1 << 16
 
@@ -46,13 +47,18 @@ def _standard_chunk(key: jax.Array, index: jax.Array, distribution: str) -> jax.
   return jax.random.uniform(key, (_CHUNK,), jnp.float32, -1.0, 1.0)
 
 
+# XLA's default optimisation level, which eager draws on the CPU compile at whatever
+# XLA_FLAGS ask (`_chunk_program`).
+CHUNK_COMPILER_OPTIONS = {"xla_backend_optimization_level": 3}
+
+
 @functools.cache
 def _chunk_program(platform: str):
-  """`_standard_chunk` jitted for eager draws on `platform`. On the CPU it compiles at
-  XLA's default optimisation level (3) whatever XLA_FLAGS ask: it runs once per 65,536
-  values (~440 times for a b4 DeepLabV3), and unoptimised (the tests compile at level 0)
-  a chunk took 4.5 ms instead of 0.8 ms, ~8% of the test suite's time."""
-  options = {"xla_backend_optimization_level": 3} if platform == "cpu" else None
+  """`_standard_chunk` jitted for eager draws on `platform`, on the CPU with
+  `CHUNK_COMPILER_OPTIONS`: it runs once per 65,536 values (~440 times for a b4
+  DeepLabV3), and unoptimised (the tests compile at level 0) a chunk took 4.5 ms instead
+  of 0.8 ms, ~8% of the test suite's time."""
+  options = CHUNK_COMPILER_OPTIONS if platform == "cpu" else None
   return jax.jit(_standard_chunk, static_argnames=("distribution",), compiler_options=options)
 
 
