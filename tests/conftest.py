@@ -42,7 +42,7 @@ import pytest  # noqa: E402
 # eval and predict steps of the same toy model in several tests) reuse compiled
 # executables instead of compiling again. Every program, however quick to compile: with
 # a floor of 1 s (JAX's default), 3 of test_train/predict/evaluate/no_recompile's 159 compile
-# requests hit, with none 75, and their compile time fell from 63-68 s to 51-53 s
+# requests hit, with no floor 75, and their compile time fell from 63-68 s to 51-53 s
 # (docs/benchmarks.md "Test suite"). One directory per process: JAX writes cache entries
 # non-atomically, so parallel workers must not share one.
 jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="smd_jax_xla_cache_"))
