@@ -268,6 +268,7 @@ def assert_kxk_formulation_matches(formulation, dtype, shape_x, shape_w, padding
     ("SMD_DEPTHWISE_VJP", "_depthwise_vjp_from_env", "DEPTHWISE_VJP_DEFAULT"),
     ("SMD_KXK_DOTS", "_kxk_dots_from_env", "KXK_DOTS_DEFAULT"),
     ("SMD_SUBPIXEL_UPSAMPLE", "_subpixel_upsample_from_env", "SUBPIXEL_UPSAMPLE_DEFAULT"),
+    ("SMD_POOLING_DOT", "_pooling_dot_from_env", "POOLING_DOT_DEFAULT"),
 ])
 def test_flags_default_when_unset(monkeypatch, variable, read, default):
   # 1 / 0 and typos: tests/test_env_flags.py.
@@ -381,3 +382,51 @@ def test_decoder_block_uses_the_subpixel_conv_on_cpu_only(monkeypatch):
     results[subpixel] = (block(x, skip), grads["conv1"]["conv"]["kernel"][...])
   for a, b in zip(results[True], results[False]):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("backend,switch", [("cpu", True), ("cpu", False), ("gpu", True)])
+def test_spatial_mean_matches_numpy_with_gradient(monkeypatch, dtype, backend, switch):
+  """`spatial_mean`: a dot with ones on the CPU while `pooling_dot` is on, XLA's
+  reduction otherwise and on other backends; each within one float32 accumulation of
+  H*W terms plus one rounding to `dtype` of the float64 NumPy mean over H, W, and its
+  gradient ct / (H*W) at every pixel."""
+  monkeypatch.setattr(conv_formulations, "pooling_dot", switch)
+  mean = lambda x: conv_formulations.spatial_mean(x, backend)  # new each time: no trace cache
+  x, ct = _data((2, 5, 7, 6), (2, 1, 1, 6), dtype, seed=11)
+  names = primitive_names(jax.make_jaxpr(mean)(x))
+  as_dot = backend == "cpu" and switch
+  assert ("dot_general" in names) == as_dot and ("reduce_sum" in names) != as_dot, names
+  y, vjp = jax.vjp(mean, x)
+  (gx,) = vjp(ct)
+  assert y.shape == (2, 1, 1, 6) and y.dtype == dtype and gx.dtype == dtype
+  x64, ct64 = np.asarray(x, np.float64), np.asarray(ct, np.float64)
+  n = x.shape[1] * x.shape[2]
+  want = x64.mean(axis=(1, 2), keepdims=True)
+  bound = (unit_roundoff(dtype) * np.abs(want)
+           + (n + 1) * unit_roundoff(jnp.float32) * np.abs(x64).mean(axis=(1, 2), keepdims=True))
+  assert np.all(np.abs(np.asarray(y, np.float64) - want) <= bound)
+  want_g = np.broadcast_to(ct64 / n, x.shape)
+  bound_g = 2 * (unit_roundoff(dtype) + unit_roundoff(jnp.float32)) * np.abs(want_g)
+  assert np.all(np.abs(np.asarray(gx, np.float64) - want_g) <= bound_g)
+
+
+def test_squeeze_excite_and_aspp_pool_through_spatial_mean(monkeypatch):
+  """The SE block and DeepLabV3's image pooling take their mean from `spatial_mean`:
+  the same values with the CPU's dot form on and off."""
+  from smd_jax.models import deeplab, efficientnet
+  modules = {"se": efficientnet.SqueezeExcite(6, 2, rngs=nnx.Rngs(0)),
+             "aspp": deeplab.ASPPPooling(6, 4, 1, rngs=nnx.Rngs(0))}
+  modules["aspp"].eval()
+  x, _ = _data((2, 5, 7, 6), (1,), jnp.float32, seed=12)
+  calls = []
+  original = conv_formulations.spatial_mean
+  monkeypatch.setattr(conv_formulations, "spatial_mean",
+                      lambda x: calls.append(x.shape) or original(x))
+  for name, module in modules.items():
+    outs = []
+    for on in (True, False):
+      monkeypatch.setattr(conv_formulations, "pooling_dot", on)
+      outs.append(module(x))
+    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-5, atol=1e-6, err_msg=name)
+  assert calls == [x.shape] * 4

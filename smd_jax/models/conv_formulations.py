@@ -7,8 +7,9 @@ depthwise convs as shifted-slice taps (`depthwise_conv_taps`, or `depthwise_conv
 with a hand-written gradient) and 1x1 convs as dots with a hand-written gradient
 (`pointwise_conv_dot`). `upsample_conv_formulation` picks, on the CPU backend only,
 the sub-pixel form of the UNet decoder's upsample + 3x3 conv
-(`upsampled_skip_conv3x3`). GPUs and TPUs keep XLA's native convolutions. Why each
-one: docs/benchmarks.md.
+(`upsampled_skip_conv3x3`), and `spatial_mean` the global average pools (squeeze-and-
+excitation, ASPP) as dots. GPUs and TPUs keep XLA's native convolutions and reductions.
+Why each one: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -441,6 +442,21 @@ def upsampled_skip_conv3x3(x: jax.Array, skip: jax.Array | None, kernel: jax.Arr
   return y
 
 
+def spatial_mean(x: jax.Array, backend: str | None = None) -> jax.Array:
+  """``jnp.mean(x, axis=(1, 2), keepdims=True)`` of NHWC ``x`` (a global average pool,
+  [B, H, W, C] -> [B, 1, 1, C], float32 accumulation, ``x``'s dtype), up to summation
+  order. On the CPU backend while `pooling_dot` is on, the sum over H * W is a
+  matrix-vector product with a vector of ones: XLA:CPU's library runs it in 0.5-0.8x the
+  time of its own reduction, which it splits into partial-sum windows first."""
+  backend = backend or jax.default_backend()
+  if backend != "cpu" or not pooling_dot:
+    return jnp.mean(x, axis=(1, 2), keepdims=True)
+  b, h, w, c = x.shape
+  sums = jnp.einsum("bpc,p->bc", x.reshape(b, h * w, c), jnp.ones((h * w,), x.dtype),
+                    preferred_element_type=jnp.float32)
+  return (sums / (h * w)).astype(x.dtype).reshape(b, 1, 1, c)
+
+
 def _depthwise_vjp_from_env() -> bool:
   return env_flags.on_off("SMD_DEPTHWISE_VJP", DEPTHWISE_VJP_DEFAULT)
 
@@ -499,6 +515,19 @@ def _subpixel_upsample_from_env() -> bool:
 # assigning `conv_formulations.subpixel_upsample_conv` works too, before tracing.
 SUBPIXEL_UPSAMPLE_DEFAULT = True
 subpixel_upsample_conv = _subpixel_upsample_from_env()
+
+
+def _pooling_dot_from_env() -> bool:
+  return env_flags.on_off("SMD_POOLING_DOT", POOLING_DOT_DEFAULT)
+
+
+# Whether `spatial_mean` (the squeeze-and-excitation and ASPP pools) sums over H, W as
+# a dot on the CPU backend: the b4 UNet's eval step 0.95x the time at b2@256 and at
+# b8@64, the train step unchanged (2026-12-07, 2-core AMD EPYC Zen 4, jax 0.12.1,
+# interleaved A/B; docs/benchmarks.md). SMD_POOLING_DOT=1 / 0 sets it at import;
+# assigning `conv_formulations.pooling_dot` works too, before tracing.
+POOLING_DOT_DEFAULT = True
+pooling_dot = _pooling_dot_from_env()
 
 
 def conv_formulation(lhs_shape: Sequence[int], rhs_shape: Sequence[int], padding: Any, *,

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from smd_jax.models import conv_formulations
 from smd_jax.models.layers import Dtype, batch_norm, conv2d, variance_scaling
 
 DEEPLAB_CHANNELS = 256
@@ -59,7 +60,7 @@ class ASPPPooling(ConvBNReLU):
   (torch resizes the 1x1 map bilinearly, which is the same)."""
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    pooled = jnp.mean(x, axis=(1, 2), keepdims=True)
+    pooled = conv_formulations.spatial_mean(x)
     return jnp.broadcast_to(super().__call__(pooled), x.shape[:3] + (self.bn.num_features,))
 
 

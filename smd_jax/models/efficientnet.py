@@ -24,9 +24,9 @@ import math
 from typing import NamedTuple, Sequence
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
+from smd_jax.models import conv_formulations
 from smd_jax.models.layers import (Dtype, batch_norm, conv2d, drop_path, uniform_init,
                                    variance_scaling)
 
@@ -129,7 +129,7 @@ class SqueezeExcite(nnx.Module):
                               dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    s = jnp.mean(x, axis=(1, 2), keepdims=True)  # [B, 1, 1, C]; f32 accumulation
+    s = conv_formulations.spatial_mean(x)  # [B, 1, 1, C]; f32 accumulation
     s = self.conv_expand(jax.nn.silu(self.conv_reduce(s)))
     return x * jax.nn.sigmoid(s)
 
