@@ -51,6 +51,7 @@ SWITCHES = {
     "SMD_KXK_DOTS": lambda _: conv_formulations._kxk_dots_from_env(),
     "SMD_SUBPIXEL_UPSAMPLE": lambda _: conv_formulations._subpixel_upsample_from_env(),
     "SMD_SINGLE_OUTPUT_CONV": lambda _: conv_formulations._single_output_conv_from_env(),
+    "SMD_POOLING_DOT": lambda _: conv_formulations._pooling_dot_from_env(),
     "SMD_CPU_FORWARD_OPTIONS": lambda _: "xla_cpu_experimental_ynn_fusion_type" in (
         xla_options.compiler_options("cpu", xla_options.FORWARD) or {}),
     "SMD_CPU_WIDE_VECTORS": lambda _: _wide_vectors(),
