@@ -28,6 +28,7 @@ from typing import Callable, Sequence
 
 from absl import flags, logging
 
+from smd_jax import env_flags
 from smd_jax.errors import UserError
 
 
@@ -62,8 +63,10 @@ def quiet_library_logs() -> None:
 
 
 def report_user_errors(fn: Callable[[], int | None]) -> int:
-  """Runs `fn`; a `UserError` becomes `error: <message>` on stderr and exit status 1."""
+  """Checks the SMD_* switches, then runs `fn`; a `UserError` becomes
+  `error: <message>` on stderr and exit status 1."""
   try:
+    env_flags.check_all()
     return fn() or 0
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)

@@ -115,11 +115,13 @@ def test_checkpoint_of_another_config(config, built_data, tmp_path, change, patt
 def test_command_line_errors_are_one_line(tmp_path):
   """Through `python -m smd_jax.train`: no traceback, exit status 1, nothing written."""
   workdir = str(tmp_path / "run")
-  cases = [("--config.data.resolutoin=32", 'Did you mean "resolution"'),
-           (f"--config.data.manual_dir={tmp_path / 'nothing'}", "No raw HyperSim frames")]
-  for flag, pattern in cases:
+  cases = [("--config.data.resolutoin=32", {}, 'Did you mean "resolution"'),
+           (f"--config.data.manual_dir={tmp_path / 'nothing'}", {}, "No raw HyperSim frames"),
+           # A switch that the model code reads (when tracing, not at import).
+           ("--config.seed=0", {"SMD_POOLING_DOT": "yes"}, "SMD_POOLING_DOT must be 1")]
+  for flag, env, pattern in cases:
     rc, out, err = runs.finish(runs.start_training(
-        workdir, flag, f"--config.data.data_dir={tmp_path / 'tfds'}"), timeout=300)
+        workdir, flag, f"--config.data.data_dir={tmp_path / 'tfds'}", env=env), timeout=300)
     assert rc == 1, err[-2000:]
     assert "Traceback" not in err
     last = err.strip().splitlines()[-1]

@@ -263,17 +263,16 @@ def assert_kxk_formulation_matches(formulation, dtype, shape_x, shape_w, padding
                             kxk_reference_with_bounds(x, w, ct, padding, dtype))
 
 
-@pytest.mark.parametrize("variable,read,default", [
-    ("SMD_SINGLE_OUTPUT_CONV", "_single_output_conv_from_env", "SINGLE_OUTPUT_CONV_DEFAULT"),
-    ("SMD_DEPTHWISE_VJP", "_depthwise_vjp_from_env", "DEPTHWISE_VJP_DEFAULT"),
-    ("SMD_KXK_DOTS", "_kxk_dots_from_env", "KXK_DOTS_DEFAULT"),
-    ("SMD_SUBPIXEL_UPSAMPLE", "_subpixel_upsample_from_env", "SUBPIXEL_UPSAMPLE_DEFAULT"),
-    ("SMD_POOLING_DOT", "_pooling_dot_from_env", "POOLING_DOT_DEFAULT"),
-])
-def test_flags_default_when_unset(monkeypatch, variable, read, default):
+@pytest.mark.parametrize("name", sorted(conv_formulations.SWITCH_VARIABLES))
+def test_flags_default_when_unset(monkeypatch, name):
   # 1 / 0 and typos: tests/test_env_flags.py.
+  variable, default = conv_formulations.SWITCH_VARIABLES[name]
   monkeypatch.delenv(variable, raising=False)
-  assert getattr(conv_formulations, read)() is getattr(conv_formulations, default)
+  assert getattr(conv_formulations, name) is None  # not read at import
+  assert conv_formulations._switch(name) is default
+  monkeypatch.setattr(conv_formulations, name, not default)  # assigned in code: it wins
+  monkeypatch.setenv(variable, "1" if default else "0")
+  assert conv_formulations._switch(name) is (not default)
 
 
 def kxk_reference_with_bounds(x, w, ct, padding, dtype):

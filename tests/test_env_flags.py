@@ -1,11 +1,15 @@
 """The SMD_* on/off switches: one rule (1 on, 0 off, unset the default), a typo is an error."""
 
+import os
+import re
 from unittest import mock
 
+import jax
+import jax.numpy as jnp
 import pytest
 from ml_collections import config_dict
 
-from smd_jax import env_flags
+from smd_jax import cli, env_flags, huge_pages
 from smd_jax.data import allocator
 from smd_jax.errors import UserError
 from smd_jax.models import conv_formulations
@@ -45,13 +49,22 @@ def _wide_vectors():
         xla_options.compiler_options("cpu", xla_options.TRAIN) or {})
 
 
+def _cpu_formulation(x_shape, w_shape, groups=1):
+  return conv_formulations.conv_formulation(
+      x_shape, w_shape, ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      feature_group_count=groups, backend="cpu")
+
+
 # Every switch of the project, read through its user.
 SWITCHES = {
-    "SMD_DEPTHWISE_VJP": lambda _: conv_formulations._depthwise_vjp_from_env(),
-    "SMD_KXK_DOTS": lambda _: conv_formulations._kxk_dots_from_env(),
-    "SMD_SUBPIXEL_UPSAMPLE": lambda _: conv_formulations._subpixel_upsample_from_env(),
-    "SMD_SINGLE_OUTPUT_CONV": lambda _: conv_formulations._single_output_conv_from_env(),
-    "SMD_POOLING_DOT": lambda _: conv_formulations._pooling_dot_from_env(),
+    "SMD_DEPTHWISE_VJP": lambda _: _cpu_formulation((2, 8, 8, 4), (3, 3, 1, 4), 4) == "taps_vjp",
+    "SMD_KXK_DOTS": lambda _: _cpu_formulation((2, 8, 8, 64), (3, 3, 64, 8)) == "kxk_dots",
+    "SMD_SUBPIXEL_UPSAMPLE": lambda _: conv_formulations.upsample_conv_formulation("cpu")
+                                       == "subpixel",
+    "SMD_SINGLE_OUTPUT_CONV": lambda _: _cpu_formulation((2, 8, 8, 16), (3, 3, 16, 1))
+                                        == "single_output",
+    "SMD_POOLING_DOT": lambda _: "dot_general" in str(jax.make_jaxpr(
+        lambda x: conv_formulations.spatial_mean(x, "cpu"))(jnp.ones((2, 4, 4, 3)))),
     "SMD_CPU_FORWARD_OPTIONS": lambda _: "xla_cpu_experimental_ynn_fusion_type" in (
         xla_options.compiler_options("cpu", xla_options.FORWARD) or {}),
     "SMD_CPU_WIDE_VECTORS": lambda _: _wide_vectors(),
@@ -59,7 +72,25 @@ SWITCHES = {
     "SMD_KEEP_FREED_MEMORY": lambda _: _keeps_freed_memory(),
     "SMD_SPLIT_FORWARD": lambda _: steps_lib.ForwardStep(
         lambda state, batch: batch, data_parallel.make_mesh(1), None)._split_on,
+    "SMD_HUGE_PAGES": lambda _: huge_pages.tuned_environment(
+        {}, glibc=(2, 39), thp="madvise") is not None,
 }
+
+
+def test_the_list_of_switches_is_complete():
+  """`env_flags.SWITCHES` (which the commands check first) names every switch above."""
+  assert sorted(env_flags.SWITCHES) == sorted(SWITCHES)
+
+
+@pytest.mark.parametrize("variable", sorted(SWITCHES))
+def test_commands_check_every_switch_first(monkeypatch, variable):
+  """`cli.report_user_errors` stops with one line before its function runs."""
+  ran = []
+  monkeypatch.setenv(variable, "on")
+  assert cli.report_user_errors(lambda: ran.append(1)) == 1
+  assert ran == []
+  monkeypatch.setenv(variable, "0")
+  assert cli.report_user_errors(lambda: ran.append(1)) == 0 and ran == [1]
 
 
 @pytest.mark.parametrize("variable", sorted(SWITCHES))
@@ -88,3 +119,17 @@ def test_test_xla_flags(monkeypatch):
   monkeypatch.setenv("SMD_TEST_XLA_FAST", "no")
   with pytest.raises(UserError, match="SMD_TEST_XLA_FAST"):
     xla_flags.xla_flags(2)
+
+
+def _readme_switch_table() -> dict[str, str]:
+  """README's switch table: variable -> its default column."""
+  path = os.path.join(os.path.dirname(__file__), "..", "README.md")
+  rows = re.findall(r"^\| `(SMD_[A-Z_]+)` \| ([^|]+) \|", open(path).read(), re.MULTILINE)
+  return {variable: default.strip() for variable, default in rows}
+
+
+def test_readme_documents_every_switch_and_its_default():
+  table = _readme_switch_table()
+  assert sorted(table) == sorted(env_flags.SWITCHES)
+  for variable, default in conv_formulations.SWITCH_VARIABLES.values():
+    assert table[variable] == str(int(default)), variable

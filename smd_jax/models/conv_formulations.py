@@ -425,7 +425,7 @@ def upsample_conv_formulation(backend: str | None = None) -> str:
   'subpixel' (`upsampled_skip_conv3x3`) on the CPU backend while
   `subpixel_upsample_conv` is on, else 'native' (upsample, concat, XLA's conv)."""
   backend = backend or jax.default_backend()
-  return "subpixel" if backend == "cpu" and subpixel_upsample_conv else "native"
+  return "subpixel" if backend == "cpu" and _switch("subpixel_upsample_conv") else "native"
 
 
 def upsampled_skip_conv3x3(x: jax.Array, skip: jax.Array | None, kernel: jax.Array,
@@ -449,7 +449,7 @@ def spatial_mean(x: jax.Array, backend: str | None = None) -> jax.Array:
   matrix-vector product with a vector of ones: XLA:CPU's library runs it in 0.5-0.8x the
   time of its own reduction, which it splits into partial-sum windows first."""
   backend = backend or jax.default_backend()
-  if backend != "cpu" or not pooling_dot:
+  if backend != "cpu" or not _switch("pooling_dot"):
     return jnp.mean(x, axis=(1, 2), keepdims=True)
   b, h, w, c = x.shape
   sums = jnp.einsum("bpc,p->bc", x.reshape(b, h * w, c), jnp.ones((h * w,), x.dtype),
@@ -457,13 +457,12 @@ def spatial_mean(x: jax.Array, backend: str | None = None) -> jax.Array:
   return (sums / (h * w)).astype(x.dtype).reshape(b, 1, 1, c)
 
 
-def _depthwise_vjp_from_env() -> bool:
-  return env_flags.on_off("SMD_DEPTHWISE_VJP", DEPTHWISE_VJP_DEFAULT)
-
-
-def _kxk_dots_from_env() -> bool:
-  return env_flags.on_off("SMD_KXK_DOTS", KXK_DOTS_DEFAULT)
-
+# The CPU formulation switches below. Each is None by default: `_switch` then reads its
+# environment variable (SWITCH_VARIABLES) each time a model is traced, not at import, so
+# that a typo such as SMD_POOLING_DOT=yes reaches the commands' one-line error handler.
+# Assigning True or False in code (`conv_formulations.pooling_dot = False`, as tests and
+# benchmarks do) overrides the environment; before a function is traced (jit caches do
+# not see it).
 
 # Whether depthwise convs on the CPU backend use the hand-written gradient
 # (`depthwise_conv_vjp`, formulation 'taps_vjp') or autodiff's of the same taps
@@ -472,11 +471,9 @@ def _kxk_dots_from_env() -> bool:
 # kernels, 0.86-0.88x for 5x5 at stride 2 and 1.16-1.54x for 5x5 at stride 1, yet the
 # whole train step is faster with it on the 5x5 stride-1 layers too (b2@256 0.976x the
 # time in 9 interleaved rounds, twice; b8@64 0.99x): in the step, autodiff keeps each
-# tap's slice for the backward pass. SMD_DEPTHWISE_VJP=1 / 0 in
-# the environment sets it at import; assigning `conv_formulations.depthwise_vjp` works
-# too, before a function is traced (jit caches do not see it).
+# tap's slice for the backward pass. SMD_DEPTHWISE_VJP.
 DEPTHWISE_VJP_DEFAULT = True
-depthwise_vjp = _depthwise_vjp_from_env()
+depthwise_vjp: bool | None = None
 
 # Whether stride-1, undilated kxk convs on the CPU backend with at least
 # KXK_DOTS_MIN_CHANNELS input channels get `kxk_conv_dots_vjp` (formulation
@@ -484,50 +481,48 @@ depthwise_vjp = _depthwise_vjp_from_env()
 # on an idle machine XLA's own kernel gradient is faster (2026-12-05, 2-core AMD EPYC,
 # jax 0.12: per layer 1.0-3.5x less time than the dots on the b4 UNet's shapes at 2x256;
 # the whole b2@256 train step 0.81x the time with the dots off, b8@64 0.98x,
-# docs/benchmarks.md). The dots won only on loaded machines (2026-12-04).
-# SMD_KXK_DOTS=1 / 0 sets it at import; assigning `conv_formulations.kxk_dots` works
-# too, before a function is traced.
+# docs/benchmarks.md). The dots won only on loaded machines (2026-12-04). SMD_KXK_DOTS.
 KXK_DOTS_DEFAULT = False
 KXK_DOTS_MIN_CHANNELS = 64
-kxk_dots = _kxk_dots_from_env()
-
-
-def _single_output_conv_from_env() -> bool:
-  return env_flags.on_off("SMD_SINGLE_OUTPUT_CONV", SINGLE_OUTPUT_CONV_DEFAULT)
-
+kxk_dots: bool | None = None
 
 # Whether stride-1, undilated kxk convs with one output channel on the CPU backend (the
 # depth head) run as `single_output_conv` (formulation 'single_output') instead of
-# XLA's convolution. SMD_SINGLE_OUTPUT_CONV=1 / 0 sets it at import; assigning
-# `conv_formulations.single_output` works too, before tracing.
+# XLA's convolution. SMD_SINGLE_OUTPUT_CONV.
 SINGLE_OUTPUT_CONV_DEFAULT = True
-single_output = _single_output_conv_from_env()
-
-
-def _subpixel_upsample_from_env() -> bool:
-  return env_flags.on_off("SMD_SUBPIXEL_UPSAMPLE", SUBPIXEL_UPSAMPLE_DEFAULT)
-
+single_output: bool | None = None
 
 # Whether smp's UNet decoder computes its upsample + 3x3 conv at the low resolution on
 # the CPU backend (`upsampled_skip_conv3x3`): the b4 UNet's b2@256 train step 0.92x the
 # time, its eval step 0.91x, b8@64 unchanged (2026-12-06, 2-core Intel Xeon, jax 0.12,
-# interleaved A/B; docs/benchmarks.md). SMD_SUBPIXEL_UPSAMPLE=1 / 0 sets it at import;
-# assigning `conv_formulations.subpixel_upsample_conv` works too, before tracing.
+# interleaved A/B; docs/benchmarks.md). SMD_SUBPIXEL_UPSAMPLE.
 SUBPIXEL_UPSAMPLE_DEFAULT = True
-subpixel_upsample_conv = _subpixel_upsample_from_env()
-
-
-def _pooling_dot_from_env() -> bool:
-  return env_flags.on_off("SMD_POOLING_DOT", POOLING_DOT_DEFAULT)
-
+subpixel_upsample_conv: bool | None = None
 
 # Whether `spatial_mean` (the squeeze-and-excitation and ASPP pools) sums over H, W as
 # a dot on the CPU backend: the b4 UNet's eval step 0.95x the time at b2@256 and at
 # b8@64, the train step unchanged (2026-12-07, 2-core AMD EPYC Zen 4, jax 0.12.1,
-# interleaved A/B; docs/benchmarks.md). SMD_POOLING_DOT=1 / 0 sets it at import;
-# assigning `conv_formulations.pooling_dot` works too, before tracing.
+# interleaved A/B; docs/benchmarks.md). SMD_POOLING_DOT.
 POOLING_DOT_DEFAULT = True
-pooling_dot = _pooling_dot_from_env()
+pooling_dot: bool | None = None
+
+# Each switch's environment variable and default.
+SWITCH_VARIABLES = {
+    "depthwise_vjp": ("SMD_DEPTHWISE_VJP", DEPTHWISE_VJP_DEFAULT),
+    "kxk_dots": ("SMD_KXK_DOTS", KXK_DOTS_DEFAULT),
+    "single_output": ("SMD_SINGLE_OUTPUT_CONV", SINGLE_OUTPUT_CONV_DEFAULT),
+    "subpixel_upsample_conv": ("SMD_SUBPIXEL_UPSAMPLE", SUBPIXEL_UPSAMPLE_DEFAULT),
+    "pooling_dot": ("SMD_POOLING_DOT", POOLING_DOT_DEFAULT),
+}
+
+
+def _switch(name: str) -> bool:
+  """The module's switch `name`: its assigned value, or while None its environment
+  variable's (`env_flags.on_off`: 1, 0 or unset; a typo is a `UserError`)."""
+  assigned = globals()[name]
+  if assigned is not None:
+    return assigned
+  return env_flags.on_off(*SWITCH_VARIABLES[name])
 
 
 def conv_formulation(lhs_shape: Sequence[int], rhs_shape: Sequence[int], padding: Any, *,
@@ -558,16 +553,16 @@ def conv_formulation(lhs_shape: Sequence[int], rhs_shape: Sequence[int], padding
     return "native"
   if (feature_group_count > 1 and feature_group_count == lhs_shape[-1] == rhs_shape[-1]
       and rhs_shape[-2] == 1):
-    use_vjp = depthwise_vjp if custom_vjp is None else custom_vjp
+    use_vjp = _switch("depthwise_vjp") if custom_vjp is None else custom_vjp
     return "taps_vjp" if use_vjp else "taps"
   if (feature_group_count == 1 and tuple(rhs_shape[:2]) == (1, 1)
       and all(tuple(p) == (0, 0) for p in padding)):
     return "dot"
   plain_kxk = (feature_group_count == 1 and tuple(window_strides) == (1, 1)
                and tuple(rhs_dilation or (1, 1)) == (1, 1) and max(rhs_shape[:2]) > 1)
-  if single_output and plain_kxk and rhs_shape[-1] == 1:
+  if _switch("single_output") and plain_kxk and rhs_shape[-1] == 1:
     return "single_output"
-  use_dots = kxk_dots if kernel_grad_dots is None else kernel_grad_dots
+  use_dots = _switch("kxk_dots") if kernel_grad_dots is None else kernel_grad_dots
   if use_dots and plain_kxk and rhs_shape[-2] >= KXK_DOTS_MIN_CHANNELS:
     return "kxk_dots"
   return "native"
