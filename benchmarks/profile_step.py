@@ -21,11 +21,16 @@ import re
 import sys
 import tempfile
 
-import numpy as np
-from absl import flags
+from smd_jax import huge_pages  # imports no jax
 
-from smd_jax import cli, huge_pages
-from smd_jax.training import data_parallel, steps as steps_lib
+if __name__ == "__main__":  # first: only the re-executed process pays the imports below
+  huge_pages.reexec_with_huge_pages()
+
+import numpy as np  # noqa: E402
+from absl import flags  # noqa: E402
+
+from smd_jax import cli  # noqa: E402
+from smd_jax.training import data_parallel, steps as steps_lib  # noqa: E402
 
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*)$")
 _COMPUTATION = re.compile(r"^\s*(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
@@ -209,5 +214,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  huge_pages.reexec_with_huge_pages()
   sys.exit(main())

@@ -17,13 +17,18 @@ from __future__ import annotations
 import os
 import sys
 
-import jax
-from absl import flags
-from ml_collections import config_flags
+from smd_jax import huge_pages  # imports no jax
 
-from smd_jax import cli, errors, huge_pages, validation
-from smd_jax.evaluation import report
-from smd_jax.inference import trained_run
+if __name__ == "__main__":  # first: only the re-executed process pays the imports below
+  huge_pages.reexec_with_huge_pages()
+
+import jax  # noqa: E402
+from absl import flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from smd_jax import cli, errors, validation  # noqa: E402
+from smd_jax.evaluation import report  # noqa: E402
+from smd_jax.inference import trained_run  # noqa: E402
 
 
 def define_flags(flag_values=flags.FLAGS) -> None:
@@ -86,5 +91,4 @@ def run(fv, args) -> int:
 
 
 if __name__ == "__main__":
-  huge_pages.reexec_with_huge_pages()
   cli.run_command(run, define_flags)

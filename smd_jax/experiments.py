@@ -29,10 +29,15 @@ import re
 import sys
 from typing import Sequence
 
-from absl import flags
+from smd_jax import huge_pages  # imports no jax
 
-from smd_jax import cli, errors, huge_pages
-from smd_jax.training import sweep
+if __name__ == "__main__":  # first: only the re-executed process pays the imports below
+  huge_pages.reexec_with_huge_pages()
+
+from absl import flags  # noqa: E402
+
+from smd_jax import cli, errors  # noqa: E402
+from smd_jax.training import sweep  # noqa: E402
 
 _CONFIG_OVERRIDE = re.compile(r"^--?(no)?config\.")
 
@@ -97,5 +102,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-  huge_pages.reexec_with_huge_pages()
   main()

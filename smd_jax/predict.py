@@ -15,12 +15,17 @@ How photos are resized and mapped back: `smd_jax.inference.predict_lib`.
 
 from __future__ import annotations
 
-from absl import flags
-
 import os
 
-from smd_jax import cli, errors, huge_pages, validation
-from smd_jax.inference import predict_lib, trained_run
+from smd_jax import huge_pages  # imports no jax
+
+if __name__ == "__main__":  # first: only the re-executed process pays the imports below
+  huge_pages.reexec_with_huge_pages()
+
+from absl import flags  # noqa: E402
+
+from smd_jax import cli, errors, validation  # noqa: E402
+from smd_jax.inference import predict_lib, trained_run  # noqa: E402
 
 
 def define_flags(flag_values=flags.FLAGS) -> None:
@@ -67,5 +72,4 @@ def run(fv, args) -> int:
 
 
 if __name__ == "__main__":
-  huge_pages.reexec_with_huge_pages()
   cli.run_command(run, define_flags)

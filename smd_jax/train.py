@@ -15,12 +15,17 @@ saved at the next step and the same command resumes); 1 with a one-line
 
 import sys
 
-import jax
-from absl import app, flags, logging
-from ml_collections import config_flags
+from smd_jax import huge_pages  # imports no jax
 
-from smd_jax import cli, huge_pages, validation
-from smd_jax.training import multihost, trainer
+if __name__ == "__main__":  # first: only the re-executed process pays the imports below
+  huge_pages.reexec_with_huge_pages()
+
+import jax  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from smd_jax import cli, validation  # noqa: E402
+from smd_jax.training import multihost, trainer  # noqa: E402
 
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config file.",
@@ -63,5 +68,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  huge_pages.reexec_with_huge_pages()
   app.run(main, flags_parser=cli.parse_flags)

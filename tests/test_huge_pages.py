@@ -121,3 +121,19 @@ def test_command_reexecutes_itself_and_faults_fewer_pages():
   assert starts_huge == ["started glibc.malloc.hugetlb=1"], starts_huge
   kept, kept_huge = tuned_counts["kept"], huge_counts["kept"]
   assert kept_huge >= 120 and kept <= 40, (kept, kept_huge)
+
+
+@pytest.mark.skipif(huge_pages.tuned_environment_here({}) is None,
+                    reason="no glibc >= 2.35 with transparent huge pages on this machine")
+@pytest.mark.parametrize("command", ["smd_jax.train", "smd_jax.evaluate", "smd_jax.predict",
+                                     "smd_jax.experiments"])
+def test_command_reexecutes_before_it_imports_jax(command):
+  """The first process only re-executes: jax (~1.5 s of imports) is imported once, by
+  the second (`-X importtime` is passed on with the arguments)."""
+  env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "SMD_HUGE_PAGES")}
+  proc = subprocess.run([sys.executable, "-X", "importtime", "-m", command, "--helpshort"],
+                        env=env, capture_output=True, text=True, timeout=120, check=False)
+  imported = [line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines()
+              if line.startswith("import time:")]
+  assert imported.count("smd_jax.huge_pages") == 2, proc.stderr[-2000:]  # two processes
+  assert imported.count("jax") == 1, proc.stderr[-2000:]

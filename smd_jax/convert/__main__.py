@@ -32,15 +32,20 @@ import os
 import sys
 from typing import Sequence
 
-import flax
-import jax
-from absl import flags
+from smd_jax import huge_pages  # imports no jax
 
-from smd_jax import cli, huge_pages
-from smd_jax.convert import converters, hub, io
-from smd_jax.convert.core import ConversionError, dotted
-from smd_jax.errors import UserError
-from smd_jax.models import registry
+if __name__ == "__main__":  # first: only the re-executed process pays the imports below
+  huge_pages.reexec_with_huge_pages()
+
+import flax  # noqa: E402
+import jax  # noqa: E402
+from absl import flags  # noqa: E402
+
+from smd_jax import cli  # noqa: E402
+from smd_jax.convert import converters, hub, io  # noqa: E402
+from smd_jax.convert.core import ConversionError, dotted  # noqa: E402
+from smd_jax.errors import UserError  # noqa: E402
+from smd_jax.models import registry  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,5 +185,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  huge_pages.reexec_with_huge_pages()
   sys.exit(main())
