@@ -124,7 +124,8 @@ def test_test_xla_flags(monkeypatch):
 def _readme_switch_table() -> dict[str, str]:
   """README's switch table: variable -> its default column."""
   path = os.path.join(os.path.dirname(__file__), "..", "README.md")
-  rows = re.findall(r"^\| `(SMD_[A-Z_]+)` \| ([^|]+) \|", open(path).read(), re.MULTILINE)
+  with open(path, encoding="utf-8") as f:
+    rows = re.findall(r"^\| `(SMD_[A-Z_]+)` \| ([^|]+) \|", f.read(), re.MULTILINE)
   return {variable: default.strip() for variable, default in rows}
 
 
