@@ -425,3 +425,15 @@ def test_cli_widened_imagenet_encoder_matches_timm(tmp_path):
             for f in reference(torch.from_numpy(x[..., :3].transpose(0, 3, 1, 2).copy()))]
   got = nnx.jit(lambda m, x: m.encoder(x))(model, x)
   assert max(float(np.max(np.abs(np.asarray(g) - w))) for g, w in zip(got, want)) <= TOLERANCE
+
+
+def test_the_package_exports_every_public_name_lazily():
+  """`smd_jax.convert`'s names resolve on first use (so that the package imports no
+  jax), each to its submodule's object."""
+  assert set(convert.__all__) == set(convert._DEFINED_IN) | {"hub"}
+  for name in convert.__all__:
+    value = getattr(convert, name)
+    if name != "hub":
+      assert value is getattr(getattr(convert, convert._DEFINED_IN[name]), name), name
+  with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
+    getattr(convert, "nonexistent")

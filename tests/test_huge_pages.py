@@ -126,7 +126,7 @@ def test_command_reexecutes_itself_and_faults_fewer_pages():
 @pytest.mark.skipif(huge_pages.tuned_environment_here({}) is None,
                     reason="no glibc >= 2.35 with transparent huge pages on this machine")
 @pytest.mark.parametrize("command", ["smd_jax.train", "smd_jax.evaluate", "smd_jax.predict",
-                                     "smd_jax.experiments"])
+                                     "smd_jax.experiments", "smd_jax.convert"])
 def test_command_reexecutes_before_it_imports_jax(command):
   """The first process only re-executes: jax (~1.5 s of imports) is imported once, by
   the second (`-X importtime` is passed on with the arguments)."""

@@ -23,15 +23,37 @@ checkpoint format), `converters` (per source; model inference; init_from),
 comparison against it; need the torch extra).
 """
 
-from smd_jax.convert import hub
-from smd_jax.convert.converters import (ENCODER_SOURCES, MODEL_SOURCES, SOURCES,
-                                        convert_encoder, convert_model, fetch_init_from,
-                                        infer_arch, infer_model_config, load_pretrained,
-                                        maybe_init_from, name_map)
-from smd_jax.convert.core import (AssignReport, ConversionError, Converted, assign,
-                                  convert_state_dict, load_state_dict, stem_path)
-from smd_jax.convert.io import load_converted, read_state_dict, save_converted
-from smd_jax.convert.names import SEMANTIC_MD_TASKS
+import importlib
+
+# Each public name -> the submodule that defines it. They are imported on first use
+# (PEP 562 `__getattr__`), not with the package, so that `python -m smd_jax.convert`
+# re-executes itself with glibc's tunables (smd_jax/huge_pages.py) before jax, flax and
+# the models are imported, as the other commands do.
+_SOURCES = {
+    "converters": ("ENCODER_SOURCES", "MODEL_SOURCES", "SOURCES", "convert_encoder",
+                   "convert_model", "fetch_init_from", "infer_arch", "infer_model_config",
+                   "load_pretrained", "maybe_init_from", "name_map"),
+    "core": ("AssignReport", "ConversionError", "Converted", "assign", "convert_state_dict",
+             "load_state_dict", "stem_path"),
+    "io": ("load_converted", "read_state_dict", "save_converted"),
+    "names": ("SEMANTIC_MD_TASKS",),
+}
+_DEFINED_IN = {name: module for module, names in _SOURCES.items() for name in names}
+
+
+def __getattr__(name: str):
+  if name == "hub":
+    return importlib.import_module(f"{__name__}.hub")
+  if name not in _DEFINED_IN:
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+  value = getattr(importlib.import_module(f"{__name__}.{_DEFINED_IN[name]}"), name)
+  globals()[name] = value  # later lookups skip this function
+  return value
+
+
+def __dir__() -> list[str]:
+  return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "AssignReport", "ConversionError", "Converted", "ENCODER_SOURCES", "MODEL_SOURCES",
