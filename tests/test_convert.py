@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import subprocess
 import sys
 
 import ml_collections
@@ -435,5 +436,12 @@ def test_the_package_exports_every_public_name_lazily():
     value = getattr(convert, name)
     if name != "hub":
       assert value is getattr(getattr(convert, convert._DEFINED_IN[name]), name), name
+  # In a fresh process: the package alone imports no jax, and its submodules are
+  # attributes of it as before (`convert.core`), imported when first named.
+  probe = ("import sys, smd_jax.convert as c; assert 'jax' not in sys.modules; "
+           "print(*(getattr(c, m).__name__ for m in ('hub', *c._SOURCES)))")
+  out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                       timeout=120, check=True).stdout.split()
+  assert out == [f"smd_jax.convert.{m}" for m in ("hub", *convert._SOURCES)]
   with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
     getattr(convert, "nonexistent")

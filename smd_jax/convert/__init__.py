@@ -42,8 +42,8 @@ _DEFINED_IN = {name: module for module, names in _SOURCES.items() for name in na
 
 
 def __getattr__(name: str):
-  if name == "hub":
-    return importlib.import_module(f"{__name__}.hub")
+  if name == "hub" or name in _SOURCES:  # a submodule, as `convert.core` always was
+    return importlib.import_module(f"{__name__}.{name}")
   if name not in _DEFINED_IN:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
   value = getattr(importlib.import_module(f"{__name__}.{_DEFINED_IN[name]}"), name)
