@@ -9,7 +9,7 @@ from smd_jax.errors import UserError
 # it starts work rather than when, minutes later, the code that reads it runs.
 SWITCHES = (
     "SMD_DEPTHWISE_VJP", "SMD_KXK_DOTS", "SMD_SINGLE_OUTPUT_CONV", "SMD_SUBPIXEL_UPSAMPLE",
-    "SMD_POOLING_DOT", "SMD_CPU_FORWARD_OPTIONS", "SMD_CPU_WIDE_VECTORS",
+    "SMD_POOLING_DOT", "SMD_CPU_FORWARD_OPTIONS", "SMD_CPU_ONEDNN_DOTS", "SMD_CPU_WIDE_VECTORS",
     "SMD_SPLIT_FORWARD", "SMD_COMPILE_AHEAD", "SMD_KEEP_FREED_MEMORY", "SMD_HUGE_PAGES",
 )
 

@@ -49,6 +49,13 @@ def _wide_vectors():
         xla_options.compiler_options("cpu", xla_options.TRAIN) or {})
 
 
+def _onednn_dots():
+  with (mock.patch.object(xla_options, "cpu_is_x86", lambda: True),  # any machine
+        mock.patch.object(xla_options, "persistent_cache_on", lambda: False)):
+    return (xla_options.compiler_options("cpu", xla_options.FORWARD) or {}).get(
+        "xla_cpu_experimental_onednn_fusion_type") == "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
+
+
 def _cpu_formulation(x_shape, w_shape, groups=1):
   return conv_formulations.conv_formulation(
       x_shape, w_shape, ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"),
@@ -67,6 +74,7 @@ SWITCHES = {
         lambda x: conv_formulations.spatial_mean(x, "cpu"))(jnp.ones((2, 4, 4, 3)))),
     "SMD_CPU_FORWARD_OPTIONS": lambda _: "xla_cpu_experimental_ynn_fusion_type" in (
         xla_options.compiler_options("cpu", xla_options.FORWARD) or {}),
+    "SMD_CPU_ONEDNN_DOTS": lambda _: _onednn_dots(),
     "SMD_CPU_WIDE_VECTORS": lambda _: _wide_vectors(),
     "SMD_COMPILE_AHEAD": _compiles_ahead,
     "SMD_KEEP_FREED_MEMORY": lambda _: _keeps_freed_memory(),

@@ -12,14 +12,17 @@ from smd_jax.training import data_parallel, steps as steps_lib, xla_options
 from tests import toy_config
 
 YNN_TYPES = "xla_cpu_experimental_ynn_fusion_type"
+ONEDNN_TYPES = "xla_cpu_experimental_onednn_fusion_type"
 WIDTH = "xla_cpu_prefer_vector_width"
 
 
-def ynn_fusion_kinds(compiled_text: str) -> list[str]:
-  """What each YNNPACK library fusion of a compiled program computes: 'reduce',
-  'convolution', 'dot' or 'other' (from its fused computation's instructions)."""
+def ynn_fusion_kinds(compiled_text: str, library: str = "ynn") -> list[str]:
+  """What each library fusion (`library`: 'ynn' for YNNPACK, 'onednn') of a compiled
+  program computes: 'reduce', 'convolution', 'dot' or 'other' (from its fused
+  computation's instructions)."""
   kinds = []
-  for callee in re.findall(r"kind=kCustom, calls=%([\w.\-]+),.*__ynn_fusion", compiled_text):
+  for callee in re.findall(rf"kind=kCustom, calls=%([\w.\-]+),.*__{library}_fusion\b",
+                           compiled_text):
     body = compiled_text[compiled_text.index(f"%{callee} "):].split("\n}\n")[0]
     kinds.append(next((k for k in ("reduce", "convolution", "dot") if f" {k}(" in body),
                       "other"))
@@ -28,7 +31,9 @@ def ynn_fusion_kinds(compiled_text: str) -> list[str]:
 
 def test_options_per_backend_and_program(monkeypatch):
   monkeypatch.delenv("SMD_CPU_FORWARD_OPTIONS", raising=False)
+  monkeypatch.delenv("SMD_CPU_ONEDNN_DOTS", raising=False)
   monkeypatch.setattr(xla_options, "cpu_has_avx512", lambda: False)
+  monkeypatch.setattr(xla_options, "cpu_is_x86", lambda: False)
   forward = xla_options.compiler_options("cpu", xla_options.FORWARD)
   assert set(forward[YNN_TYPES].split(",")) == {
       "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION", "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
@@ -43,6 +48,97 @@ def test_options_per_backend_and_program(monkeypatch):
   monkeypatch.setenv("SMD_CPU_FORWARD_OPTIONS", "off")
   with pytest.raises(UserError, match="SMD_CPU_FORWARD_OPTIONS"):
     xla_options.compiler_options("cpu", xla_options.FORWARD)
+
+
+def test_onednn_dots_in_forward_programs_on_x86_only(monkeypatch):
+  monkeypatch.delenv("SMD_CPU_FORWARD_OPTIONS", raising=False)
+  monkeypatch.delenv("SMD_CPU_ONEDNN_DOTS", raising=False)
+  monkeypatch.setattr(xla_options, "cpu_has_avx512", lambda: False)
+  monkeypatch.setattr(xla_options, "cpu_is_x86", lambda: True)
+  monkeypatch.setattr(xla_options, "persistent_cache_on", lambda: False)
+  forward = xla_options.compiler_options("cpu", xla_options.FORWARD)
+  assert forward == {YNN_TYPES: "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION",
+                     "xla_cpu_use_onednn": True,
+                     ONEDNN_TYPES: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+  assert xla_options.compiler_options("cpu", xla_options.TRAIN) is None
+  assert xla_options.compiler_options("gpu", xla_options.FORWARD) is None
+  monkeypatch.setenv("SMD_CPU_ONEDNN_DOTS", "0")  # YNNPACK's dots again
+  assert set(xla_options.compiler_options("cpu", xla_options.FORWARD)) == {YNN_TYPES}
+  monkeypatch.setenv("SMD_CPU_ONEDNN_DOTS", "1")
+  # A persistent compilation cache cannot store oneDNN fusions: YNNPACK's dots there.
+  monkeypatch.setattr(xla_options, "persistent_cache_on", lambda: True)
+  assert set(xla_options.compiler_options("cpu", xla_options.FORWARD)) == {YNN_TYPES}
+  monkeypatch.setattr(xla_options, "persistent_cache_on", lambda: False)
+  monkeypatch.setenv("SMD_CPU_FORWARD_OPTIONS", "0")  # the forward programs' options, all
+  assert xla_options.compiler_options("cpu", xla_options.FORWARD) is None
+
+
+def test_persistent_cache_on_reads_jax_config():
+  # tests/conftest.py gives every test process a cache folder.
+  assert jax.config.jax_compilation_cache_dir and xla_options.persistent_cache_on()
+  jax.config.update("jax_enable_compilation_cache", False)
+  try:
+    assert not xla_options.persistent_cache_on()
+  finally:
+    jax.config.update("jax_enable_compilation_cache", True)
+
+
+@pytest.mark.parametrize("machine, want", [("x86_64", True), ("AMD64", True),
+                                           ("aarch64", False), ("arm64", False),
+                                           ("ppc64le", False)])
+def test_cpu_is_x86(machine, want):
+  assert xla_options.cpu_is_x86(machine) is want
+
+
+def _dot_then_conv(x, w1, w3):
+  y = jnp.einsum("bhwc,co->bhwo", x, w1)  # a 1x1 convolution: XLA makes it a dot
+  return jax.lax.conv_general_dilated(y, w3, (1, 1), ((1, 1), (1, 1)),
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu" or not xla_options.cpu_is_x86(),
+                    reason="oneDNN fusions: XLA:CPU on x86-64")
+# The tests' persistent cache cannot store the oneDNN program; JAX warns and goes on.
+@pytest.mark.filterwarnings("ignore:Error writing persistent compilation cache entry")
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_forward_programs_run_dots_through_onednn(monkeypatch, dtype):
+  """XLA takes the options (a misspelt name or value fails to compile), oneDNN computes
+  the dot and YNNPACK the 3x3 convolution, and the result is NumPy's."""
+  monkeypatch.delenv("SMD_CPU_FORWARD_OPTIONS", raising=False)
+  monkeypatch.setattr(xla_options, "persistent_cache_on", lambda: False)
+  mesh = data_parallel.make_mesh()
+  rng = np.random.default_rng(0)
+  x, w1, w3 = (jnp.asarray(rng.standard_normal(shape), dtype)
+               for shape in ((2, 16, 16, 24), (24, 40), (3, 3, 40, 16)))
+
+  def compiled(onednn_dots):
+    monkeypatch.setenv("SMD_CPU_ONEDNN_DOTS", onednn_dots)
+    return xla_options.jit(_dot_then_conv, mesh, xla_options.FORWARD).lower(x, w1, w3).compile()
+
+  on, off = compiled("1"), compiled("0")
+  assert ynn_fusion_kinds(on.as_text(), "onednn") == ["dot"]
+  assert ynn_fusion_kinds(off.as_text(), "onednn") == []
+  # In bfloat16 this XLA's YNNPACK declines the conv once oneDNN has the dot (the b4
+  # UNet's bfloat16 eval step took the same time either way, docs/benchmarks.md).
+  if dtype == jnp.float32:
+    assert ynn_fusion_kinds(on.as_text()) == ["convolution"]
+    assert sorted(ynn_fusion_kinds(off.as_text())) == ["convolution", "dot"]
+  # Float64 reference from the same (rounded) inputs: the 1x1 conv, then the 3x3 conv
+  # over zero padding.
+  x, w1, w3 = (np.asarray(a, np.float64) for a in (x, w1, w3))
+  y = np.einsum("bhwc,co->bhwo", x, w1)
+  if dtype == jnp.bfloat16:  # the dot's output is rounded to bfloat16 before the conv
+    y = np.asarray(jnp.asarray(y, jnp.bfloat16), np.float64)
+  yp = np.pad(y, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  want = sum(np.einsum("bhwc,co->bhwo", yp[:, a:a + 16, d:d + 16], w3[a, d])
+             for a in range(3) for d in range(3))
+  # float32 sums of 24 and 360 products: ~1e-5 of the largest value, with margin;
+  # bfloat16 (8-bit significand): the intermediate's rounding and the output's, ~2^-8
+  # of the largest value each.
+  tol = 1e-5 if dtype == jnp.float32 else 2.0**-6
+  got = np.asarray(on(jnp.asarray(x, dtype), jnp.asarray(w1, dtype), jnp.asarray(w3, dtype)),
+                   np.float64)
+  np.testing.assert_allclose(got, want, rtol=0, atol=tol * np.abs(want).max())
 
 
 def test_wide_vectors_on_avx512_cpus_only(monkeypatch):
