@@ -208,3 +208,36 @@ def test_forward_programs_compile_without_ynnpack_reductions(monkeypatch):
        "semantic": np.ones((8, 32, 32), np.int16)}, mesh)
   eval_kinds = ynn_fusion_kinds(built.eval_step.lower(state, batch).compile().as_text())
   assert "convolution" in eval_kinds and "reduce" not in eval_kinds, eval_kinds
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu" or not xla_options.cpu_is_x86(),
+                    reason="oneDNN fusions: XLA:CPU on x86-64")
+@pytest.mark.filterwarnings("ignore:Error writing persistent compilation cache entry")
+def test_predictions_through_onednn_dots_are_the_models(monkeypatch):
+  """A whole model, EfficientNet-b2 UNet at 32 px: the predict step as users compile it
+  on x86-64 (oneDNN's dots, YNNPACK's convolutions) against the same model under plain
+  `jax.jit` (XLA's defaults: the compile that test_convert_fidelity.py checks against
+  PyTorch)."""
+  for variable in ("SMD_CPU_FORWARD_OPTIONS", "SMD_CPU_ONEDNN_DOTS"):
+    monkeypatch.delenv(variable, raising=False)
+  monkeypatch.setenv("SMD_SPLIT_FORWARD", "0")  # one program, to read its libraries
+  monkeypatch.setattr(xla_options, "persistent_cache_on", lambda: False)
+  config = toy_config.get_config()
+  config.model.encoder = "efficientnet_b2"
+  mesh = data_parallel.make_mesh(1)
+  built, state = steps_lib.build_steps(config, steps_lib.create_model(config, 0), 10, mesh)
+  rng = np.random.default_rng(0)
+  batch = data_parallel.to_global(
+      {"image": rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8),
+       "depth": np.ones((2, 32, 32), np.float32), "semantic": np.ones((2, 32, 32), np.int16)},
+      mesh)
+  compiled = built.predict_step.lower(state, batch).compile()
+  assert "dot" in ynn_fusion_kinds(compiled.as_text(), "onednn")
+  got = np.asarray(compiled(steps_lib.ForwardState(state.params, state.model_state), batch))
+  want = jax.jit(lambda s, b: built.tasks["depth"].predict_metres(
+      built.forward(s, b)["depth"]))(state, batch)
+  # Metres (sigmoid x 15, ~7 m here): the two differ in summation order only, measured
+  # 1.9e-6 m (2 float32 ulps of 7 m); 3e-5 m is 16x that, and one squeeze-and-excitation
+  # 1x1 conv (16 -> 4 channels) off by 0.1% moves the depth by 7e-5 m.
+  np.testing.assert_allclose(got, np.asarray(want), rtol=0, atol=3e-5)
+  assert np.ptp(got) > 1e-3  # the predictions vary: not a constant both sides agree on
