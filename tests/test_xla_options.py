@@ -18,7 +18,7 @@ ONEDNN_TYPES = "xla_cpu_experimental_onednn_fusion_type"
 WIDTH = "xla_cpu_prefer_vector_width"
 
 
-def ynn_fusion_kinds(compiled_text: str, library: str = "ynn") -> list[str]:
+def library_fusion_kinds(compiled_text: str, library: str = "ynn") -> list[str]:
   """What each library fusion (`library`: 'ynn' for YNNPACK, 'onednn') of a compiled
   program computes: 'reduce', 'convolution', 'dot' or 'other' (from its fused
   computation's instructions)."""
@@ -118,13 +118,13 @@ def test_forward_programs_run_dots_through_onednn(monkeypatch, dtype):
     return xla_options.jit(_dot_then_conv, mesh, xla_options.FORWARD).lower(x, w1, w3).compile()
 
   on, off = compiled("1"), compiled("0")
-  assert ynn_fusion_kinds(on.as_text(), "onednn") == ["dot"]
-  assert ynn_fusion_kinds(off.as_text(), "onednn") == []
+  assert library_fusion_kinds(on.as_text(), "onednn") == ["dot"]
+  assert library_fusion_kinds(off.as_text(), "onednn") == []
   # In bfloat16 this XLA's YNNPACK declines the conv once oneDNN has the dot (the b4
   # UNet's bfloat16 eval step took the same time either way, docs/benchmarks.md).
   if dtype == jnp.float32:
-    assert ynn_fusion_kinds(on.as_text()) == ["convolution"]
-    assert sorted(ynn_fusion_kinds(off.as_text())) == ["convolution", "dot"]
+    assert library_fusion_kinds(on.as_text()) == ["convolution"]
+    assert sorted(library_fusion_kinds(off.as_text())) == ["convolution", "dot"]
   # Float64 reference from the same (rounded) inputs: the 1x1 conv, then the 3x3 conv
   # over zero padding.
   x, w1, w3 = (np.asarray(a, np.float64) for a in (x, w1, w3))
@@ -195,7 +195,7 @@ def test_forward_programs_compile_without_ynnpack_reductions(monkeypatch):
 
   def kinds(program):
     jitted = xla_options.jit(_conv_then_reductions, mesh, program)
-    return ynn_fusion_kinds(jitted.lower(x, w).compile().as_text())
+    return library_fusion_kinds(jitted.lower(x, w).compile().as_text())
 
   assert "reduce" not in kinds(xla_options.FORWARD)
   if "reduce" not in kinds(xla_options.TRAIN):
@@ -208,7 +208,7 @@ def test_forward_programs_compile_without_ynnpack_reductions(monkeypatch):
   batch = data_parallel.to_global(
       {"image": np.zeros((8, 32, 32, 3), np.uint8), "depth": np.ones((8, 32, 32), np.float32),
        "semantic": np.ones((8, 32, 32), np.int16)}, mesh)
-  eval_kinds = ynn_fusion_kinds(built.eval_step.lower(state, batch).compile().as_text())
+  eval_kinds = library_fusion_kinds(built.eval_step.lower(state, batch).compile().as_text())
   assert "convolution" in eval_kinds and "reduce" not in eval_kinds, eval_kinds
 
 
@@ -238,7 +238,7 @@ def test_predictions_through_onednn_dots_are_the_models(monkeypatch):
        "depth": np.ones((2, 32, 32), np.float32), "semantic": np.ones((2, 32, 32), np.int16)},
       mesh)
   compiled = built.predict_step.lower(state, batch).compile()
-  assert "dot" in ynn_fusion_kinds(compiled.as_text(), "onednn")
+  assert "dot" in library_fusion_kinds(compiled.as_text(), "onednn")
   got = np.asarray(compiled(steps_lib.ForwardState(state.params, state.model_state), batch))
   want = jax.jit(lambda s, b: built.tasks["depth"].predict_metres(
       built.forward(s, b)["depth"]))(state, batch)
