@@ -1,6 +1,5 @@
 """XLA compiler options per backend and program (smd_jax/training/xla_options.py)."""
 
-import functools
 import re
 
 import jax
@@ -9,9 +8,10 @@ import numpy as np
 import pytest
 
 from smd_jax.errors import UserError
-from smd_jax.models import efficientnet, registry
+from smd_jax.models import registry
 from smd_jax.training import data_parallel, steps as steps_lib, xla_options
 from tests import toy_config
+from tests.test_paper_configs import TINY_ENCODERS
 
 YNN_TYPES = "xla_cpu_experimental_ynn_fusion_type"
 ONEDNN_TYPES = "xla_cpu_experimental_onednn_fusion_type"
@@ -224,10 +224,8 @@ def test_predictions_through_onednn_dots_are_the_models(monkeypatch):
     monkeypatch.delenv(variable, raising=False)
   monkeypatch.setenv("SMD_SPLIT_FORWARD", "0")  # one program, to read its libraries
   monkeypatch.setattr(xla_options, "persistent_cache_on", lambda: False)
-  # EfficientNet-b2's blocks at a quarter of the width and one block per stage
-  # (tests/test_paper_configs.py), so that it compiles in seconds.
-  monkeypatch.setitem(registry.ENCODERS, "tiny",
-                      functools.partial(efficientnet.EfficientNet, 0.25, 0.1))
+  # EfficientNet-b2's blocks at toy width and depth, so that it compiles in seconds.
+  monkeypatch.setitem(registry.ENCODERS, "tiny", TINY_ENCODERS["efficientnet_b2"])
   config = toy_config.get_config()
   config.model.encoder = "tiny"
   mesh = data_parallel.make_mesh(1)
@@ -239,9 +237,9 @@ def test_predictions_through_onednn_dots_are_the_models(monkeypatch):
       mesh)
   compiled = built.predict_step.lower(state, batch).compile()
   assert "dot" in library_fusion_kinds(compiled.as_text(), "onednn")
-  got = np.asarray(compiled(steps_lib.ForwardState(state.params, state.model_state), batch))
-  want = jax.jit(lambda s, b: built.tasks["depth"].predict_metres(
-      built.forward(s, b)["depth"]))(state, batch)
+  forward_state = steps_lib.ForwardState(state.params, state.model_state)
+  got = np.asarray(compiled(forward_state, batch))
+  want = jax.jit(built.predict_step.jitted.__wrapped__)(forward_state, batch)  # no options
   # Metres (sigmoid x 15, 1-10 m here): the two differ in summation order only, measured
   # 3.8e-6 m (4 float32 ulps of 8 m); 5e-5 m is 13x that, while any one of the 1x1
   # convs tried (an expansion, a squeeze-and-excitation one) off by 0.1% moves the
