@@ -38,6 +38,8 @@ import tempfile  # noqa: E402
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
+from tests import collector  # noqa: E402
+
 # Tests that run the same program twice (e.g. train, then resume in a new loop; the
 # eval and predict steps of the same toy model in several tests) reuse compiled
 # executables instead of compiling again. Every program, however quick to compile: with
@@ -89,3 +91,9 @@ def pytest_report_header(config):
           if torch_reference.reference_required()
           else "optional: its tests skip without it")
   return f"PyTorch reference {mode} ({torch_reference.REQUIRE_ENV})"
+
+
+def pytest_collection_finish(session):
+  """Every test module is imported: what the imports made is never garbage (tests/collector.py)."""
+  del session
+  collector.collect_less()

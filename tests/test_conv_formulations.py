@@ -9,6 +9,7 @@ import pytest
 from flax import nnx
 
 from smd_jax.models import conv_formulations, layers
+from tests.compiled_vjp import value_and_vjp
 
 DN = ("NHWC", "HWIO", "NHWC")
 
@@ -85,8 +86,8 @@ def assert_vjps_within_bounds(fns, x, w, ct, wants):
   x's dtype and the reference's shapes, within the reference's per-element bounds;
   `wants`: ((y, bound), (grad_x, bound), (grad_w, bound)) in float64."""
   for name, f in fns.items():
-    got, vjp = jax.vjp(f, x, w)
-    for have, (want, bound), what in zip((got, *vjp(ct)), wants, ("value", "x", "w")):
+    for have, (want, bound), what in zip(value_and_vjp(f, ct, x, w), wants,
+                                         ("value", "x", "w")):
       assert have.dtype == x.dtype and have.shape == want.shape, (name, what)
       err = np.abs(np.asarray(have, np.float64) - want)
       assert np.all(err <= bound), (name, what, float((err / bound).max()))
@@ -181,10 +182,11 @@ def test_trimmed_conv_equals_plain_conv_with_gradients(case):
       x, w, strides, padding, rhs_dilation=dil, dimension_numbers=DN,
       feature_group_count=groups, precision=jax.lax.Precision.HIGHEST)
   plain = lambda x, w: plain_conv(x, w, strides, padding, dil, groups)
-  np.testing.assert_allclose(trimmed(x, w), plain(x, w), atol=1e-4, rtol=1e-4)
+  np.testing.assert_allclose(jax.jit(trimmed)(x, w), jax.jit(plain)(x, w), atol=1e-4,
+                             rtol=1e-4)
   loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))
-  got = jax.grad(loss(trimmed), argnums=(0, 1))(x, w)
-  want = jax.grad(loss(plain), argnums=(0, 1))(x, w)
+  got = jax.jit(jax.grad(loss(trimmed), argnums=(0, 1)))(x, w)
+  want = jax.jit(jax.grad(loss(plain), argnums=(0, 1)))(x, w)
   for g, h in zip(got, want):
     assert g.shape == h.shape
     np.testing.assert_allclose(g, h, atol=1e-4, rtol=1e-4)
@@ -340,15 +342,11 @@ def test_upsampled_skip_conv3x3_equals_conv_of_upsampled_concat(dtype, skip_chan
     wants.append((g_full[..., cx:], g_bound[..., cx:]))
   scale = 3.0 if dtype == jnp.bfloat16 else 1.0
   if skip is None:
-    f = lambda x, w: conv_formulations.upsampled_skip_conv3x3(x, None, w)
-    got, vjp = jax.vjp(f, x, w)
-    gx, gwt = vjp(ct)
-    haves = [got, gx, gwt]
+    haves = value_and_vjp(lambda x, w: conv_formulations.upsampled_skip_conv3x3(x, None, w),
+                          ct, x, w)
   else:
-    f = lambda x, w, s: conv_formulations.upsampled_skip_conv3x3(x, s, w)
-    got, vjp = jax.vjp(f, x, w, skip)
-    gx, gwt, gs = vjp(ct)
-    haves = [got, gx, gwt, gs]
+    haves = value_and_vjp(lambda x, w, s: conv_formulations.upsampled_skip_conv3x3(x, s, w),
+                          ct, x, w, skip)
   for have, (want, bound), what in zip(haves, wants, ("value", "x", "kernel", "skip")):
     assert have.dtype == x.dtype and have.shape == want.shape, what
     err = np.abs(np.asarray(have, np.float64) - want)
@@ -396,8 +394,7 @@ def test_spatial_mean_matches_numpy_with_gradient(monkeypatch, dtype, backend, s
   names = primitive_names(jax.make_jaxpr(mean)(x))
   as_dot = backend == "cpu" and switch
   assert ("dot_general" in names) == as_dot and ("reduce_sum" in names) != as_dot, names
-  y, vjp = jax.vjp(mean, x)
-  (gx,) = vjp(ct)
+  y, gx = value_and_vjp(mean, ct, x)
   assert y.shape == (2, 1, 1, 6) and y.dtype == dtype and gx.dtype == dtype
   x64, ct64 = np.asarray(x, np.float64), np.asarray(ct, np.float64)
   n = x.shape[1] * x.shape[2]

@@ -12,6 +12,7 @@ import pytest
 from flax import nnx
 
 from smd_jax.models import conv_formulations, layers
+from tests.compiled_vjp import value_and_vjp
 
 DN = ("NHWC", "HWIO", "NHWC")
 U32 = float(jnp.finfo(jnp.float32).eps) / 2  # unit roundoff of one float32 rounding
@@ -36,10 +37,8 @@ def reference_with_bounds(x, w, ct, strides, padding, dilation, dtype):
   """
   x32, w32, ct32 = (jnp.asarray(a, jnp.float32) for a in (x, w, ct))
   conv = lambda x, w: grouped_conv(x, w, strides, padding, dilation)
-  y, vjp = jax.vjp(conv, x32, w32)
-  gx, gw = vjp(ct32)
-  ay, avjp = jax.vjp(conv, jnp.abs(x32), jnp.abs(w32))
-  agx, agw = avjp(jnp.abs(ct32))
+  y, gx, gw = value_and_vjp(conv, ct32, x32, w32)
+  ay, agx, agw = value_and_vjp(conv, jnp.abs(ct32), jnp.abs(x32), jnp.abs(w32))
   u = float(jnp.finfo(dtype).eps) / 2
   k = w.shape[0] * w.shape[1]
   n_w = ct.shape[0] * ct.shape[1] * ct.shape[2]
@@ -80,10 +79,9 @@ IDS = [f"{s[1]}x{s[2]}-k{k}-s{st}-d{d}-{p if isinstance(p, str) else 'explicit'}
 
 
 def _check(x, w, ct, strides, padding, dilation, dtype):
-  got, vjp = jax.jit(lambda x, w: jax.vjp(
+  got, *grads = value_and_vjp(
       lambda x, w: conv_formulations.depthwise_conv_vjp(x, w, strides, padding, dilation),
-      x, w))(x, w)
-  grads = vjp(ct)
+      ct, x, w)
   explicit = conv_formulations.explicit_padding(x.shape[1:3], w.shape[:2], strides, padding,
                                                 dilation)
   wants = reference_with_bounds(x, w, ct, strides, explicit, dilation, dtype)
@@ -181,9 +179,9 @@ def test_nnx_depthwise_conv_uses_it_and_matches_grouped_conv(monkeypatch, k, str
   pad = layers.torch_padding(k, stride, dilation)
   padding = ((pad, pad), (pad, pad))
   graphdef, state = nnx.split(conv)
-  got, vjp = jax.vjp(lambda x, state: nnx.merge(graphdef, state)(x), x, state)
-  ct = jnp.asarray(rng.normal(size=got.shape), jnp.float32)
-  grad_x, grad_state = vjp(ct)
+  apply = lambda x, state: nnx.merge(graphdef, state)(x)
+  ct = jnp.asarray(rng.normal(size=jax.eval_shape(apply, x, state).shape), jnp.float32)
+  got, grad_x, grad_state = value_and_vjp(apply, ct, x, state)
   grad_w, = jax.tree.leaves(grad_state)  # the kernel (no bias)
   wants = reference_with_bounds(x, w, ct, (stride, stride), padding, (dilation, dilation),
                                 jnp.float32)

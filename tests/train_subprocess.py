@@ -23,9 +23,11 @@ from absl import app  # noqa: E402
 from smd_jax import cli, train
 from smd_jax.models import registry  # noqa: E402
 from smd_jax.training import steps as steps_lib
+from tests import collector  # noqa: E402
 from tests.toy_models import ToyEncoder  # noqa: E402
 
 registry.ENCODERS["toy"] = ToyEncoder
+collector.collect_less()  # as in the test processes (tests/collector.py)
 
 
 def _slowed(build_steps, slow_from: int, marker: str | None):
