@@ -133,9 +133,8 @@ def test_gradient_of_a_hand_computed_case():
   x = jnp.asarray([1.0, 2.0, 4.0, 8.0]).reshape(1, 1, 4, 1)
   w = jnp.asarray([1.0, 2.0, 3.0]).reshape(1, 3, 1, 1)
   f = lambda x, w: conv_formulations.depthwise_conv_vjp(x, w, (1, 2), ((0, 0), (1, 1)))
-  y, vjp = jax.vjp(f, x, w)
+  y, gx, gw = value_and_vjp(f, jnp.asarray([1.0, 10.0]).reshape(1, 1, 2, 1), x, w)
   np.testing.assert_array_equal(np.ravel(y), [2 * 1 + 3 * 2, 2 + 2 * 4 + 3 * 8])
-  gx, gw = vjp(jnp.asarray([1.0, 10.0]).reshape(1, 1, 2, 1))
   np.testing.assert_array_equal(np.ravel(gx), [2, 13, 20, 30])
   np.testing.assert_array_equal(np.ravel(gw), [20, 1 + 40, 2 + 80])
 
