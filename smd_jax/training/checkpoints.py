@@ -23,8 +23,11 @@ that does not restore, and `set_aside` renames such a step to
 from __future__ import annotations
 
 import json
+import logging as python_logging
 import math
 import os
+import sys
+import traceback
 from typing import Any, Callable, Mapping
 
 import grain
@@ -95,6 +98,50 @@ def _first_line(e: BaseException, limit: int = 200) -> str:
   lines = [line.strip() for line in str(e).splitlines() if line.strip()]
   text = lines[0].split(" See full TensorStore details")[0] if lines else ""  # a repr follows
   return f"{type(e).__name__}: {text[:limit]}".rstrip(": ")
+
+
+def _is_read_outliving_its_restore(unraisable) -> bool:
+  """A TensorStore read calling back into the closed loop of its restore (below)."""
+  frames = [f.name for f in traceback.extract_tb(unraisable.exc_traceback)]
+  return (unraisable.object is None and isinstance(unraisable.exc_value, RuntimeError)
+          and str(unraisable.exc_value) == "Event loop is closed"
+          and frames[-2:] == ["call_soon_threadsafe", "_check_closed"])
+
+
+class _NoAbandonedReads(python_logging.Filter):
+  """Drops asyncio's "Task exception was never retrieved" for Orbax's array reads (below)."""
+
+  def filter(self, record: python_logging.LogRecord) -> bool:
+    message = record.getMessage()
+    return not (message.startswith("Task exception was never retrieved")
+                and "coro=<async_deserialize()" in message)
+
+
+def _silence_reads_abandoned_by_a_failed_restore() -> None:
+  """Silences two harmless reports of a restore that fails part-way (`restore`).
+
+  When one array of a checkpoint cannot be read, Orbax's restore fails and closes
+  the event loop it ran in, while the other reads it started go on. Each then
+  reports, at some later moment and with a traceback, although nothing is wrong
+  (the damage was reported and an older checkpoint restored): TensorStore's call
+  back into the closed loop as "Exception ignored ... RuntimeError: Event loop is
+  closed" (an unraisable exception), and a read that failed too, once collected, as
+  asyncio's "Task exception was never retrieved". From the first restore on, the
+  process's unraisable-exception hook drops exactly the first (passing every other
+  to the hook it replaced) and the "asyncio" logger the second.
+  """
+  if not getattr(sys.unraisablehook, "drops_abandoned_reads", False):
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+      if not _is_read_outliving_its_restore(unraisable):
+        previous(unraisable)
+
+    hook.drops_abandoned_reads = True
+    sys.unraisablehook = hook
+  asyncio_log = python_logging.getLogger("asyncio")
+  if not any(isinstance(f, _NoAbandonedReads) for f in asyncio_log.filters):
+    asyncio_log.addFilter(_NoAbandonedReads())
 
 
 class Checkpointer:
@@ -215,6 +262,7 @@ class Checkpointer:
     items = {"state": ocp.args.StandardRestore(abstract)}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+    _silence_reads_abandoned_by_a_failed_restore()  # before: they may come at once
     restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     logging.info("Restored checkpoint for step %d from %s", step, self.directory)
     return restored["state"], step
