@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import types
 
+import jax
 import numpy as np
 import pytest
 
@@ -57,6 +58,26 @@ def test_runs_every_check_and_the_benchmark_on_the_cpu(tmp_path, toy_paper_confi
   report = (tmp_path / "check.md").read_text()
   assert "| mesh_all_devices | pass |" in report
   assert "| unet | bf16 | 8 | 32 |" in report
+
+
+def test_float32_checks_run_at_the_highest_precision_and_the_bf16_ones_at_the_default(
+    monkeypatch):
+  # The bf16 step is the benchmark's program (at its shape), not a float32-precise one.
+  seen = {}
+
+  def note(name):
+    def check(self, *args):
+      del self, args
+      seen[name] = jax.config.jax_default_matmul_precision
+      return {"status": "pass"}
+    return check
+
+  for name in ("f32_checks", "bf16_step", "no_recompile", "mesh_all_devices"):
+    monkeypatch.setattr(accelerator_check._Checks, name, note(name))  # pylint: disable=protected-access
+  args = types.SimpleNamespace(check_batch=8)
+  accelerator_check._Checks(args, log=lambda _: None).run()  # pylint: disable=protected-access
+  assert seen == {"f32_checks": "highest", "bf16_step": None, "no_recompile": None,
+                  "mesh_all_devices": "highest"}
 
 
 def test_relative_error_against_hand_computed_cases():
