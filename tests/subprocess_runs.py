@@ -20,9 +20,14 @@ def start_training(workdir: str, *flags: str, devices: int = 2, cache_dir: str |
   """Starts the toy config's training in `workdir` on `devices` simulated CPU devices."""
   full_env = dict(os.environ, JAX_PLATFORMS="cpu",
                   XLA_FLAGS=xla_flags(devices), **(env or {}))
-  if cache_dir:  # later runs of the same program load its executable instead of compiling
+  if cache_dir:  # later runs of the same programs load their executables instead of compiling
+    # Every program, as in the test processes (tests/conftest.py): a run also compiles
+    # dozens of one-operation programs (the optimizer state's zeros, one per shape), and
+    # loading them saved 11% of the fault-tolerance and multi-host tests' CPU time
+    # against a floor of 0.5 s (docs/benchmarks.md "Test suite"). An entry read while
+    # another process writes it fails to decompress: JAX warns and compiles instead.
     full_env.update(JAX_COMPILATION_CACHE_DIR=cache_dir,
-                    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
+                    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
   cmd = [sys.executable, RUNNER, "--config", TOY_CONFIG, "--workdir", workdir, *flags]
   return subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True)
