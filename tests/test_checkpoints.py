@@ -2,6 +2,7 @@
 checkpoints; metrics attached after a save."""
 
 import asyncio
+import functools
 import gc
 import glob
 import json
@@ -158,6 +159,10 @@ def _unraisable_from(fn):
   raise AssertionError("fn raised nothing")
 
 
+def _raise(error):
+  raise error
+
+
 def test_only_callbacks_of_reads_outliving_their_restore_are_silenced(monkeypatch):
   reported = []
   monkeypatch.setattr(sys, "unraisablehook", reported.append)
@@ -173,7 +178,7 @@ def test_only_callbacks_of_reads_outliving_their_restore_are_silenced(monkeypatc
   assert reported == []
   # Anything else still reaches the hook that was there: another RuntimeError, the
   # same message from elsewhere, a report about an object.
-  other = _unraisable_from(lambda: (_ for _ in ()).throw(RuntimeError("Event loop is closed")))
+  other = _unraisable_from(functools.partial(_raise, RuntimeError("Event loop is closed")))
   about_an_object = types.SimpleNamespace(**{**vars(late_read), "object": loop})
   for unraisable in (_unraisable_from(lambda: int("x")), other, about_an_object):
     sys.unraisablehook(unraisable)
